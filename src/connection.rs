@@ -1,0 +1,90 @@
+//! The one Redis connection of a store, re-established once when it breaks.
+
+use redis::{ConnectionLike, RedisError, RedisResult};
+
+use crate::{Config, Error};
+
+/// A lazily opened, self-healing connection to Redis.
+///
+/// Every command this crate sends is idempotent (HSET of a whole value, HDEL,
+/// DEL, reads), so repeating one after the connection broke mid-call cannot
+/// change the outcome; that is what makes the single automatic retry safe.
+pub(crate) struct Link {
+    conn: Option<redis::Connection>,
+}
+
+impl Link {
+    pub(crate) fn new() -> Self {
+        Self { conn: None }
+    }
+
+    /// Drops the connection; the next command reconnects.
+    pub(crate) fn disconnect(&mut self) {
+        self.conn = None;
+    }
+
+    /// Runs `command` on the connection, reconnecting once if the connection
+    /// turns out to be broken. A timeout is not retried: a hung Redis must cost
+    /// the caller one `io_timeout`, not two.
+    pub(crate) fn run<T>(
+        &mut self,
+        config: &Config,
+        name: &'static str,
+        hash: &str,
+        mut command: impl FnMut(&mut redis::Connection) -> RedisResult<T>,
+    ) -> Result<T, Error> {
+        let fail = |source: RedisError| Error::Command { command: name, hash: hash.to_owned(), source };
+        let first = {
+            let conn = self.connected(config)?;
+            match command(conn) {
+                Ok(value) => return Ok(value),
+                Err(error) => (error, conn.is_open()),
+            }
+        };
+        let (error, still_open) = first;
+        if error.is_timeout() {
+            // A late reply would otherwise be read as the answer to our next command.
+            self.conn = None;
+            return Err(fail(error));
+        }
+        if still_open && !error.is_io_error() && !error.is_connection_dropped() {
+            // Redis answered with an error reply: the connection is fine and retrying won't help.
+            return Err(fail(error));
+        }
+        log::info!("redis persistence: connection lost during {name} on `{hash}` ({error}); reconnecting");
+        self.conn = None;
+        let conn = self.connected(config)?;
+        match command(conn) {
+            Ok(value) => {
+                log::info!("redis persistence: reconnected to {}", config.address());
+                Ok(value)
+            }
+            Err(error) => {
+                if error.is_timeout() || !conn.is_open() || error.is_io_error() {
+                    self.conn = None;
+                }
+                Err(fail(error))
+            }
+        }
+    }
+
+    /// The connection, opened now if there is none.
+    pub(crate) fn connected(&mut self, config: &Config) -> Result<&mut redis::Connection, Error> {
+        match &mut self.conn {
+            Some(conn) => Ok(conn),
+            slot @ None => Ok(slot.insert(connect(config)?)),
+        }
+    }
+}
+
+fn connect(config: &Config) -> Result<redis::Connection, Error> {
+    let connect_error = |source: RedisError| Error::Connect { addr: config.address(), source };
+    let client = redis::Client::open(config.connection_info().map_err(connect_error)?)
+        .map_err(connect_error)?;
+    let conn = client
+        .get_connection_with_timeout(config.connect_timeout())
+        .map_err(connect_error)?;
+    conn.set_read_timeout(Some(config.io_timeout())).map_err(connect_error)?;
+    conn.set_write_timeout(Some(config.io_timeout())).map_err(connect_error)?;
+    Ok(conn)
+}

@@ -1,0 +1,89 @@
+//! The crate's one error type.
+
+use std::time::Duration;
+
+/// Everything that can go wrong while configuring or using a [`RedisPersistence`].
+///
+/// Paho only understands "success" or "persistence error", so inside the
+/// [`ClientPersistence`] callbacks every variant becomes
+/// [`paho_mqtt::Error::PersistenceError`] after being logged. The variants are
+/// for the Rust-facing API ([`RedisPersistence::with_url`],
+/// [`Builder::build`], [`RedisPersistence::contains`]) and for the log.
+///
+/// No variant ever carries a password.
+///
+/// [`RedisPersistence`]: crate::RedisPersistence
+/// [`RedisPersistence::with_url`]: crate::RedisPersistence::with_url
+/// [`RedisPersistence::contains`]: crate::RedisPersistence::contains
+/// [`Builder::build`]: crate::Builder::build
+/// [`ClientPersistence`]: paho_mqtt::ClientPersistence
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The Redis URL could not be parsed.
+    #[error(
+        "invalid Redis URL: {reason} (expected redis://[user:password@]host[:port][/db], \
+         rediss://…, redis+unix:///path[?db=N] or unix:///path)"
+    )]
+    InvalidUrl {
+        /// Why the URL was rejected. Never contains the URL itself, which may hold a password.
+        reason: String,
+    },
+
+    /// The URL needs a cargo feature of this crate that was not enabled.
+    #[error("the `{scheme}` Redis URL scheme needs the `{feature}` feature of paho-mqtt-redis")]
+    FeatureDisabled {
+        /// The URL scheme that was given, such as `rediss`.
+        scheme: String,
+        /// The feature to enable in `Cargo.toml`.
+        feature: &'static str,
+    },
+
+    /// A timeout option is out of range.
+    #[error("invalid {option}: {value:?} (must be greater than zero)")]
+    InvalidTimeout {
+        /// The builder option, such as `io_timeout`.
+        option: &'static str,
+        /// The rejected value.
+        value: Duration,
+    },
+
+    /// An operation was attempted before `open` (or after `close`).
+    #[error("the store is not open (Paho calls `open` before any other operation)")]
+    NotOpen,
+
+    /// Connecting (or reconnecting) to Redis failed.
+    #[error("cannot connect to Redis at {addr}: {source}")]
+    Connect {
+        /// Where we tried to connect: `host:port` or a socket path, never credentials.
+        addr: String,
+        /// The error reported by redis-rs.
+        #[source]
+        source: redis::RedisError,
+    },
+
+    /// Redis answered a command with an error, or the connection broke during it.
+    #[error("Redis {command} on `{hash}` failed: {source}")]
+    Command {
+        /// The Redis command, such as `HSET`.
+        command: &'static str,
+        /// The Redis hash that holds the store.
+        hash: String,
+        /// The error reported by redis-rs.
+        #[source]
+        source: redis::RedisError,
+    },
+
+    /// `get` of a key that is not in the store.
+    #[error("key `{key}` is not in the store")]
+    KeyNotFound {
+        /// The Paho key, such as `s-12`.
+        key: String,
+    },
+}
+
+impl From<Error> for paho_mqtt::Error {
+    fn from(_: Error) -> Self {
+        paho_mqtt::Error::PersistenceError
+    }
+}

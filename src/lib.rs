@@ -1,0 +1,53 @@
+//! Redis-backed client persistence for the [Paho MQTT Rust client](paho_mqtt).
+//!
+//! Paho keeps every QoS 1 and QoS 2 message in a persistence store until the
+//! broker has acknowledged it, so that a client restarted after a crash sends
+//! it again. Paho's own file persistence writes each message to flash, which
+//! wears out the flash of an embedded gateway. [`RedisPersistence`] keeps the
+//! store in a Redis on the same device instead: in RAM, outside the client's
+//! process, so it survives a crash of the application.
+//!
+//! ```no_run
+//! use paho_mqtt as mqtt;
+//! use paho_mqtt_redis::RedisPersistence;
+//!
+//! let persistence = RedisPersistence::with_url("redis://127.0.0.1:6379/0")?;
+//! let client = mqtt::CreateOptionsBuilder::new()
+//!     .server_uri("tcp://127.0.0.1:1883")
+//!     .client_id("gateway-17")
+//!     .user_persistence(persistence)
+//!     .create_client()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Paho calls the store synchronously from its own threads, so each call
+//! costs the client one Redis round trip: run Redis locally (TCP on
+//! 127.0.0.1, or a Unix socket with feature `unix-socket`).
+//!
+//! Note that [`RedisPersistence`]'s `contains_key` deliberately answers
+//! inverted, to undo an inversion in paho-mqtt 0.14: see
+//! [its documentation](RedisPersistence#contains_key-answers-inverted-on-purpose).
+
+// Paho calls this crate through `extern "C"` callbacks, where a panic aborts
+// the whole process: library code must not contain a way to panic.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing,
+        clippy::unreachable,
+        clippy::todo,
+        clippy::unimplemented
+    )
+)]
+
+mod config;
+mod connection;
+mod error;
+mod persistence;
+
+pub use config::{Builder, Config, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IO_TIMEOUT, DEFAULT_PORT};
+pub use error::Error;
+pub use persistence::RedisPersistence;
