@@ -1,0 +1,68 @@
+//! The test harness: real servers started per test, and the helpers every test file shares.
+//!
+//! Each test file includes this module with `mod support;` and uses only part
+//! of it, hence the `dead_code` allowance.
+#![allow(dead_code, unused_imports)]
+
+pub mod legacy;
+pub mod model;
+pub mod mosquitto;
+pub mod mqtt;
+pub mod redis_server;
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+pub use mosquitto::Mosquitto;
+pub use redis_server::RedisServer;
+
+/// A TCP port on 127.0.0.1 that nothing listened on a moment ago.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port on 127.0.0.1");
+    listener.local_addr().expect("local address of a bound listener").port()
+}
+
+/// The path of `name`, searched on PATH and in the sbin directories where
+/// Debian puts daemons; panics with the fix when it is missing.
+pub fn require_binary(name: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let candidates = std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from));
+    for dir in candidates {
+        let candidate = dir.join(name);
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    panic!(
+        "`{name}` was not found on PATH or in /usr/sbin: these tests run a real {name}. \
+         Run scripts/test.sh, which installs it (apt-get install redis-server mosquitto)."
+    );
+}
+
+/// Polls `condition` every 10 ms until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A client id no other test uses, so tests sharing a server stay apart.
+pub fn unique_id(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!("{prefix}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Routes the crate's `log` output to the test's captured output (`RUST_LOG=debug` to see it).
+pub fn init_logging() {
+    let _ = env_logger::builder().is_test(true).try_init();
+}

@@ -1,0 +1,116 @@
+//! Paho clients as the tests use them: MQTT 3.1.1, publishing allowed before the first connect.
+
+use paho_mqtt::sync_channel::RecvTimeoutError;
+use std::time::{Duration, Instant};
+
+use paho_mqtt as mqtt;
+
+/// The MQTT version of every test client.
+pub const MQTT_VERSION: u32 = mqtt::MQTT_VERSION_3_1_1;
+
+/// Create options for a client that keeps its store in `persistence` and may
+/// publish while disconnected, even before its first connect.
+pub fn create_options(
+    server_uri: &str,
+    client_id: &str,
+    persistence: impl mqtt::ClientPersistence + Send + 'static,
+) -> mqtt::CreateOptions {
+    mqtt::CreateOptionsBuilder::new()
+        .server_uri(server_uri)
+        .client_id(client_id)
+        .mqtt_version(MQTT_VERSION)
+        .user_persistence(persistence)
+        .send_while_disconnected(true)
+        .allow_disconnected_send_at_anytime(true)
+        .max_buffered_messages(100_000)
+        .finalize()
+}
+
+/// A client created with [`create_options`].
+pub fn client(
+    server_uri: &str,
+    client_id: &str,
+    persistence: impl mqtt::ClientPersistence + Send + 'static,
+) -> mqtt::AsyncClient {
+    mqtt::AsyncClient::new(create_options(server_uri, client_id, persistence)).expect("create a Paho client")
+}
+
+/// Connect options that keep the broker session (`clean_session(false)`):
+/// with a clean session Paho deletes the in-flight records it just restored.
+pub fn persistent_session() -> mqtt::ConnectOptions {
+    mqtt::ConnectOptionsBuilder::with_mqtt_version(MQTT_VERSION)
+        .clean_session(false)
+        .connect_timeout(Duration::from_secs(5))
+        .finalize()
+}
+
+/// Connects and waits for the CONNACK.
+pub fn connect(client: &mqtt::AsyncClient, options: mqtt::ConnectOptions) {
+    client
+        .connect(options)
+        .wait_for(Duration::from_secs(10))
+        .expect("connect to the test broker");
+}
+
+/// A subscriber with no persistence, collecting everything published on one topic.
+pub struct Subscriber {
+    client: mqtt::AsyncClient,
+    messages: mqtt::SyncReceiver<Option<mqtt::Message>>,
+}
+
+impl Subscriber {
+    /// Subscribes to `topic` at QoS 2 and waits for the SUBACK.
+    pub fn start(server_uri: &str, topic: &str) -> Self {
+        let client = mqtt::CreateOptionsBuilder::new()
+            .server_uri(server_uri)
+            .client_id(super::unique_id("subscriber"))
+            .mqtt_version(MQTT_VERSION)
+            .persistence(mqtt::PersistenceType::None)
+            .create_client()
+            .expect("create the subscriber");
+        let messages = client.start_consuming();
+        let options = mqtt::ConnectOptionsBuilder::with_mqtt_version(MQTT_VERSION)
+            .clean_session(true)
+            .finalize();
+        connect(&client, options);
+        client.subscribe(topic, 2).wait_for(Duration::from_secs(10)).expect("subscribe");
+        Self { client, messages }
+    }
+
+    /// Waits until `expected` messages arrived (or `timeout` passed), then
+    /// listens `quiet` longer so that duplicates would be seen too.
+    pub fn collect(&self, expected: usize, timeout: Duration, quiet: Duration) -> Vec<mqtt::Message> {
+        let mut received = Vec::new();
+        let deadline = Instant::now() + timeout;
+        let mut quiet_deadline = None;
+        loop {
+            let until = match quiet_deadline {
+                Some(at) => at,
+                None => deadline,
+            };
+            let left = until.saturating_duration_since(Instant::now());
+            match self.messages.recv_timeout(left) {
+                Ok(Some(message)) => received.push(message),
+                Ok(None) => {} // a reconnect notice; keep listening
+                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if received.len() >= expected && quiet_deadline.is_none() {
+                quiet_deadline = Some(Instant::now() + quiet);
+            }
+        }
+        received
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let _ = self.client.disconnect(None).wait_for(Duration::from_secs(2));
+    }
+}
+
+/// The payloads of `messages` as strings, sorted, for comparisons.
+pub fn payloads(messages: &[mqtt::Message]) -> Vec<String> {
+    let mut payloads: Vec<String> = messages.iter().map(|m| m.payload_str().into_owned()).collect();
+    payloads.sort();
+    payloads
+}

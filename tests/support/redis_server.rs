@@ -1,0 +1,140 @@
+//! A throwaway redis-server: temp dir, free TCP port and a Unix socket, no disk writes.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use super::{free_port, require_binary, wait_until};
+
+/// A redis-server owned by one test; killed on drop.
+pub struct RedisServer {
+    dir: TempDir,
+    port: u16,
+    extra_args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts a RAM-only redis-server (`--save '' --appendonly no`).
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts one with extra command-line options, such as `["--maxmemory", "1mb"]`.
+    pub fn start_with(extra_args: &[&str]) -> Self {
+        let dir = tempfile::Builder::new().prefix("pmr-redis-").tempdir().expect("create a temp dir");
+        let mut server = Self {
+            dir,
+            port: free_port(),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        server.spawn();
+        server
+    }
+
+    /// `redis://127.0.0.1:{port}/0`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// `redis+unix://{socket}`.
+    pub fn unix_url(&self) -> String {
+        format!("redis+unix://{}", self.socket_path().display())
+    }
+
+    /// The TCP port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The Unix socket path.
+    pub fn socket_path(&self) -> PathBuf {
+        self.dir.path().join("redis.sock")
+    }
+
+    /// A plain redis-rs connection, for tests to look at or tamper with the data.
+    pub fn connection(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .and_then(|client| client.get_connection_with_timeout(Duration::from_secs(5)))
+            .expect("connect to the test redis-server")
+    }
+
+    /// The process id, for signals.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("redis-server is running").id()
+    }
+
+    /// SIGKILL: the server dies without a word to its clients, losing its data.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and socket (empty: it keeps nothing on disk).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    fn spawn(&mut self) {
+        let binary = require_binary("redis-server");
+        let log = self.dir.path().join("redis.log");
+        let mut args: Vec<String> = [
+            "--port", &self.port.to_string(),
+            "--bind", "127.0.0.1",
+            "--unixsocket", &self.socket_path().display().to_string(),
+            "--unixsocketperm", "700",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", &self.dir.path().display().to_string(),
+            "--logfile", &log.display().to_string(),
+            "--daemonize", "no",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(self.extra_args.iter().cloned());
+        let child = Command::new(&binary)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", binary.display()));
+        self.child = Some(child);
+        let url = self.url();
+        let ready = wait_until(Duration::from_secs(10), || {
+            redis::Client::open(url.as_str())
+                .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+                .is_ok()
+        });
+        if !ready {
+            let log = fs::read_to_string(&log).unwrap_or_default();
+            self.kill();
+            panic!("redis-server on port {} did not start within 10 s; its log:\n{log}", self.port);
+        }
+    }
+
+    /// The server's own log, for failure messages.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
+    }
+
+    /// The temp dir the server runs in.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
