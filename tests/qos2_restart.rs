@@ -1,0 +1,259 @@
+//! QoS 2 after a restart, end to end against mosquitto.
+//!
+//! Paho C decides how to resume an outbound QoS 2 message from `contains_key`:
+//! if the PUBREL record (`sc-N`) is present it sends PUBREL, otherwise it
+//! re-sends the PUBLISH. paho-mqtt 0.14 inverts the answer on its way to C, so
+//! `RedisPersistence` inverts it back. These tests show both the right outcome
+//! and, with a store that answers the plain truth, the wrong one: if paho-mqtt
+//! ever fixes the conversion, the `naive_*` tests fail and the inversion in
+//! `RedisPersistence::contains_key` must go.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::Duration;
+
+use paho_mqtt::{self as mqtt, ClientPersistence};
+use paho_mqtt_redis::RedisPersistence;
+use redis::Commands;
+use support::mqtt::{client, connect, persistent_session, Subscriber};
+use support::{Mosquitto, RedisServer};
+
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to keep listening for a duplicate after the expected messages arrived.
+const QUIET: Duration = Duration::from_millis(1500);
+
+/// `RedisPersistence`, optionally misbehaving in one of the two ways these tests need.
+struct TestStore {
+    inner: RedisPersistence,
+    /// Ignore removes of `s-`/`sc-` records: as if the process died right after
+    /// the broker's PUBCOMP arrived, before Paho deleted the exchange's records.
+    keep_exchange_records: bool,
+    /// Answer `contains_key` with the plain truth, as a naive implementation
+    /// (and paho-mqtt-redis 0.3) does.
+    naive_contains_key: bool,
+}
+
+impl TestStore {
+    fn new(redis_url: &str) -> Self {
+        Self {
+            inner: RedisPersistence::with_url(redis_url).expect("valid url"),
+            keep_exchange_records: false,
+            naive_contains_key: false,
+        }
+    }
+}
+
+impl ClientPersistence for TestStore {
+    fn open(&mut self, client_id: &str, server_uri: &str) -> mqtt::Result<()> {
+        self.inner.open(client_id, server_uri)
+    }
+    fn close(&mut self) -> mqtt::Result<()> {
+        self.inner.close()
+    }
+    fn put(&mut self, key: &str, buffers: Vec<&[u8]>) -> mqtt::Result<()> {
+        self.inner.put(key, buffers)
+    }
+    fn get(&mut self, key: &str) -> mqtt::Result<Vec<u8>> {
+        self.inner.get(key)
+    }
+    fn remove(&mut self, key: &str) -> mqtt::Result<()> {
+        if self.keep_exchange_records && (key.starts_with("s-") || key.starts_with("sc-")) {
+            return Ok(());
+        }
+        self.inner.remove(key)
+    }
+    fn keys(&mut self) -> mqtt::Result<Vec<String>> {
+        self.inner.keys()
+    }
+    fn clear(&mut self) -> mqtt::Result<()> {
+        self.inner.clear()
+    }
+    fn contains_key(&mut self, key: &str) -> bool {
+        if self.naive_contains_key {
+            self.inner.contains(key).unwrap_or(false)
+        } else {
+            self.inner.contains_key(key)
+        }
+    }
+}
+
+fn fields(redis: &RedisServer, hash: &str) -> Vec<String> {
+    let mut keys: Vec<String> = redis.connection().hkeys(hash).expect("HKEYS");
+    keys.sort();
+    keys
+}
+
+fn hash_of(client_id: &str, server_uri: &str) -> String {
+    format!("{client_id}:{}", server_uri.trim_start_matches("tcp://"))
+}
+
+/// Case A: the broker completed the exchange (it got PUBREL and sent PUBCOMP),
+/// but the store still holds the PUBLISH and PUBREL records. Returns how many
+/// copies the subscriber got after the restart.
+fn completed_exchange_then_restart(naive_contains_key: bool) -> usize {
+    support::init_logging();
+    let broker = Mosquitto::start();
+    let redis = RedisServer::start();
+    let topic = support::unique_id("qos2/completed");
+    let client_id = support::unique_id("qos2-a");
+    let subscriber = Subscriber::start(&broker.uri(), &topic);
+
+    let mut store = TestStore::new(&redis.url());
+    store.keep_exchange_records = true;
+    let first = client(&broker.uri(), &client_id, store);
+    connect(&first, persistent_session());
+    first
+        .publish(mqtt::Message::new(&topic, "exactly once", 2))
+        .wait_for(DELIVERY_TIMEOUT)
+        .expect("QoS 2 publish completes (PUBCOMP received)");
+    assert_eq!(subscriber.collect(1, DELIVERY_TIMEOUT, Duration::ZERO).len(), 1, "first delivery");
+    drop(first); // the "crash": no DISCONNECT, the broker keeps the session
+
+    let hash = hash_of(&client_id, &broker.uri());
+    assert_eq!(fields(&redis, &hash), ["s-1", "sc-1"], "the store holds the completed exchange");
+
+    let mut store = TestStore::new(&redis.url());
+    store.naive_contains_key = naive_contains_key;
+    let restored = client(&broker.uri(), &client_id, store);
+    connect(&restored, persistent_session());
+    let settled = support::wait_until(DELIVERY_TIMEOUT, || fields(&redis, &hash).is_empty());
+    assert!(settled, "the restored exchange finishes and its records are removed: {:?}", fields(&redis, &hash));
+    subscriber.collect(usize::MAX, QUIET, QUIET).len()
+}
+
+/// Case B: the store holds a QoS 2 PUBLISH the broker never received.
+/// Returns how many copies the subscriber got after the restart.
+fn unacknowledged_publish_then_restart(naive_contains_key: bool) -> usize {
+    support::init_logging();
+    let broker = Mosquitto::start();
+    let redis = RedisServer::start();
+    let topic = support::unique_id("qos2/unacked");
+    let client_id = support::unique_id("qos2-b");
+    let subscriber = Subscriber::start(&broker.uri(), &topic);
+
+    // Paho resumes in-flight messages only into an existing broker session.
+    let session = mqtt::CreateOptionsBuilder::new()
+        .server_uri(broker.uri())
+        .client_id(&client_id)
+        .mqtt_version(support::mqtt::MQTT_VERSION)
+        .persistence(mqtt::PersistenceType::None)
+        .create_client()
+        .expect("create");
+    connect(&session, persistent_session());
+    session.disconnect(None).wait_for(DELIVERY_TIMEOUT).expect("disconnect");
+    drop(session);
+
+    // Let real Paho write the record: publish to a broker that accepts the
+    // connection and never acknowledges anything.
+    let black_hole = BlackHoleBroker::start();
+    let first = client(&black_hole.uri(), &client_id, TestStore::new(&redis.url()));
+    connect(&first, persistent_session());
+    let _token = first.publish(mqtt::Message::new(&topic, "exactly once", 2));
+    let written_hash = hash_of(&client_id, &black_hole.uri());
+    assert!(
+        support::wait_until(DELIVERY_TIMEOUT, || fields(&redis, &written_hash) == ["s-1"]),
+        "Paho stored the sent PUBLISH and nothing else: {:?}",
+        fields(&redis, &written_hash)
+    );
+    drop(first);
+
+    // Move the record to the hash of the real broker's URI.
+    let hash = hash_of(&client_id, &broker.uri());
+    let mut conn = redis.connection();
+    let record: Vec<u8> = conn.hget(&written_hash, "s-1").expect("HGET");
+    let () = conn.hset(&hash, "s-1", record).expect("HSET");
+    let () = conn.del(&written_hash).expect("DEL");
+
+    let mut store = TestStore::new(&redis.url());
+    store.naive_contains_key = naive_contains_key;
+    let restored = client(&broker.uri(), &client_id, store);
+    connect(&restored, persistent_session());
+    let settled = support::wait_until(DELIVERY_TIMEOUT, || fields(&redis, &hash).is_empty());
+    assert!(settled, "the restored message finishes and its records are removed: {:?}", fields(&redis, &hash));
+    subscriber.collect(usize::MAX, QUIET, QUIET).len()
+}
+
+#[test]
+fn completed_exchange_sends_only_pubrel_after_restart() {
+    assert_eq!(completed_exchange_then_restart(false), 0, "no second copy may be delivered");
+}
+
+#[test]
+fn unacknowledged_qos2_publish_is_resent_and_delivered_once() {
+    assert_eq!(unacknowledged_publish_then_restart(false), 1, "delivered exactly once");
+}
+
+#[test]
+fn naive_contains_key_duplicates_a_completed_exchange() {
+    assert_eq!(
+        completed_exchange_then_restart(true),
+        1,
+        "with the plain answer Paho re-sent the PUBLISH and the broker delivered it again; \
+         if this fails, paho-mqtt no longer inverts contains_key: drop the inversion in RedisPersistence"
+    );
+}
+
+#[test]
+fn naive_contains_key_loses_an_unacknowledged_publish() {
+    assert_eq!(
+        unacknowledged_publish_then_restart(true),
+        0,
+        "with the plain answer Paho sent only PUBREL and the message was lost; \
+         if this fails, paho-mqtt no longer inverts contains_key: drop the inversion in RedisPersistence"
+    );
+}
+
+/// An MQTT "broker" that accepts one connection, answers CONNECT with CONNACK
+/// and then reads and ignores everything.
+struct BlackHoleBroker {
+    port: u16,
+}
+
+impl BlackHoleBroker {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        std::thread::spawn(move || {
+            if let Ok((stream, _)) = listener.accept() {
+                swallow(stream);
+            }
+        });
+        Self { port }
+    }
+
+    fn uri(&self) -> String {
+        format!("tcp://127.0.0.1:{}", self.port)
+    }
+}
+
+fn swallow(mut stream: TcpStream) {
+    let mut header = [0u8; 1];
+    if stream.read_exact(&mut header).is_err() {
+        return;
+    }
+    // Skip the CONNECT's remaining length and body.
+    let (mut length, mut shift) = (0usize, 0);
+    loop {
+        let mut byte = [0u8; 1];
+        if stream.read_exact(&mut byte).is_err() {
+            return;
+        }
+        length += usize::from(byte[0] & 0x7f) << shift;
+        shift += 7;
+        if byte[0] & 0x80 == 0 {
+            break;
+        }
+    }
+    let mut body = vec![0u8; length];
+    if stream.read_exact(&mut body).is_err() {
+        return;
+    }
+    // CONNACK: session not present, connection accepted.
+    if stream.write_all(&[0x20, 0x02, 0x00, 0x00]).is_err() {
+        return;
+    }
+    let mut sink = [0u8; 4096];
+    while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+}
