@@ -64,8 +64,7 @@ impl Config {
     /// the name used by paho-mqtt-redis 0.3, so stores written by 0.3 are
     /// restored by this version.
     pub fn hash_name(&self, client_id: &str, server_uri: &str) -> String {
-        let mut name =
-            String::with_capacity(self.key_prefix.len() + client_id.len() + 1 + server_uri.len());
+        let mut name = String::with_capacity(self.key_prefix.len() + client_id.len() + 1 + server_uri.len());
         name.push_str(&self.key_prefix);
         name.push_str(client_id);
         name.push(':');
@@ -111,10 +110,7 @@ impl fmt::Debug for Config {
             .field("tls", &tls)
             .field("db", &self.redis.db())
             .field("username", &self.redis.username())
-            .field(
-                "password",
-                &self.redis.password().map(|_| Redacted),
-            )
+            .field("password", &self.redis.password().map(|_| Redacted))
             .field("key_prefix", &self.key_prefix)
             .field("connect_timeout", &self.connect_timeout)
             .field("io_timeout", &self.io_timeout)
@@ -142,16 +138,12 @@ pub(crate) fn parse_url(url: &str) -> Result<(ConnectionAddr, RedisConnectionInf
             return Err(Error::FeatureDisabled { scheme: scheme.to_owned(), feature: "tls" })
         }
         "redis+unix" | "valkey+unix" | "unix" if !cfg!(feature = "unix-socket") => {
-            return Err(Error::FeatureDisabled {
-                scheme: scheme.to_owned(),
-                feature: "unix-socket",
-            })
+            return Err(Error::FeatureDisabled { scheme: scheme.to_owned(), feature: "unix-socket" })
         }
         _ => {}
     }
-    let info = parsed
-        .into_connection_info()
-        .map_err(|e| Error::InvalidUrl { reason: describe_url_error(&e) })?;
+    let info =
+        parsed.into_connection_info().map_err(|e| Error::InvalidUrl { reason: describe_url_error(&e) })?;
     let redis = info.redis_settings().clone().set_skip_set_lib_name();
     Ok((info.addr().clone(), redis))
 }
@@ -235,8 +227,8 @@ impl Builder {
         if let Some(SecretUrl(url)) = self.url {
             (config.addr, config.redis) = parse_url(&url)?;
         }
-        config.connect_timeout = positive("connect_timeout", self.connect_timeout)?
-            .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        config.connect_timeout =
+            positive("connect_timeout", self.connect_timeout)?.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
         config.io_timeout = positive("io_timeout", self.io_timeout)?.unwrap_or(DEFAULT_IO_TIMEOUT);
         Ok(config)
     }

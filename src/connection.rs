@@ -79,11 +79,9 @@ impl Link {
 
 fn connect(config: &Config) -> Result<redis::Connection, Error> {
     let connect_error = |source: RedisError| Error::Connect { addr: config.address(), source };
-    let client = redis::Client::open(config.connection_info().map_err(connect_error)?)
-        .map_err(connect_error)?;
-    let conn = client
-        .get_connection_with_timeout(config.connect_timeout())
-        .map_err(connect_error)?;
+    let client =
+        redis::Client::open(config.connection_info().map_err(connect_error)?).map_err(connect_error)?;
+    let conn = client.get_connection_with_timeout(config.connect_timeout()).map_err(connect_error)?;
     conn.set_read_timeout(Some(config.io_timeout())).map_err(connect_error)?;
     conn.set_write_timeout(Some(config.io_timeout())).map_err(connect_error)?;
     Ok(conn)

@@ -132,9 +132,7 @@ impl RedisPersistence {
         let mut state = self.lock();
         let State { link, hash, .. } = &mut *state;
         let hash = hash.as_deref().ok_or(Error::NotOpen)?;
-        link.run(config, "HEXISTS", hash, |conn| {
-            redis::cmd("HEXISTS").arg(hash).arg(key).query::<bool>(conn)
-        })
+        link.run(config, "HEXISTS", hash, |conn| redis::cmd("HEXISTS").arg(hash).arg(key).query::<bool>(conn))
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -188,9 +186,8 @@ impl RedisPersistence {
         let mut state = self.lock();
         let State { link, hash, .. } = &mut *state;
         let hash = hash.as_deref().ok_or(Error::NotOpen)?;
-        let removed = link.run(config, "HDEL", hash, |conn| {
-            redis::cmd("HDEL").arg(hash).arg(key).query::<u64>(conn)
-        })?;
+        let removed =
+            link.run(config, "HDEL", hash, |conn| redis::cmd("HDEL").arg(hash).arg(key).query::<u64>(conn))?;
         if removed == 0 {
             log::trace!("redis persistence: remove of absent key {key:?} from `{hash}`");
         }

@@ -141,7 +141,10 @@ const CASES: &[(&str, fn(Factory))] = &[
     ("put_replaces_an_existing_value", put_replaces_an_existing_value),
     ("values_are_binary_safe_and_may_be_large", values_are_binary_safe_and_may_be_large),
     ("an_empty_value_is_a_value", an_empty_value_is_a_value),
-    ("remove_of_a_missing_key_succeeds_and_remove_removes", remove_of_a_missing_key_succeeds_and_remove_removes),
+    (
+        "remove_of_a_missing_key_succeeds_and_remove_removes",
+        remove_of_a_missing_key_succeeds_and_remove_removes,
+    ),
     ("keys_lists_exactly_what_is_stored", keys_lists_exactly_what_is_stored),
     ("clear_empties_the_store", clear_empties_the_store),
     ("contains_key_answers_in_paho_c_terms", contains_key_answers_in_paho_c_terms),

@@ -31,7 +31,9 @@ struct ChildSpec {
 
 impl ChildSpec {
     fn to_env(&self) -> String {
-        [&self.store, &self.redis_url, &self.broker_uri, &self.client_id, &self.topic].map(|s| s.as_str()).join("\n")
+        [&self.store, &self.redis_url, &self.broker_uri, &self.client_id, &self.topic]
+            .map(|s| s.as_str())
+            .join("\n")
     }
 
     fn from_env() -> Option<Self> {
@@ -50,7 +52,11 @@ impl ChildSpec {
     fn publish_and_abort(self) -> ! {
         let client = match self.store.as_str() {
             "legacy" => client(&self.broker_uri, &self.client_id, LegacyStore::new(&self.redis_url)),
-            _ => client(&self.broker_uri, &self.client_id, RedisPersistence::with_url(&self.redis_url).unwrap()),
+            _ => client(
+                &self.broker_uri,
+                &self.client_id,
+                RedisPersistence::with_url(&self.redis_url).unwrap(),
+            ),
         };
         for i in 0..MESSAGES {
             let message = mqtt::Message::new(&self.topic, format!("msg-{i:03}"), 1);
@@ -101,7 +107,8 @@ fn buffered_messages_survive_abort(test_name: &str, store: &str) {
 
     let broker = Mosquitto::start_on(broker_port);
     let subscriber = Subscriber::start(&broker.uri(), &spec.topic);
-    let restored = client(&broker.uri(), &spec.client_id, RedisPersistence::with_url(&redis.url()).expect("url"));
+    let restored =
+        client(&broker.uri(), &spec.client_id, RedisPersistence::with_url(&redis.url()).expect("url"));
     connect(&restored, persistent_session());
 
     let received = subscriber.collect(MESSAGES, Duration::from_secs(20), Duration::from_millis(500));
@@ -110,7 +117,11 @@ fn buffered_messages_survive_abort(test_name: &str, store: &str) {
     unique.dedup();
     assert_eq!(unique, expected, "every buffered message is delivered");
     assert!(
-        support::wait_until(Duration::from_secs(10), || redis.connection().hlen::<_, usize>(&hash).unwrap_or(1) == 0),
+        support::wait_until(Duration::from_secs(10), || redis
+            .connection()
+            .hlen::<_, usize>(&hash)
+            .unwrap_or(1)
+            == 0),
         "the store empties once the broker acknowledged everything"
     );
 }

@@ -119,7 +119,11 @@ fn completed_exchange_then_restart(naive_contains_key: bool) -> usize {
     let restored = client(&broker.uri(), &client_id, store);
     connect(&restored, persistent_session());
     let settled = support::wait_until(DELIVERY_TIMEOUT, || fields(&redis, &hash).is_empty());
-    assert!(settled, "the restored exchange finishes and its records are removed: {:?}", fields(&redis, &hash));
+    assert!(
+        settled,
+        "the restored exchange finishes and its records are removed: {:?}",
+        fields(&redis, &hash)
+    );
     subscriber.collect(usize::MAX, QUIET, QUIET).len()
 }
 
@@ -171,7 +175,11 @@ fn unacknowledged_publish_then_restart(naive_contains_key: bool) -> usize {
     let restored = client(&broker.uri(), &client_id, store);
     connect(&restored, persistent_session());
     let settled = support::wait_until(DELIVERY_TIMEOUT, || fields(&redis, &hash).is_empty());
-    assert!(settled, "the restored message finishes and its records are removed: {:?}", fields(&redis, &hash));
+    assert!(
+        settled,
+        "the restored message finishes and its records are removed: {:?}",
+        fields(&redis, &hash)
+    );
     subscriber.collect(usize::MAX, QUIET, QUIET).len()
 }
 

@@ -27,8 +27,8 @@ pub fn free_port() -> u16 {
 /// Debian puts daemons; panics with the fix when it is missing.
 pub fn require_binary(name: &str) -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
-    let candidates = std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from));
+    let candidates =
+        std::env::split_paths(&path).chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from));
     for dir in candidates {
         let candidate = dir.join(name);
         if candidate.is_file() {

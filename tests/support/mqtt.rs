@@ -46,10 +46,7 @@ pub fn persistent_session() -> mqtt::ConnectOptions {
 
 /// Connects and waits for the CONNACK.
 pub fn connect(client: &mqtt::AsyncClient, options: mqtt::ConnectOptions) {
-    client
-        .connect(options)
-        .wait_for(Duration::from_secs(10))
-        .expect("connect to the test broker");
+    client.connect(options).wait_for(Duration::from_secs(10)).expect("connect to the test broker");
 }
 
 /// A subscriber with no persistence, collecting everything published on one topic.
@@ -69,9 +66,8 @@ impl Subscriber {
             .create_client()
             .expect("create the subscriber");
         let messages = client.start_consuming();
-        let options = mqtt::ConnectOptionsBuilder::with_mqtt_version(MQTT_VERSION)
-            .clean_session(true)
-            .finalize();
+        let options =
+            mqtt::ConnectOptionsBuilder::with_mqtt_version(MQTT_VERSION).clean_session(true).finalize();
         connect(&client, options);
         client.subscribe(topic, 2).wait_for(Duration::from_secs(10)).expect("subscribe");
         Self { client, messages }

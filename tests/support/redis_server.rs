@@ -86,15 +86,24 @@ impl RedisServer {
         let binary = require_binary("redis-server");
         let log = self.dir.path().join("redis.log");
         let mut args: Vec<String> = [
-            "--port", &self.port.to_string(),
-            "--bind", "127.0.0.1",
-            "--unixsocket", &self.socket_path().display().to_string(),
-            "--unixsocketperm", "700",
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", &self.dir.path().display().to_string(),
-            "--logfile", &log.display().to_string(),
-            "--daemonize", "no",
+            "--port",
+            &self.port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--unixsocket",
+            &self.socket_path().display().to_string(),
+            "--unixsocketperm",
+            "700",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            &self.dir.path().display().to_string(),
+            "--logfile",
+            &log.display().to_string(),
+            "--daemonize",
+            "no",
         ]
         .iter()
         .map(|s| s.to_string())

@@ -1,0 +1,158 @@
+//! Configuration: URL forms, options, and clear errors for bad input.
+
+use std::time::Duration;
+
+use paho_mqtt_redis::{Error, RedisPersistence, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IO_TIMEOUT};
+
+/// What a URL must turn into: `Ok((address, db))` or an error whose message contains the text.
+type Expected = Result<(&'static str, i64), &'static str>;
+
+fn check(url: &str, expected: Expected) {
+    let result = RedisPersistence::with_url(url);
+    match (result, expected) {
+        (Ok(p), Ok((address, db))) => {
+            assert_eq!(p.config().address(), address, "address of {url}");
+            assert_eq!(p.config().db(), db, "db of {url}");
+        }
+        (Err(e), Err(text)) => {
+            let message = e.to_string();
+            assert!(message.contains(text), "error for {url:?} should mention {text:?}: {message}");
+        }
+        (Ok(p), Err(text)) => {
+            panic!("{url:?} was accepted ({:?}), expected an error mentioning {text:?}", p.config())
+        }
+        (Err(e), Ok(_)) => panic!("{url:?} was rejected: {e}"),
+    }
+}
+
+#[test]
+fn tcp_urls() {
+    let table: &[(&str, Expected)] = &[
+        ("redis://127.0.0.1", Ok(("127.0.0.1:6379", 0))),
+        ("redis://127.0.0.1:6380/3", Ok(("127.0.0.1:6380", 3))),
+        ("redis://localhost/15", Ok(("localhost:6379", 15))),
+        ("redis://user:s3cret@127.0.0.1:7000/1", Ok(("127.0.0.1:7000", 1))),
+        ("redis://:s3cret@127.0.0.1", Ok(("127.0.0.1:6379", 0))),
+        ("redis://[::1]:6379", Ok(("::1:6379", 0))),
+    ];
+    for (url, expected) in table {
+        check(url, *expected);
+    }
+}
+
+#[test]
+fn bad_urls_are_rejected_with_a_reason() {
+    let table: &[(&str, Expected)] = &[
+        ("", Err("invalid Redis URL")),
+        ("127.0.0.1:6379", Err("invalid Redis URL")),
+        ("http://127.0.0.1", Err("invalid Redis URL")),
+        ("redis://127.0.0.1/not-a-db", Err("Invalid database number")),
+        ("redis://127.0.0.1:99999", Err("invalid Redis URL")),
+        ("redis://0.0.0.0", Err("wildcard")),
+        ("redis://", Err("invalid Redis URL")),
+        ("redis://127.0.0.1/?protocol=9", Err("Invalid protocol version")),
+    ];
+    for (url, expected) in table {
+        check(url, *expected);
+    }
+}
+
+#[test]
+fn unix_socket_urls_need_the_unix_socket_feature() {
+    let table: &[(&str, Expected)] = if cfg!(feature = "unix-socket") {
+        &[
+            ("redis+unix:///run/redis/redis.sock", Ok(("/run/redis/redis.sock", 0))),
+            ("redis+unix:///run/redis/redis.sock?db=4", Ok(("/run/redis/redis.sock", 4))),
+            ("unix:///tmp/r.sock", Ok(("/tmp/r.sock", 0))),
+            ("unix:///tmp/r.sock?db=x", Err("Invalid database number")),
+        ]
+    } else {
+        &[
+            ("redis+unix:///run/redis/redis.sock", Err("needs the `unix-socket` feature")),
+            ("unix:///tmp/r.sock", Err("needs the `unix-socket` feature")),
+        ]
+    };
+    for (url, expected) in table {
+        check(url, *expected);
+    }
+}
+
+#[test]
+fn tls_urls_need_the_tls_feature() {
+    let expected: Expected =
+        if cfg!(feature = "tls") { Ok(("127.0.0.1:6380", 0)) } else { Err("needs the `tls` feature") };
+    check("rediss://127.0.0.1:6380", expected);
+}
+
+#[test]
+fn feature_errors_name_the_feature() {
+    if cfg!(feature = "tls") {
+        return check("rediss://127.0.0.1", Ok(("127.0.0.1:6379", 0)));
+    }
+    match RedisPersistence::with_url("rediss://127.0.0.1") {
+        Err(Error::FeatureDisabled { feature, .. }) => assert_eq!(feature, "tls"),
+        other => panic!("expected FeatureDisabled, got {other:?}"),
+    }
+}
+
+#[test]
+fn new_targets_the_local_default_redis() {
+    let p = RedisPersistence::new();
+    assert_eq!(p.config().address(), "127.0.0.1:6379");
+    assert_eq!(p.config().db(), 0);
+    assert_eq!(p.config().key_prefix(), "");
+    assert_eq!(p.config().connect_timeout(), DEFAULT_CONNECT_TIMEOUT);
+    assert_eq!(p.config().io_timeout(), DEFAULT_IO_TIMEOUT);
+    assert_eq!(p.hash_name(), None, "nothing is open before Paho calls open");
+}
+
+#[test]
+fn builder_sets_every_option() {
+    let p = RedisPersistence::builder()
+        .url("redis://127.0.0.1:6390/2")
+        .key_prefix("gw:")
+        .connect_timeout(Duration::from_millis(750))
+        .io_timeout(Duration::from_millis(250))
+        .build()
+        .expect("valid options");
+    let config = p.config();
+    assert_eq!(config.address(), "127.0.0.1:6390");
+    assert_eq!(config.db(), 2);
+    assert_eq!(config.connect_timeout(), Duration::from_millis(750));
+    assert_eq!(config.io_timeout(), Duration::from_millis(250));
+    assert_eq!(config.hash_name("dev-1", "broker:1883"), "gw:dev-1:broker:1883");
+}
+
+#[test]
+fn without_a_prefix_the_hash_is_named_as_in_0_3() {
+    let p = RedisPersistence::new();
+    assert_eq!(p.config().hash_name("dev-1", "localhost:1883"), "dev-1:localhost:1883");
+}
+
+#[test]
+fn zero_timeouts_are_rejected() {
+    for builder in [
+        RedisPersistence::builder().io_timeout(Duration::ZERO),
+        RedisPersistence::builder().connect_timeout(Duration::ZERO),
+    ] {
+        match builder.build() {
+            Err(e @ Error::InvalidTimeout { .. }) => {
+                assert!(e.to_string().contains("greater than zero"), "{e}")
+            }
+            other => panic!("expected InvalidTimeout, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn debug_output_never_shows_a_password() {
+    let url = "redis://gateway:s3cret-pw@127.0.0.1:6379/0";
+    let p = RedisPersistence::with_url(url).expect("valid");
+    let shown = format!("{p:?} {:?} {:#?}", p.config(), RedisPersistence::builder().url(url));
+    assert!(!shown.contains("s3cret-pw"), "password leaked: {shown}");
+    assert!(shown.contains("<redacted>"), "a password is there, and Debug says so: {shown}");
+    assert!(shown.contains("gateway"), "the user name is not secret: {shown}");
+
+    let bad = RedisPersistence::with_url("redis://gateway:s3cret-pw@127.0.0.1/x").expect_err("bad db");
+    assert!(!format!("{bad} {bad:?}").contains("s3cret-pw"), "password leaked in an error: {bad:?}");
+}
