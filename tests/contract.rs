@@ -135,7 +135,10 @@ fn calls_before_open_fail_cleanly(make: Factory) {
     assert!(store.remove("s-1").is_err());
 }
 
-const CASES: &[(&str, fn(Factory))] = &[
+/// One case of the contract: a name and a check that panics on a breach.
+type Case = (&'static str, fn(Factory));
+
+const CASES: &[Case] = &[
     ("get_of_a_missing_key_is_an_error", get_of_a_missing_key_is_an_error),
     ("put_joins_the_buffers_and_get_returns_them", put_joins_the_buffers_and_get_returns_them),
     ("put_replaces_an_existing_value", put_replaces_an_existing_value),
