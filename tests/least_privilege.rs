@@ -1,0 +1,68 @@
+//! The crate works under exactly the least-privilege ACL the README documents,
+//! and that ACL really confines it.
+
+mod support;
+
+use paho_mqtt::ClientPersistence;
+use paho_mqtt_redis::RedisPersistence;
+use support::RedisServer;
+
+const PASSWORD: &str = "acl-test-pw";
+
+/// The `ACL SETUSER` line from README.md, with the test's password.
+fn readme_acl_line() -> Vec<String> {
+    let readme = include_str!("../README.md");
+    let line = readme.lines().find(|l| l.starts_with("ACL SETUSER mqtt ")).expect("README documents the ACL");
+    line.replace(">change-me", &format!(">{PASSWORD}")).split_whitespace().map(str::to_owned).collect()
+}
+
+fn redis_with_readme_user() -> RedisServer {
+    let redis = RedisServer::start();
+    let mut admin = redis.connection();
+    let line = readme_acl_line();
+    let (command, args) = line.split_first().expect("a command");
+    let mut cmd = redis::cmd(command);
+    for arg in args {
+        cmd.arg(arg);
+    }
+    let () = cmd.query(&mut admin).expect("the README's ACL line is valid");
+    redis
+}
+
+fn store_as_readme_user(redis: &RedisServer, password: &str, prefix: &str) -> RedisPersistence {
+    RedisPersistence::builder()
+        .url(format!("redis://mqtt:{password}@127.0.0.1:{}/0", redis.port()))
+        .key_prefix(prefix)
+        .build()
+        .expect("valid options")
+}
+
+#[test]
+fn every_operation_works_under_the_documented_acl() {
+    let redis = redis_with_readme_user();
+    let mut store = store_as_readme_user(&redis, PASSWORD, "mqtt:");
+    store.open("dev", "broker:1883").expect("open");
+    store.put("s-1", vec![b"a", b"b"]).expect("put");
+    assert_eq!(store.get("s-1").expect("get"), b"ab");
+    assert_eq!(store.keys().expect("keys"), ["s-1"]);
+    assert!(store.contains("s-1").expect("contains"));
+    store.remove("s-1").expect("remove");
+    store.put("c-1", vec![b"c"]).expect("put");
+    store.clear().expect("clear");
+    assert!(store.keys().expect("keys").is_empty());
+}
+
+#[test]
+fn the_acl_confines_the_store_to_its_prefix() {
+    let redis = redis_with_readme_user();
+    let mut store = store_as_readme_user(&redis, PASSWORD, "other:");
+    store.open("dev", "broker:1883").expect("open: connecting needs no key access");
+    assert!(store.put("s-1", vec![b"x"]).is_err(), "a hash outside ~mqtt:* must be refused");
+}
+
+#[test]
+fn a_wrong_password_fails_open() {
+    let redis = redis_with_readme_user();
+    let mut store = store_as_readme_user(&redis, "wrong-password", "mqtt:");
+    assert!(store.open("dev", "broker:1883").is_err());
+}
