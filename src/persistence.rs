@@ -128,11 +128,7 @@ impl RedisPersistence {
     /// (The trait's [`ClientPersistence::contains_key`] answers inverted for
     /// Paho C's sake; see the type's documentation.)
     pub fn contains(&mut self, key: &str) -> Result<bool, Error> {
-        let config = &self.config;
-        let mut state = self.lock();
-        let State { link, hash, .. } = &mut *state;
-        let hash = hash.as_deref().ok_or(Error::NotOpen)?;
-        link.run(config, "HEXISTS", hash, |conn| redis::cmd("HEXISTS").arg(hash).arg(key).query::<bool>(conn))
+        self.exchange("HEXISTS", |conn, hash| redis::cmd("HEXISTS").arg(hash).arg(key).query(conn))
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -140,6 +136,18 @@ impl RedisPersistence {
         // way that matters (the worst case is a stale connection), and a
         // poisoned lock must not turn into a panic inside a Paho callback.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs one Redis exchange against the open store's hash.
+    fn exchange<T>(
+        &self,
+        command: &'static str,
+        mut request: impl FnMut(&mut redis::Connection, &str) -> redis::RedisResult<T>,
+    ) -> Result<T, Error> {
+        let mut state = self.lock();
+        let State { link, hash, .. } = &mut *state;
+        let hash = hash.as_deref().ok_or(Error::NotOpen)?;
+        link.run(&self.config, command, hash, |conn| request(conn, hash))
     }
 
     fn try_open(&self, client_id: &str, server_uri: &str) -> Result<String, Error> {
@@ -151,7 +159,6 @@ impl RedisPersistence {
     }
 
     fn try_put(&self, key: &str, buffers: &[&[u8]]) -> Result<(), Error> {
-        let config = &self.config;
         let mut state = self.lock();
         let State { link, hash, put_buffer } = &mut *state;
         let hash = hash.as_deref().ok_or(Error::NotOpen)?;
@@ -161,7 +168,7 @@ impl RedisPersistence {
             put_buffer.extend_from_slice(buffer);
         }
         let value: &[u8] = put_buffer;
-        let result = link.run(config, "HSET", hash, |conn| {
+        let result = link.run(&self.config, "HSET", hash, |conn| {
             redis::cmd("HSET").arg(hash).arg(key).arg(value).query::<()>(conn)
         });
         if put_buffer.capacity() > PUT_BUFFER_RETAINED_MAX {
@@ -171,48 +178,29 @@ impl RedisPersistence {
     }
 
     fn try_get(&self, key: &str) -> Result<Vec<u8>, Error> {
-        let config = &self.config;
-        let mut state = self.lock();
-        let State { link, hash, .. } = &mut *state;
-        let hash = hash.as_deref().ok_or(Error::NotOpen)?;
-        link.run(config, "HGET", hash, |conn| {
+        self.exchange("HGET", |conn, hash| {
             redis::cmd("HGET").arg(hash).arg(key).query::<Option<Vec<u8>>>(conn)
         })?
         .ok_or_else(|| Error::KeyNotFound { key: key.to_owned() })
     }
 
     fn try_remove(&self, key: &str) -> Result<(), Error> {
-        let config = &self.config;
-        let mut state = self.lock();
-        let State { link, hash, .. } = &mut *state;
-        let hash = hash.as_deref().ok_or(Error::NotOpen)?;
-        let removed =
-            link.run(config, "HDEL", hash, |conn| redis::cmd("HDEL").arg(hash).arg(key).query::<u64>(conn))?;
+        let removed: u64 =
+            self.exchange("HDEL", |conn, hash| redis::cmd("HDEL").arg(hash).arg(key).query(conn))?;
         if removed == 0 {
-            log::trace!("redis persistence: remove of absent key {key:?} from `{hash}`");
+            log::trace!("redis persistence: remove of absent key {key:?}");
         }
         Ok(())
     }
 
     fn try_keys(&self) -> Result<Vec<String>, Error> {
-        let config = &self.config;
-        let mut state = self.lock();
-        let State { link, hash, .. } = &mut *state;
-        let hash = hash.as_deref().ok_or(Error::NotOpen)?;
-        let (fields,) = link.run(config, "HKEYS", hash, |conn| {
-            redis::pipe().atomic().cmd("HKEYS").arg(hash).query::<(Vec<Vec<u8>>,)>(conn)
-        })?;
-        Ok(fields.into_iter().filter_map(|field| paho_key(hash, field)).collect())
+        let (fields,): (Vec<Vec<u8>>,) =
+            self.exchange("HKEYS", |conn, hash| redis::pipe().atomic().cmd("HKEYS").arg(hash).query(conn))?;
+        Ok(fields.into_iter().filter_map(paho_key).collect())
     }
 
     fn try_clear(&self) -> Result<(), Error> {
-        let config = &self.config;
-        let mut state = self.lock();
-        let State { link, hash, .. } = &mut *state;
-        let hash = hash.as_deref().ok_or(Error::NotOpen)?;
-        link.run(config, "DEL", hash, |conn| {
-            redis::pipe().atomic().cmd("DEL").arg(hash).ignore().query::<()>(conn)
-        })
+        self.exchange("DEL", |conn, hash| redis::pipe().atomic().cmd("DEL").arg(hash).ignore().query(conn))
     }
 
     fn try_close(&self) {
@@ -225,16 +213,16 @@ impl RedisPersistence {
 /// A hash field as a key Paho can take, or `None` for a field someone else
 /// wrote that Paho never would: paho-mqtt 0.14 aborts the process on a key with
 /// a NUL byte, and Paho's keys are always ASCII.
-fn paho_key(hash: &str, field: Vec<u8>) -> Option<String> {
+fn paho_key(field: Vec<u8>) -> Option<String> {
     match String::from_utf8(field) {
         Ok(key) if !key.contains('\0') => Some(key),
         Ok(key) => {
-            log::warn!("redis persistence: skipping field {key:?} of `{hash}`: it contains a NUL byte");
+            log::warn!("redis persistence: skipping field {key:?}: it contains a NUL byte");
             None
         }
         Err(e) => {
             log::warn!(
-                "redis persistence: skipping field {:?} of `{hash}`: not UTF-8",
+                "redis persistence: skipping field {:?}: not UTF-8",
                 String::from_utf8_lossy(e.as_bytes())
             );
             None
