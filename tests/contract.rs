@@ -164,6 +164,12 @@ fn run_contract(backend: &str, make: Factory) {
     }
 }
 
+/// Paho C may call the store from its send and receive threads.
+const _: () = {
+    const fn send_and_sync<T: Send + Sync>() {}
+    send_and_sync::<RedisPersistence>();
+};
+
 #[test]
 fn reference_model_meets_the_contract() {
     let shared = ModelStore::default();

@@ -89,58 +89,81 @@ fn hash_of(client_id: &str, server_uri: &str) -> String {
     format!("{client_id}:{}", server_uri.trim_start_matches("tcp://"))
 }
 
-/// Case A: the broker completed the exchange (it got PUBREL and sent PUBCOMP),
-/// but the store still holds the PUBLISH and PUBREL records. Returns how many
-/// copies the subscriber got after the restart.
-fn completed_exchange_then_restart(naive_contains_key: bool) -> usize {
-    support::init_logging();
-    let broker = Mosquitto::start();
-    let redis = RedisServer::start();
-    let topic = support::unique_id("qos2/completed");
-    let client_id = support::unique_id("qos2-a");
-    let subscriber = Subscriber::start(&broker.uri(), &topic);
+/// A broker, a Redis, and a subscriber on the topic a client id publishes to.
+/// (Fields drop in order: the subscriber disconnects before the broker dies.)
+struct Scene {
+    subscriber: Subscriber,
+    broker: Mosquitto,
+    redis: RedisServer,
+    topic: String,
+    client_id: String,
+}
 
-    let mut store = TestStore::new(&redis.url());
+impl Scene {
+    fn new(name: &str) -> Self {
+        support::init_logging();
+        let broker = Mosquitto::start();
+        let topic = support::unique_id(&format!("qos2/{name}"));
+        Self {
+            subscriber: Subscriber::start(&broker.uri(), &topic),
+            broker,
+            redis: RedisServer::start(),
+            topic,
+            client_id: support::unique_id(name),
+        }
+    }
+
+    /// The store's hash for the real broker.
+    fn hash(&self) -> String {
+        hash_of(&self.client_id, &self.broker.uri())
+    }
+
+    /// Starts the client again from what the store holds, waits until Paho has
+    /// finished and removed the records, and returns how many copies the
+    /// subscriber got after the restart.
+    fn restart_and_count_deliveries(&self, naive_contains_key: bool) -> usize {
+        let mut store = TestStore::new(&self.redis.url());
+        store.naive_contains_key = naive_contains_key;
+        let restored = client(&self.broker.uri(), &self.client_id, store);
+        connect(&restored, persistent_session());
+        let hash = self.hash();
+        let settled = support::wait_until(DELIVERY_TIMEOUT, || fields(&self.redis, &hash).is_empty());
+        assert!(
+            settled,
+            "the restored message finishes and its records go: {:?}",
+            fields(&self.redis, &hash)
+        );
+        self.subscriber.collect(usize::MAX, QUIET, QUIET).len()
+    }
+}
+
+/// Case A: the broker completed the exchange (it got PUBREL and sent PUBCOMP),
+/// but the store still holds the PUBLISH and PUBREL records.
+fn completed_exchange_then_restart(naive_contains_key: bool) -> usize {
+    let scene = Scene::new("qos2-completed");
+    let mut store = TestStore::new(&scene.redis.url());
     store.keep_exchange_records = true;
-    let first = client(&broker.uri(), &client_id, store);
+    let first = client(&scene.broker.uri(), &scene.client_id, store);
     connect(&first, persistent_session());
     first
-        .publish(mqtt::Message::new(&topic, "exactly once", 2))
+        .publish(mqtt::Message::new(&scene.topic, "exactly once", 2))
         .wait_for(DELIVERY_TIMEOUT)
         .expect("QoS 2 publish completes (PUBCOMP received)");
-    assert_eq!(subscriber.collect(1, DELIVERY_TIMEOUT, Duration::ZERO).len(), 1, "first delivery");
+    assert_eq!(scene.subscriber.collect(1, DELIVERY_TIMEOUT, Duration::ZERO).len(), 1, "first delivery");
     drop(first); // the "crash": no DISCONNECT, the broker keeps the session
 
-    let hash = hash_of(&client_id, &broker.uri());
-    assert_eq!(fields(&redis, &hash), ["s-1", "sc-1"], "the store holds the completed exchange");
-
-    let mut store = TestStore::new(&redis.url());
-    store.naive_contains_key = naive_contains_key;
-    let restored = client(&broker.uri(), &client_id, store);
-    connect(&restored, persistent_session());
-    let settled = support::wait_until(DELIVERY_TIMEOUT, || fields(&redis, &hash).is_empty());
-    assert!(
-        settled,
-        "the restored exchange finishes and its records are removed: {:?}",
-        fields(&redis, &hash)
-    );
-    subscriber.collect(usize::MAX, QUIET, QUIET).len()
+    assert_eq!(fields(&scene.redis, &scene.hash()), ["s-1", "sc-1"], "the store holds the exchange");
+    scene.restart_and_count_deliveries(naive_contains_key)
 }
 
 /// Case B: the store holds a QoS 2 PUBLISH the broker never received.
-/// Returns how many copies the subscriber got after the restart.
 fn unacknowledged_publish_then_restart(naive_contains_key: bool) -> usize {
-    support::init_logging();
-    let broker = Mosquitto::start();
-    let redis = RedisServer::start();
-    let topic = support::unique_id("qos2/unacked");
-    let client_id = support::unique_id("qos2-b");
-    let subscriber = Subscriber::start(&broker.uri(), &topic);
+    let scene = Scene::new("qos2-unacked");
 
     // Paho resumes in-flight messages only into an existing broker session.
     let session = mqtt::CreateOptionsBuilder::new()
-        .server_uri(broker.uri())
-        .client_id(&client_id)
+        .server_uri(scene.broker.uri())
+        .client_id(&scene.client_id)
         .mqtt_version(support::mqtt::MQTT_VERSION)
         .persistence(mqtt::PersistenceType::None)
         .create_client()
@@ -152,35 +175,24 @@ fn unacknowledged_publish_then_restart(naive_contains_key: bool) -> usize {
     // Let real Paho write the record: publish to a broker that accepts the
     // connection and never acknowledges anything.
     let black_hole = BlackHoleBroker::start();
-    let first = client(&black_hole.uri(), &client_id, TestStore::new(&redis.url()));
+    let first = client(&black_hole.uri(), &scene.client_id, TestStore::new(&scene.redis.url()));
     connect(&first, persistent_session());
-    let _token = first.publish(mqtt::Message::new(&topic, "exactly once", 2));
-    let written_hash = hash_of(&client_id, &black_hole.uri());
+    let _token = first.publish(mqtt::Message::new(&scene.topic, "exactly once", 2));
+    let written_hash = hash_of(&scene.client_id, &black_hole.uri());
     assert!(
-        support::wait_until(DELIVERY_TIMEOUT, || fields(&redis, &written_hash) == ["s-1"]),
+        support::wait_until(DELIVERY_TIMEOUT, || fields(&scene.redis, &written_hash) == ["s-1"]),
         "Paho stored the sent PUBLISH and nothing else: {:?}",
-        fields(&redis, &written_hash)
+        fields(&scene.redis, &written_hash)
     );
     drop(first);
 
     // Move the record to the hash of the real broker's URI.
-    let hash = hash_of(&client_id, &broker.uri());
-    let mut conn = redis.connection();
+    let mut conn = scene.redis.connection();
     let record: Vec<u8> = conn.hget(&written_hash, "s-1").expect("HGET");
-    let () = conn.hset(&hash, "s-1", record).expect("HSET");
+    let () = conn.hset(scene.hash(), "s-1", record).expect("HSET");
     let () = conn.del(&written_hash).expect("DEL");
 
-    let mut store = TestStore::new(&redis.url());
-    store.naive_contains_key = naive_contains_key;
-    let restored = client(&broker.uri(), &client_id, store);
-    connect(&restored, persistent_session());
-    let settled = support::wait_until(DELIVERY_TIMEOUT, || fields(&redis, &hash).is_empty());
-    assert!(
-        settled,
-        "the restored message finishes and its records are removed: {:?}",
-        fields(&redis, &hash)
-    );
-    subscriber.collect(usize::MAX, QUIET, QUIET).len()
+    scene.restart_and_count_deliveries(naive_contains_key)
 }
 
 #[test]
