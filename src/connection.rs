@@ -34,25 +34,18 @@ impl Link {
         mut command: impl FnMut(&mut redis::Connection) -> RedisResult<T>,
     ) -> Result<T, Error> {
         let fail = |source: RedisError| Error::Command { command: name, hash: hash.to_owned(), source };
-        let first = {
-            let conn = self.connected(config)?;
-            match command(conn) {
-                Ok(value) => return Ok(value),
-                Err(error) => (error, conn.is_open()),
-            }
+        let conn = self.connected(config)?;
+        let error = match command(conn) {
+            Ok(value) => return Ok(value),
+            Err(error) if !unusable_after(&error, conn) => return Err(fail(error)), // an error reply
+            Err(error) => error,
         };
-        let (error, still_open) = first;
+        self.conn = None;
         if error.is_timeout() {
-            // A late reply would otherwise be read as the answer to our next command.
-            self.conn = None;
-            return Err(fail(error));
-        }
-        if still_open && !error.is_io_error() && !error.is_connection_dropped() {
-            // Redis answered with an error reply: the connection is fine and retrying won't help.
+            // A hung Redis would only time out again; the next call reconnects.
             return Err(fail(error));
         }
         log::info!("redis persistence: connection lost during {name} on `{hash}` ({error}); reconnecting");
-        self.conn = None;
         let conn = self.connected(config)?;
         match command(conn) {
             Ok(value) => {
@@ -60,7 +53,7 @@ impl Link {
                 Ok(value)
             }
             Err(error) => {
-                if error.is_timeout() || !conn.is_open() || error.is_io_error() {
+                if unusable_after(&error, conn) {
                     self.conn = None;
                 }
                 Err(fail(error))
@@ -75,6 +68,12 @@ impl Link {
             slot @ None => Ok(slot.insert(connect(config)?)),
         }
     }
+}
+
+/// Whether `conn` can no longer be trusted after `error`: it broke, or a late
+/// reply to the failed command could be read as the answer to the next one.
+fn unusable_after(error: &RedisError, conn: &redis::Connection) -> bool {
+    !conn.is_open() || error.is_timeout() || error.is_io_error() || error.is_connection_dropped()
 }
 
 fn connect(config: &Config) -> Result<redis::Connection, Error> {
