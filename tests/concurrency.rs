@@ -1,0 +1,50 @@
+//! Paho calls the store from the application's publishing threads and from its
+//! own send and receive threads at once; nothing may be lost or left behind.
+
+mod support;
+
+use std::time::Duration;
+
+use paho_mqtt as mqtt;
+use paho_mqtt_redis::RedisPersistence;
+use redis::Commands;
+use support::mqtt::{client, connect, payloads, persistent_session, Subscriber};
+use support::{Mosquitto, RedisServer};
+
+const THREADS: usize = 4;
+const PER_THREAD: usize = 100;
+
+#[test]
+fn publishing_from_several_threads_delivers_everything_and_empties_the_store() {
+    support::init_logging();
+    let broker = Mosquitto::start();
+    let redis = RedisServer::start();
+    let topic = support::unique_id("concurrency/topic");
+    let client_id = support::unique_id("concurrent");
+    let subscriber = Subscriber::start(&broker.uri(), &topic);
+    let publisher = client(&broker.uri(), &client_id, RedisPersistence::with_url(&redis.url()).expect("url"));
+    connect(&publisher, persistent_session());
+
+    std::thread::scope(|scope| {
+        for thread in 0..THREADS {
+            let (publisher, topic) = (publisher.clone(), topic.clone());
+            scope.spawn(move || {
+                let tokens: Vec<_> = (0..PER_THREAD)
+                    .map(|i| publisher.publish(mqtt::Message::new(&topic, format!("t{thread}-{i:03}"), 1)))
+                    .collect();
+                for token in tokens {
+                    token.wait_for(Duration::from_secs(30)).expect("publish acknowledged");
+                }
+            });
+        }
+    });
+
+    let expected = THREADS * PER_THREAD;
+    let received = subscriber.collect(expected, Duration::from_secs(30), Duration::from_millis(300));
+    let mut unique = payloads(&received);
+    unique.dedup();
+    assert_eq!(unique.len(), expected, "every message delivered");
+    let hash = format!("{client_id}:{}", broker.uri().trim_start_matches("tcp://"));
+    let left: usize = redis.connection().hlen(&hash).expect("HLEN");
+    assert_eq!(left, 0, "every acknowledged message's records were removed");
+}
