@@ -1,5 +1,6 @@
 //! Paho calls the store from the application's publishing threads and from its
-//! own send and receive threads at once; nothing may be lost or left behind.
+//! own send and receive threads at once, QoS 1 and QoS 2 mixed; nothing may be
+//! lost or left behind.
 
 mod support;
 
@@ -30,7 +31,10 @@ fn publishing_from_several_threads_delivers_everything_and_empties_the_store() {
             let (publisher, topic) = (publisher.clone(), topic.clone());
             scope.spawn(move || {
                 let tokens: Vec<_> = (0..PER_THREAD)
-                    .map(|i| publisher.publish(mqtt::Message::new(&topic, format!("t{thread}-{i:03}"), 1)))
+                    .map(|i| {
+                        let qos = if i % 2 == 0 { 1 } else { 2 };
+                        publisher.publish(mqtt::Message::new(&topic, format!("t{thread}-{i:03}"), qos))
+                    })
                     .collect();
                 for token in tokens {
                     token.wait_for(Duration::from_secs(30)).expect("publish acknowledged");
