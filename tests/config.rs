@@ -25,6 +25,12 @@ fn check(url: &str, expected: Expected) {
     }
 }
 
+fn check_all(table: &[(&str, Expected)]) {
+    for (url, expected) in table {
+        check(url, *expected);
+    }
+}
+
 #[test]
 fn tcp_urls() {
     let table: &[(&str, Expected)] = &[
@@ -35,9 +41,7 @@ fn tcp_urls() {
         ("redis://:s3cret@127.0.0.1", Ok(("127.0.0.1:6379", 0))),
         ("redis://[::1]:6379", Ok(("::1:6379", 0))),
     ];
-    for (url, expected) in table {
-        check(url, *expected);
-    }
+    check_all(table);
 }
 
 #[test]
@@ -52,9 +56,7 @@ fn bad_urls_are_rejected_with_a_reason() {
         ("redis://", Err("invalid Redis URL")),
         ("redis://127.0.0.1/?protocol=9", Err("Invalid protocol version")),
     ];
-    for (url, expected) in table {
-        check(url, *expected);
-    }
+    check_all(table);
 }
 
 #[test]
@@ -72,9 +74,7 @@ fn unix_socket_urls_need_the_unix_socket_feature() {
             ("unix:///tmp/r.sock", Err("needs the `unix-socket` feature")),
         ]
     };
-    for (url, expected) in table {
-        check(url, *expected);
-    }
+    check_all(table);
 }
 
 #[test]
