@@ -11,11 +11,19 @@ use crate::{Config, Error};
 /// change the outcome; that is what makes the single automatic retry safe.
 pub(crate) struct Link {
     conn: Option<redis::Connection>,
+    /// How many connections have been opened: a change tells the store that
+    /// Redis may have restarted (and lost data) since it last looked.
+    generation: u64,
 }
 
 impl Link {
     pub(crate) fn new() -> Self {
-        Self { conn: None }
+        Self { conn: None, generation: 0 }
+    }
+
+    /// The number of connections opened so far.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Drops the connection; the next command reconnects.
@@ -65,7 +73,11 @@ impl Link {
     pub(crate) fn connected(&mut self, config: &Config) -> Result<&mut redis::Connection, Error> {
         match &mut self.conn {
             Some(conn) => Ok(conn),
-            slot @ None => Ok(slot.insert(connect(config)?)),
+            slot @ None => {
+                let conn = connect(config)?;
+                self.generation = self.generation.wrapping_add(1);
+                Ok(slot.insert(conn))
+            }
         }
     }
 }

@@ -74,6 +74,18 @@ pub enum Error {
         source: redis::RedisError,
     },
 
+    /// The store's Redis key exists but is not a hash: something else uses the name.
+    #[error(
+        "the Redis key `{hash}` holds a {found}, not a hash: another program uses this name \
+         (choose another key_prefix, or delete the key)"
+    )]
+    NotAHash {
+        /// The Redis key the store would use.
+        hash: String,
+        /// What the key holds, as Redis's `TYPE` names it (such as `string`).
+        found: String,
+    },
+
     /// `get` of a key that is not in the store.
     #[error("key `{key}` is not in the store")]
     KeyNotFound {

@@ -46,7 +46,9 @@
 mod config;
 mod connection;
 mod error;
+mod local;
 mod persistence;
+mod resp;
 
 pub use config::{Builder, Config, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IO_TIMEOUT, DEFAULT_PORT};
 pub use error::Error;

@@ -1,13 +1,17 @@
 //! [`RedisPersistence`]: Paho's persistence callbacks mapped onto one Redis hash.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use bytes::BytesMut;
 use paho_mqtt::ClientPersistence;
+use redis::{RedisError, RedisResult};
+use smallvec::SmallVec;
 
 use crate::config::{Builder, Config};
 use crate::connection::Link;
-use crate::Error;
+use crate::local::{is_command_key, CommandCache, FieldIndex, FieldName};
+use crate::{resp, Error};
 
 /// Capacity of the put buffer when the store is created: a typical MQTT packet fits.
 const PUT_BUFFER_INITIAL: usize = 1024;
@@ -24,11 +28,59 @@ const PUT_BUFFER_RETAINED_MAX: usize = 64 * 1024;
 /// lives in the hash `{key_prefix}{client_id}:{server_uri}` (see
 /// [`Config::hash_name`]).
 ///
+/// # Round trips
+///
+/// Paho calls the store synchronously from its own threads, so each Redis
+/// round trip is latency of the client. The store therefore assumes it is the
+/// only writer of its hash and keeps what it can locally:
+///
+/// - `open` reads the whole hash with one `HGETALL`. Paho's restore (three
+///   `keys`, one `get` per record, `contains_key` per sent PUBLISH) is answered
+///   from that snapshot, and each snapshot entry is freed once read.
+/// - An index of the hash's fields answers `keys`, `contains_key` and the
+///   `remove` of a key never written (Paho removes four keys per
+///   acknowledged message, usually three of them absent) without a round trip.
+/// - Paho writes each queued command (`c-` record) and reads it back when it
+///   sends the command; the read is served from a small cache of the latest
+///   command records.
+/// - Paho removes a command record just before it writes the PUBLISH record
+///   (`s-`) of the same message. That removal is sent with the next write, in
+///   the same pipeline and after it, so the message is never absent from
+///   Redis in between (with Paho's own order, a crash at that moment loses
+///   it). A crash before that write leaves the command record, which Paho
+///   restores and sends: the message was not sent yet, so nothing is
+///   duplicated.
+/// - `put` encodes its `HSET` straight into one reused buffer, joining Paho's
+///   buffers in place.
+///
+/// An online QoS 1 publish costs 4 Redis commands in 3 round trips (0.3 sent
+/// 8 commands), and restoring any number of records costs one command.
+///
+/// After every reconnect, the store compares its index with the hash: records
+/// Redis lost (a restart without persistence) are logged, and command records
+/// still cached are written again.
+///
+/// # Failures
+///
 /// Each callback either succeeds or fails with
 /// [`paho_mqtt::Error::PersistenceError`] and leaves the store as it was; the
 /// reason is logged through the [`log`] crate (operation, key, error). A broken
 /// connection is re-established once within the failing call, so the first
 /// call after a Redis restart succeeds.
+///
+/// Two exceptions keep the client alive while Redis is unreachable:
+///
+/// - A `put` of a command record (`c-`, written for every publish) does not
+///   fail: when Redis cannot take it, it is kept in memory, served to Paho's
+///   read-back, and written with the next successful write. Paho C 1.3.16
+///   keeps a command whose record failed to persist queued and sends it,
+///   while paho-mqtt 0.14 frees that publish's token when told of the
+///   failure: the process then crashes (a use after free). Such a message is
+///   not crash-safe until Redis has taken it; [`RedisPersistence::unwritten`]
+///   counts them.
+/// - A `remove` that cannot reach Redis succeeds locally and is sent with the
+///   next successful write. Paho ignores failed removes, and the index must
+///   follow Paho.
 ///
 /// # `contains_key` answers inverted, on purpose
 ///
@@ -57,17 +109,34 @@ pub struct RedisPersistence {
 /// What changes while the store is in use; guarded by one lock.
 struct State {
     link: Link,
-    /// The hash of the open store; `None` before `open` and after `close`.
-    hash: Option<String>,
-    /// The put buffer, reused across calls so a put does not allocate.
-    put_buffer: BytesMut,
+    /// `None` before `open` and after `close`.
+    store: Option<OpenStore>,
+    /// The put buffer: commands are encoded here, reused across calls.
+    packed: BytesMut,
+}
+
+/// The local knowledge about the open store's hash.
+#[derive(Debug)]
+struct OpenStore {
+    hash: String,
+    /// The fields as Paho wrote them: removed fields leave at once, even
+    /// while their `HDEL` waits in `removals_owed`.
+    fields: FieldIndex,
+    /// The hash as `open` read it, until Paho's restore has read each record.
+    restore_snapshot: HashMap<String, Vec<u8>>,
+    /// The latest command records, including any Redis has not taken yet.
+    commands: CommandCache,
+    /// Fields removed locally whose `HDEL` has not been sent yet.
+    removals_owed: Vec<FieldName>,
+    /// The connection generation the index was last checked against.
+    synced_generation: u64,
 }
 
 impl std::fmt::Debug for State {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("State")
-            .field("hash", &self.hash)
-            .field("put_buffer_capacity", &self.put_buffer.capacity())
+            .field("store", &self.store)
+            .field("put_buffer_capacity", &self.packed.capacity())
             .finish_non_exhaustive()
     }
 }
@@ -77,6 +146,10 @@ impl Default for RedisPersistence {
         Self::from_config(Config::default())
     }
 }
+
+/// The replies of one pipelined exchange, one per command: `Ok` or the error
+/// reply. Inline, so that reading them does not allocate.
+type Replies = SmallVec<[RedisResult<()>; 4]>;
 
 impl RedisPersistence {
     /// A store on the Redis at `127.0.0.1:6379`, database 0, with no key prefix.
@@ -107,8 +180,8 @@ impl RedisPersistence {
             config,
             state: Mutex::new(State {
                 link: Link::new(),
-                hash: None,
-                put_buffer: BytesMut::with_capacity(PUT_BUFFER_INITIAL),
+                store: None,
+                packed: BytesMut::with_capacity(PUT_BUFFER_INITIAL),
             }),
         }
     }
@@ -120,15 +193,21 @@ impl RedisPersistence {
 
     /// The name of the Redis hash of the open store, or `None` before `open`.
     pub fn hash_name(&self) -> Option<String> {
-        self.lock().hash.clone()
+        self.lock().store.as_ref().map(|store| store.hash.clone())
     }
 
     /// Whether `key` is in the store: the plain answer, for Rust callers.
     ///
     /// (The trait's [`ClientPersistence::contains_key`] answers inverted for
     /// Paho C's sake; see the type's documentation.)
-    pub fn contains(&mut self, key: &str) -> Result<bool, Error> {
-        self.exchange("HEXISTS", |conn, hash| redis::cmd("HEXISTS").arg(hash).arg(key).query(conn))
+    pub fn contains(&self, key: &str) -> Result<bool, Error> {
+        Ok(self.lock().store.as_ref().ok_or(Error::NotOpen)?.fields.contains(key))
+    }
+
+    /// How many command records Redis has not taken yet (it was unreachable
+    /// or refused them): those messages are in memory only until it does.
+    pub fn unwritten(&self) -> usize {
+        self.lock().store.as_ref().map_or(0, |store| store.commands.not_in_redis_count())
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -138,75 +217,372 @@ impl RedisPersistence {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Runs one Redis exchange against the open store's hash.
-    fn exchange<T>(
-        &self,
-        command: &'static str,
-        mut request: impl FnMut(&mut redis::Connection, &str) -> redis::RedisResult<T>,
-    ) -> Result<T, Error> {
-        let mut state = self.lock();
-        let State { link, hash, .. } = &mut *state;
-        let hash = hash.as_deref().ok_or(Error::NotOpen)?;
-        link.run(&self.config, command, hash, |conn| request(conn, hash))
-    }
-
     fn try_open(&self, client_id: &str, server_uri: &str) -> Result<String, Error> {
         let hash = self.config.hash_name(client_id, server_uri);
         let mut state = self.lock();
-        state.link.connected(&self.config)?;
-        state.hash = Some(hash.clone());
+        let State { link, store, .. } = &mut *state;
+        *store = None;
+        let read = link.run(&self.config, "HGETALL", &hash, |conn| {
+            redis::cmd("HGETALL").arg(&hash).query::<Vec<(Vec<u8>, Vec<u8>)>>(conn)
+        });
+        let entries = match read {
+            Err(Error::Command { source, .. }) if source.code() == Some("WRONGTYPE") => {
+                let found = link
+                    .run(&self.config, "TYPE", &hash, |conn| redis::cmd("TYPE").arg(&hash).query(conn))
+                    .unwrap_or_else(|_| "value of another type".to_owned());
+                return Err(Error::NotAHash { hash, found });
+            }
+            other => other?,
+        };
+        let mut opened = OpenStore {
+            hash: hash.clone(),
+            fields: FieldIndex::default(),
+            restore_snapshot: HashMap::with_capacity(entries.len()),
+            commands: CommandCache::default(),
+            removals_owed: Vec::new(),
+            synced_generation: link.generation(),
+        };
+        for (field, value) in entries {
+            if let Some(key) = paho_key(field) {
+                opened.fields.insert(&key);
+                opened.restore_snapshot.insert(key, value);
+            }
+        }
+        *store = Some(opened);
         Ok(hash)
     }
 
     fn try_put(&self, key: &str, buffers: &[&[u8]]) -> Result<(), Error> {
         let mut state = self.lock();
-        let State { link, hash, put_buffer } = &mut *state;
-        let hash = hash.as_deref().ok_or(Error::NotOpen)?;
-        put_buffer.clear();
-        put_buffer.reserve(buffers.iter().map(|b| b.len()).fold(0, usize::saturating_add));
-        for buffer in buffers {
-            put_buffer.extend_from_slice(buffer);
+        let State { link, store, packed } = &mut *state;
+        let store = store.as_mut().ok_or(Error::NotOpen)?;
+        // Paho writes only after its restore is over; what it did not read by
+        // then it never will.
+        if !store.restore_snapshot.is_empty() {
+            store.restore_snapshot = HashMap::new();
         }
-        let value: &[u8] = put_buffer;
-        let result = link.run(&self.config, "HSET", hash, |conn| {
-            redis::cmd("HSET").arg(hash).arg(key).arg(value).query::<()>(conn)
-        });
-        if put_buffer.capacity() > PUT_BUFFER_RETAINED_MAX {
-            *put_buffer = BytesMut::with_capacity(PUT_BUFFER_INITIAL);
+        // This write replaces the field, so an owed removal of it must not follow it.
+        store.removals_owed.retain(|owed| owed.as_slice() != key.as_bytes());
+
+        packed.clear();
+        let owed_writes = store.encode_owed_writes(packed);
+        resp::begin(packed, 4);
+        resp::arg(packed, b"HSET");
+        resp::arg(packed, store.hash.as_bytes());
+        resp::arg(packed, key.as_bytes());
+        resp::arg_from_parts(packed, buffers);
+        let owed_removals = store.encode_owed_removals(packed);
+        let commands = usize::from(owed_writes) + 1 + usize::from(owed_removals);
+
+        let exchanged = link.run(&self.config, "HSET", &store.hash, |conn| exchange(conn, packed, commands));
+        if packed.capacity() > PUT_BUFFER_RETAINED_MAX {
+            *packed = BytesMut::with_capacity(PUT_BUFFER_INITIAL);
         }
+        let mut replies = match exchanged {
+            Ok(replies) => replies.into_iter(),
+            Err(error) if is_command_key(key) => {
+                store.keep_unwritten(key, buffers, &error);
+                return Ok(());
+            }
+            Err(error) => return Err(error),
+        };
+        if owed_writes {
+            store.owed_writes_done(replies.next());
+        }
+        let written = replies.next().unwrap_or(Ok(()));
+        if owed_removals {
+            store.owed_removals_done(replies.next());
+        }
+        let result = match written {
+            Ok(()) => {
+                store.fields.insert(key);
+                if is_command_key(key) {
+                    store.commands.insert(key, buffers, true);
+                }
+                Ok(())
+            }
+            Err(source) => {
+                let error = Error::Command { command: "HSET", hash: store.hash.clone(), source };
+                if is_command_key(key) {
+                    store.keep_unwritten(key, buffers, &error);
+                    Ok(())
+                } else {
+                    Err(error)
+                }
+            }
+        };
+        store.resync_if_reconnected(link, &self.config, packed);
         result
     }
 
     fn try_get(&self, key: &str) -> Result<Vec<u8>, Error> {
-        self.exchange("HGET", |conn, hash| {
+        let mut state = self.lock();
+        let State { link, store, packed } = &mut *state;
+        let store = store.as_mut().ok_or(Error::NotOpen)?;
+        if let Some(value) = store.restore_snapshot.remove(key) {
+            if store.restore_snapshot.is_empty() {
+                store.restore_snapshot = HashMap::new();
+            }
+            if is_command_key(key) {
+                // Paho reads a restored command record again when it sends it.
+                store.commands.insert(key, &[&value], true);
+            }
+            return Ok(value);
+        }
+        if let Some(value) = store.commands.get(key) {
+            return Ok(value.to_vec());
+        }
+        if !store.fields.contains(key) {
+            return Err(Error::KeyNotFound { key: key.to_owned() });
+        }
+        let hash = &store.hash;
+        let value = link.run(&self.config, "HGET", hash, |conn| {
             redis::cmd("HGET").arg(hash).arg(key).query::<Option<Vec<u8>>>(conn)
-        })?
-        .ok_or_else(|| Error::KeyNotFound { key: key.to_owned() })
+        })?;
+        store.resync_if_reconnected(link, &self.config, packed);
+        value.ok_or_else(|| Error::KeyNotFound { key: key.to_owned() })
     }
 
     fn try_remove(&self, key: &str) -> Result<(), Error> {
-        let removed: u64 =
-            self.exchange("HDEL", |conn, hash| redis::cmd("HDEL").arg(hash).arg(key).query(conn))?;
-        if removed == 0 {
-            log::trace!("redis persistence: remove of absent key {key:?}");
+        let mut state = self.lock();
+        let State { link, store, packed } = &mut *state;
+        let store = store.as_mut().ok_or(Error::NotOpen)?;
+        store.restore_snapshot.remove(key);
+        if !store.fields.remove(key) {
+            // Never written (Paho removes every key a message might have used).
+            return Ok(());
         }
+        let owe = FieldName::from_slice(key.as_bytes());
+        if store.commands.remove(key) {
+            // Sent with the next write, after it: see the type's documentation.
+            store.removals_owed.push(owe);
+            return Ok(());
+        }
+        store.removals_owed.push(owe);
+        packed.clear();
+        store.encode_owed_removals(packed);
+        let exchanged = link.run(&self.config, "HDEL", &store.hash, |conn| exchange(conn, packed, 1));
+        match exchanged {
+            Ok(mut replies) => {
+                if let Some(Err(source)) = replies.pop() {
+                    // An error reply: nothing was removed; the field is back.
+                    store.removals_owed.pop();
+                    store.fields.insert(key);
+                    return Err(Error::Command { command: "HDEL", hash: store.hash.clone(), source });
+                }
+                store.removals_owed.clear();
+            }
+            Err(error) => {
+                log::warn!(
+                    "redis persistence: remove of key {key:?} is owed to Redis, which is unreachable: {error}"
+                );
+                return Ok(());
+            }
+        }
+        store.resync_if_reconnected(link, &self.config, packed);
         Ok(())
     }
 
     fn try_keys(&self) -> Result<Vec<String>, Error> {
-        let (fields,): (Vec<Vec<u8>>,) =
-            self.exchange("HKEYS", |conn, hash| redis::pipe().atomic().cmd("HKEYS").arg(hash).query(conn))?;
-        Ok(fields.into_iter().filter_map(paho_key).collect())
+        Ok(self.lock().store.as_ref().ok_or(Error::NotOpen)?.fields.keys())
     }
 
     fn try_clear(&self) -> Result<(), Error> {
-        self.exchange("DEL", |conn, hash| redis::pipe().atomic().cmd("DEL").arg(hash).ignore().query(conn))
+        let mut state = self.lock();
+        let State { link, store, .. } = &mut *state;
+        let store = store.as_mut().ok_or(Error::NotOpen)?;
+        let hash = &store.hash;
+        link.run(&self.config, "DEL", hash, |conn| {
+            redis::pipe().atomic().cmd("DEL").arg(hash).ignore().query::<()>(conn)
+        })?;
+        store.fields.clear();
+        store.commands.clear();
+        store.removals_owed.clear();
+        store.restore_snapshot = HashMap::new();
+        store.synced_generation = link.generation();
+        Ok(())
     }
 
     fn try_close(&self) {
         let mut state = self.lock();
-        state.link.disconnect();
-        state.hash = None;
+        let State { link, store, packed } = &mut *state;
+        if let Some(store) = store.as_mut() {
+            store.flush_owed(link, &self.config, packed);
+        }
+        link.disconnect();
+        *store = None;
+    }
+}
+
+/// Sends the commands in `packed` in one write and reads one reply per
+/// command. An error reply is returned in its slot; an I/O error or a timeout
+/// fails the whole exchange (the connection is then dropped and the exchange
+/// may be repeated: every command sent here is idempotent).
+fn exchange(conn: &mut redis::Connection, packed: &[u8], commands: usize) -> RedisResult<Replies> {
+    conn.send_packed_command(packed)?;
+    let mut replies = Replies::new();
+    for _ in 0..commands {
+        match conn.recv_response() {
+            Ok(value) => replies.push(value.extract_error().map(drop)),
+            Err(error) if is_reply_error(&error) => replies.push(Err(error)),
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(replies)
+}
+
+/// Whether `error` is Redis's answer to a command, after which the connection
+/// still reads in step.
+fn is_reply_error(error: &RedisError) -> bool {
+    !(error.is_io_error()
+        || error.is_timeout()
+        || error.is_connection_dropped()
+        || error.is_unrecoverable_error())
+}
+
+impl OpenStore {
+    /// Appends one `HSET` of every command record Redis has not taken yet.
+    fn encode_owed_writes(&self, packed: &mut BytesMut) -> bool {
+        let count = self.commands.not_in_redis_count();
+        if count == 0 {
+            return false;
+        }
+        resp::begin(packed, count.saturating_mul(2).saturating_add(2));
+        resp::arg(packed, b"HSET");
+        resp::arg(packed, self.hash.as_bytes());
+        for (key, value) in self.commands.not_in_redis() {
+            resp::arg(packed, key);
+            resp::arg(packed, value);
+        }
+        true
+    }
+
+    /// Appends one `HDEL` of every owed removal.
+    fn encode_owed_removals(&self, packed: &mut BytesMut) -> bool {
+        if self.removals_owed.is_empty() {
+            return false;
+        }
+        resp::begin(packed, self.removals_owed.len().saturating_add(2));
+        resp::arg(packed, b"HDEL");
+        resp::arg(packed, self.hash.as_bytes());
+        for field in &self.removals_owed {
+            resp::arg(packed, field);
+        }
+        true
+    }
+
+    fn owed_writes_done(&mut self, reply: Option<RedisResult<()>>) {
+        match reply {
+            Some(Ok(())) => {
+                log::info!(
+                    "redis persistence: wrote {} command records kept in memory to `{}`",
+                    self.commands.not_in_redis_count(),
+                    self.hash
+                );
+                self.commands.all_in_redis();
+            }
+            Some(Err(error)) => log::warn!(
+                "redis persistence: {} command records of `{}` are still in memory only: {error}",
+                self.commands.not_in_redis_count(),
+                self.hash
+            ),
+            None => {}
+        }
+    }
+
+    fn owed_removals_done(&mut self, reply: Option<RedisResult<()>>) {
+        match reply {
+            Some(Ok(())) => self.removals_owed.clear(),
+            Some(Err(error)) => log::warn!(
+                "redis persistence: {} owed removals from `{}` failed, will retry: {error}",
+                self.removals_owed.len(),
+                self.hash
+            ),
+            None => {}
+        }
+    }
+
+    /// Keeps a command record Redis did not take, so Paho never sees its
+    /// `put` fail (see the type's documentation).
+    fn keep_unwritten(&mut self, key: &str, buffers: &[&[u8]], error: &Error) {
+        self.fields.insert(key);
+        self.commands.insert(key, buffers, false);
+        log::warn!(
+            "redis persistence: keeping command record {key:?} in memory ({} not yet in Redis): {error}",
+            self.commands.not_in_redis_count()
+        );
+    }
+
+    /// Sends the owed writes and removals, if any; failures are logged.
+    fn flush_owed(&mut self, link: &mut Link, config: &Config, packed: &mut BytesMut) {
+        packed.clear();
+        let writes = self.encode_owed_writes(packed);
+        let removals = self.encode_owed_removals(packed);
+        if !writes && !removals {
+            return;
+        }
+        let commands = usize::from(writes) + usize::from(removals);
+        match link.run(config, "HSET", &self.hash, |conn| exchange(conn, packed, commands)) {
+            Ok(replies) => {
+                let mut replies = replies.into_iter();
+                if writes {
+                    self.owed_writes_done(replies.next());
+                }
+                if removals {
+                    self.owed_removals_done(replies.next());
+                }
+            }
+            Err(error) => {
+                log::warn!("redis persistence: cannot send owed writes to `{}`: {error}", self.hash)
+            }
+        }
+    }
+
+    /// After a reconnect, Redis may have restarted and lost the hash: compares
+    /// the index with the hash, reports what was lost, writes again the
+    /// command records still cached, and sends what is owed.
+    fn resync_if_reconnected(&mut self, link: &mut Link, config: &Config, packed: &mut BytesMut) {
+        if self.synced_generation == link.generation() {
+            return;
+        }
+        let hash = &self.hash;
+        let present: Vec<Vec<u8>> =
+            match link.run(config, "HKEYS", hash, |conn| redis::cmd("HKEYS").arg(hash).query(conn)) {
+                Ok(present) => present,
+                Err(error) => {
+                    log::warn!("redis persistence: cannot check `{hash}` after reconnecting: {error}");
+                    return;
+                }
+            };
+        let present: HashSet<&[u8]> = present.iter().map(Vec::as_slice).collect();
+        let missing: Vec<String> = self
+            .fields
+            .iter()
+            .filter(|field| !present.contains(field))
+            .map(|field| String::from_utf8_lossy(field).into_owned())
+            .collect();
+        let mut lost = Vec::new();
+        let mut rewritten = 0usize;
+        for key in missing {
+            if self.commands.mark_not_in_redis(&key) {
+                rewritten = rewritten.saturating_add(1);
+            } else if !self.commands.contains(&key) {
+                self.fields.remove(&key);
+                lost.push(key);
+            }
+        }
+        if lost.is_empty() && rewritten == 0 {
+            log::info!("redis persistence: `{hash}` is intact after reconnecting");
+        } else {
+            log::error!(
+                "redis persistence: Redis lost records of `{hash}` while disconnected (restarted without \
+                 its data?): {rewritten} command records are written again from memory; {} messages are \
+                 lost: {lost:?}",
+                lost.len(),
+            );
+        }
+        self.synced_generation = link.generation();
+        self.flush_owed(link, config, packed);
     }
 }
 

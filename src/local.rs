@@ -1,0 +1,263 @@
+//! What the store knows without asking Redis.
+//!
+//! A store's hash has one writer, the client that opened it, so the store can
+//! keep the list of the hash's fields itself ([`FieldIndex`]) and answer
+//! `keys`, `contains_key` and the `remove` of a key that was never written
+//! without a round trip. It also keeps the last Paho command records it wrote
+//! ([`CommandCache`]): Paho writes each command record and reads it back when
+//! the command is sent a few milliseconds later, and that read is served here.
+
+use std::collections::{HashSet, VecDeque};
+
+use smallvec::SmallVec;
+
+/// A hash field name. Paho's keys are at most 13 bytes (`c5-4294967295`), so
+/// they are stored inline: adding a key to the index does not allocate.
+pub(crate) type FieldName = SmallVec<[u8; 16]>;
+
+/// The fields of the hash, as Paho last wrote or removed them.
+#[derive(Debug, Default)]
+pub(crate) struct FieldIndex {
+    fields: HashSet<FieldName>,
+}
+
+impl FieldIndex {
+    pub(crate) fn insert(&mut self, key: &str) {
+        if !self.fields.contains(key.as_bytes()) {
+            self.fields.insert(FieldName::from_slice(key.as_bytes()));
+        }
+    }
+
+    /// Removes `key`; returns whether it was there.
+    pub(crate) fn remove(&mut self, key: &str) -> bool {
+        self.fields.remove(key.as_bytes())
+    }
+
+    pub(crate) fn contains(&self, key: &str) -> bool {
+        self.fields.contains(key.as_bytes())
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.fields.clear();
+    }
+
+    /// The fields as Paho keys, sorted so that a restore always happens in the
+    /// same order (`s-N` before `sc-N`, as Redis lists a small hash). Only
+    /// valid UTF-8 without NUL ever enters the index, so every field converts.
+    pub(crate) fn keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> =
+            self.fields.iter().filter_map(|field| std::str::from_utf8(field).ok().map(str::to_owned)).collect();
+        keys.sort_unstable();
+        keys
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        self.fields.iter().map(|field| field.as_slice())
+    }
+}
+
+/// Whether `key` names a Paho command record (`c-`/`c5-`): the only records
+/// Paho reads back while running, and the only ones whose failed `put` Paho
+/// C 1.3.16 cannot take (see [`crate::RedisPersistence`]'s documentation).
+pub(crate) fn is_command_key(key: &str) -> bool {
+    key.starts_with("c-") || key.starts_with("c5-")
+}
+
+/// Most command records kept once written to Redis. Paho reads a command
+/// record back when it sends the command; more records than this are only
+/// queued while the client is offline, and those are read from Redis.
+const CACHED_COMMANDS_MAX: usize = 256;
+
+/// Most bytes of written command records kept.
+const CACHED_BYTES_MAX: usize = 1024 * 1024;
+
+/// Recycled record buffers kept, so that caching a record does not allocate.
+const SPARE_BUFFERS_MAX: usize = 16;
+
+/// A recycled buffer larger than this is freed instead of kept.
+const SPARE_BUFFER_CAPACITY_MAX: usize = 64 * 1024;
+
+/// The latest command records, oldest first, each in one buffer holding the
+/// key followed by the value.
+///
+/// A record Redis has not taken yet (`in_redis == false`: Redis was down or
+/// refused it) is never evicted: until it is written, this is its only copy.
+#[derive(Debug, Default)]
+pub(crate) struct CommandCache {
+    records: VecDeque<CachedRecord>,
+    spare: Vec<Vec<u8>>,
+    bytes: usize,
+}
+
+#[derive(Debug)]
+struct CachedRecord {
+    key_and_value: Vec<u8>,
+    key_len: usize,
+    in_redis: bool,
+}
+
+impl CachedRecord {
+    fn key(&self) -> &[u8] {
+        self.key_and_value.get(..self.key_len).unwrap_or_default()
+    }
+
+    fn value(&self) -> &[u8] {
+        self.key_and_value.get(self.key_len..).unwrap_or_default()
+    }
+}
+
+impl CommandCache {
+    /// Keeps `key`'s value, given as the parts Paho passed to `put`.
+    pub(crate) fn insert(&mut self, key: &str, value_parts: &[&[u8]], in_redis: bool) {
+        self.remove(key);
+        let mut buffer = self.spare.pop().unwrap_or_default();
+        buffer.clear();
+        buffer.extend_from_slice(key.as_bytes());
+        for part in value_parts {
+            buffer.extend_from_slice(part);
+        }
+        self.bytes = self.bytes.saturating_add(buffer.len());
+        self.records.push_back(CachedRecord { key_and_value: buffer, key_len: key.len(), in_redis });
+        self.evict();
+    }
+
+    pub(crate) fn get(&self, key: &str) -> Option<&[u8]> {
+        self.position(key).and_then(|at| self.records.get(at)).map(CachedRecord::value)
+    }
+
+    pub(crate) fn contains(&self, key: &str) -> bool {
+        self.position(key).is_some()
+    }
+
+    /// Marks `key` as not in Redis (Redis lost it), so it is written again;
+    /// returns whether a record Redis had was found.
+    pub(crate) fn mark_not_in_redis(&mut self, key: &str) -> bool {
+        match self.position(key).and_then(|at| self.records.get_mut(at)) {
+            Some(record) if record.in_redis => {
+                record.in_redis = false;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Forgets `key`; returns whether it was there.
+    pub(crate) fn remove(&mut self, key: &str) -> bool {
+        let Some(record) = self.position(key).and_then(|at| self.records.remove(at)) else {
+            return false;
+        };
+        self.recycle(record);
+        true
+    }
+
+    /// The records Redis has not taken yet, as (key, value).
+    pub(crate) fn not_in_redis(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.records.iter().filter(|record| !record.in_redis).map(|record| (record.key(), record.value()))
+    }
+
+    pub(crate) fn not_in_redis_count(&self) -> usize {
+        self.records.iter().filter(|record| !record.in_redis).count()
+    }
+
+    /// Records that Redis has now taken every record: they may be evicted.
+    pub(crate) fn all_in_redis(&mut self) {
+        for record in &mut self.records {
+            record.in_redis = true;
+        }
+        self.evict();
+    }
+
+    pub(crate) fn clear(&mut self) {
+        while let Some(record) = self.records.pop_front() {
+            self.recycle(record);
+        }
+    }
+
+    fn position(&self, key: &str) -> Option<usize> {
+        // Newest first: Paho reads a record back soon after writing it.
+        self.records.iter().rposition(|record| record.key() == key.as_bytes())
+    }
+
+    fn evict(&mut self) {
+        while self.records.len() > CACHED_COMMANDS_MAX || self.bytes > CACHED_BYTES_MAX {
+            let Some(oldest_in_redis) = self.records.iter().position(|record| record.in_redis) else {
+                return;
+            };
+            if let Some(record) = self.records.remove(oldest_in_redis) {
+                self.recycle(record);
+            }
+        }
+    }
+
+    fn recycle(&mut self, record: CachedRecord) {
+        self.bytes = self.bytes.saturating_sub(record.key_and_value.len());
+        if self.spare.len() < SPARE_BUFFERS_MAX
+            && record.key_and_value.capacity() <= SPARE_BUFFER_CAPACITY_MAX
+        {
+            self.spare.push(record.key_and_value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_tracks_inserts_and_removes() {
+        let mut index = FieldIndex::default();
+        index.insert("s-1");
+        index.insert("s-1");
+        index.insert("c-2");
+        assert_eq!(index.keys().len(), 2);
+        assert!(index.contains("s-1"));
+        assert!(index.remove("s-1"));
+        assert!(!index.remove("s-1"));
+        assert_eq!(index.keys(), vec!["c-2".to_owned()]);
+    }
+
+    #[test]
+    fn cache_serves_the_latest_value_and_forgets_removed_records() {
+        let mut cache = CommandCache::default();
+        cache.insert("c-1", &[b"ab", b"c"], true);
+        cache.insert("c-1", &[b"xyz"], true);
+        assert_eq!(cache.get("c-1"), Some(&b"xyz"[..]));
+        assert!(cache.remove("c-1"));
+        assert_eq!(cache.get("c-1"), None);
+        assert!(!cache.remove("c-1"));
+    }
+
+    #[test]
+    fn cache_evicts_only_records_redis_has() {
+        let mut cache = CommandCache::default();
+        cache.insert("c-0", &[b"only copy"], false);
+        for n in 1..=CACHED_COMMANDS_MAX + 10 {
+            cache.insert(&format!("c-{n}"), &[b"v"], true);
+        }
+        assert_eq!(cache.records.len(), CACHED_COMMANDS_MAX);
+        assert_eq!(cache.get("c-0"), Some(&b"only copy"[..]), "an unwritten record was evicted");
+        assert_eq!(cache.get("c-1"), None, "the oldest written record stays");
+        assert_eq!(cache.not_in_redis().count(), 1);
+        cache.all_in_redis();
+        assert_eq!(cache.not_in_redis_count(), 0);
+    }
+
+    #[test]
+    fn cache_is_bounded_in_bytes() {
+        let mut cache = CommandCache::default();
+        let big = vec![7u8; 300 * 1024];
+        for n in 0..5 {
+            cache.insert(&format!("c-{n}"), &[&big], true);
+        }
+        assert!(cache.bytes <= CACHED_BYTES_MAX, "{} bytes cached", cache.bytes);
+        assert_eq!(cache.get("c-4").map(<[u8]>::len), Some(big.len()));
+    }
+
+    #[test]
+    fn command_keys_are_recognised() {
+        assert!(is_command_key("c-1"));
+        assert!(is_command_key("c5-1"));
+        assert!(!is_command_key("sc-1"));
+        assert!(!is_command_key("s-1"));
+    }
+}
