@@ -64,11 +64,13 @@ pub(crate) fn is_command_key(key: &str) -> bool {
 }
 
 /// Most command records kept once written to Redis. Paho reads a command
-/// record back when it sends the command; more records than this are only
-/// queued while the client is offline, and those are read from Redis.
-const CACHED_COMMANDS_MAX: usize = 256;
+/// record back when it sends the command, usually milliseconds later; a
+/// record evicted before that (a long burst, or records queued while
+/// offline) is read from Redis instead.
+const CACHED_COMMANDS_MAX: usize = 4096;
 
-/// Most bytes of written command records kept.
+/// Most bytes of written command records kept: the memory this cache may
+/// cost (Paho frees its own copy of a message once its record is written).
 const CACHED_BYTES_MAX: usize = 1024 * 1024;
 
 /// Recycled record buffers kept, so that caching a record does not allocate.

@@ -140,6 +140,28 @@ impl RedisServer {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+
+    /// Zeroes the server's command statistics (`CONFIG RESETSTAT`).
+    #[allow(dead_code)] // not every test binary counts commands
+    pub fn reset_command_counts(&self) {
+        let () = redis::cmd("CONFIG").arg("RESETSTAT").query(&mut self.connection()).expect("CONFIG RESETSTAT");
+    }
+
+    /// How many times each command ran since the last reset, from `INFO
+    /// commandstats`, without the `INFO`/`CONFIG` this harness sends itself.
+    #[allow(dead_code)]
+    pub fn command_counts(&self) -> std::collections::BTreeMap<String, u64> {
+        let info: String =
+            redis::cmd("INFO").arg("commandstats").query(&mut self.connection()).expect("INFO commandstats");
+        info.lines()
+            .filter_map(|line| {
+                let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+                let calls = stats.split(',').find_map(|stat| stat.strip_prefix("calls="))?;
+                Some((name.to_owned(), calls.parse().ok()?))
+            })
+            .filter(|(name, _)| name != "info" && !name.starts_with("config"))
+            .collect()
+    }
 }
 
 impl Drop for RedisServer {
