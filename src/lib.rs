@@ -28,6 +28,7 @@
 //! inverted, to undo an inversion in paho-mqtt 0.14: see
 //! [its documentation](RedisPersistence#contains_key-answers-inverted-on-purpose).
 
+#![forbid(unsafe_code)]
 // Paho calls this crate through `extern "C"` callbacks, where a panic aborts
 // the whole process: library code must not contain a way to panic.
 #![cfg_attr(

@@ -45,8 +45,11 @@ impl FieldIndex {
     /// same order (`s-N` before `sc-N`, as Redis lists a small hash). Only
     /// valid UTF-8 without NUL ever enters the index, so every field converts.
     pub(crate) fn keys(&self) -> Vec<String> {
-        let mut keys: Vec<String> =
-            self.fields.iter().filter_map(|field| std::str::from_utf8(field).ok().map(str::to_owned)).collect();
+        let mut keys: Vec<String> = self
+            .fields
+            .iter()
+            .filter_map(|field| std::str::from_utf8(field).ok().map(str::to_owned))
+            .collect();
         keys.sort_unstable();
         keys
     }

@@ -37,7 +37,8 @@ fn restoring_a_store_costs_one_command_whatever_its_size() {
     let client_id = support::unique_id("restore");
     for records in [1usize, 300, 3000] {
         let first = client(&server_uri, &client_id, store(&redis));
-        let queued: usize = redis.connection().hlen(format!("{client_id}:{}", &server_uri[6..])).expect("HLEN");
+        let queued: usize =
+            redis.connection().hlen(format!("{client_id}:{}", &server_uri[6..])).expect("HLEN");
         let payload = vec![b'x'; 256];
         for n in queued..records {
             let qos = if n % 2 == 0 { 1 } else { 2 };

@@ -144,7 +144,8 @@ impl RedisServer {
     /// Zeroes the server's command statistics (`CONFIG RESETSTAT`).
     #[allow(dead_code)] // not every test binary counts commands
     pub fn reset_command_counts(&self) {
-        let () = redis::cmd("CONFIG").arg("RESETSTAT").query(&mut self.connection()).expect("CONFIG RESETSTAT");
+        let () =
+            redis::cmd("CONFIG").arg("RESETSTAT").query(&mut self.connection()).expect("CONFIG RESETSTAT");
     }
 
     /// How many times each command ran since the last reset, from `INFO
