@@ -30,9 +30,21 @@ pub struct Config {
     key_prefix: String,
     connect_timeout: Duration,
     io_timeout: Duration,
+    max_store_bytes: Option<u64>,
+    defer_qos1_removals: bool,
 }
 
 impl Config {
+    /// The most bytes of records the store may hold in Redis, if limited.
+    pub fn max_store_bytes(&self) -> Option<u64> {
+        self.max_store_bytes
+    }
+
+    /// Whether the removal of an acknowledged QoS 1 message waits for the next write.
+    pub fn defer_qos1_removals(&self) -> bool {
+        self.defer_qos1_removals
+    }
+
     /// The key prefix put in front of every hash name (empty by default).
     pub fn key_prefix(&self) -> &str {
         &self.key_prefix
@@ -93,6 +105,8 @@ impl Default for Config {
             key_prefix: String::new(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             io_timeout: DEFAULT_IO_TIMEOUT,
+            max_store_bytes: None,
+            defer_qos1_removals: false,
         }
     }
 }
@@ -114,6 +128,8 @@ impl fmt::Debug for Config {
             .field("key_prefix", &self.key_prefix)
             .field("connect_timeout", &self.connect_timeout)
             .field("io_timeout", &self.io_timeout)
+            .field("max_store_bytes", &self.max_store_bytes)
+            .field("defer_qos1_removals", &self.defer_qos1_removals)
             .finish()
     }
 }
@@ -176,6 +192,8 @@ pub struct Builder {
     key_prefix: String,
     connect_timeout: Option<Duration>,
     io_timeout: Option<Duration>,
+    max_store_bytes: Option<u64>,
+    defer_qos1_removals: bool,
 }
 
 /// A URL kept for `build`, printed without its contents (it may hold a password).
@@ -216,6 +234,40 @@ impl Builder {
         self
     }
 
+    /// Limits the bytes of records the store holds in Redis (the sum of the
+    /// values; Redis's own overhead comes on top). Default: no limit.
+    ///
+    /// Enforced by Redis itself: with a limit, each write is a Lua script
+    /// that checks the store's byte count and writes only if the result fits,
+    /// so concurrent writers and crashes cannot overshoot it. The count lives
+    /// in the hash as the field `paho-mqtt-redis:bytes`, which Paho never sees.
+    ///
+    /// A write beyond the limit fails with [`Error::StoreFull`], except the
+    /// write of a command record (`c-`, one per publish), which Paho C cannot
+    /// take failing: that record is kept in memory and written once the store
+    /// has room (see [`RedisPersistence`]). To refuse publishes before the
+    /// store fills, also bound Paho's queue with
+    /// `CreateOptionsBuilder::max_buffered_messages`.
+    pub fn max_store_bytes(mut self, bytes: u64) -> Self {
+        self.max_store_bytes = Some(bytes);
+        self
+    }
+
+    /// Sends the removal of an acknowledged QoS 1 message with the next
+    /// write instead of at once. Default: off.
+    ///
+    /// On, an online QoS 1 publish costs 3 Redis commands in 2 round trips
+    /// instead of 4 in 3. The price: until the next write, the store still
+    /// holds the last acknowledged QoS 1 message (and, between its PUBLISH
+    /// record and the next write, its command record too), so a crash in that
+    /// window makes the restarted client send it again: a duplicate, which
+    /// QoS 1 (at least once) allows. QoS 2 records are never deferred: a
+    /// crash could then duplicate a QoS 2 message.
+    pub fn defer_qos1_removals(mut self, defer: bool) -> Self {
+        self.defer_qos1_removals = defer;
+        self
+    }
+
     /// Validates the options. Nothing connects until Paho calls `open`.
     pub fn build(self) -> Result<RedisPersistence, Error> {
         Ok(RedisPersistence::from_config(self.into_config()?))
@@ -230,6 +282,14 @@ impl Builder {
         config.connect_timeout =
             positive("connect_timeout", self.connect_timeout)?.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
         config.io_timeout = positive("io_timeout", self.io_timeout)?.unwrap_or(DEFAULT_IO_TIMEOUT);
+        if self.max_store_bytes == Some(0) {
+            return Err(Error::InvalidOption {
+                option: "max_store_bytes",
+                reason: "must be greater than zero (leave it unset for no limit)".to_owned(),
+            });
+        }
+        config.max_store_bytes = self.max_store_bytes;
+        config.defer_qos1_removals = self.defer_qos1_removals;
         Ok(config)
     }
 }

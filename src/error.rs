@@ -48,6 +48,26 @@ pub enum Error {
         value: Duration,
     },
 
+    /// A builder option is out of range.
+    #[error("invalid {option}: {reason}")]
+    InvalidOption {
+        /// The builder option, such as `max_store_bytes`.
+        option: &'static str,
+        /// Why it was rejected.
+        reason: String,
+    },
+
+    /// A write would take the store beyond its `max_store_bytes`; nothing was written.
+    #[error("the store `{hash}` is full: {detail} (max_store_bytes is {limit})")]
+    StoreFull {
+        /// The Redis hash that holds the store.
+        hash: String,
+        /// The configured limit in bytes.
+        limit: u64,
+        /// What Redis reported, such as the size the store would have reached.
+        detail: String,
+    },
+
     /// An operation was attempted before `open` (or after `close`).
     #[error("the store is not open (Paho calls `open` before any other operation)")]
     NotOpen,

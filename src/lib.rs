@@ -44,6 +44,7 @@
     )
 )]
 
+mod budget;
 mod config;
 mod connection;
 mod error;

@@ -8,6 +8,7 @@ use paho_mqtt::ClientPersistence;
 use redis::{RedisError, RedisResult};
 use smallvec::SmallVec;
 
+use crate::budget::{self, COUNTER_FIELD};
 use crate::config::{Builder, Config};
 use crate::connection::Link;
 use crate::local::{is_command_key, CommandCache, FieldIndex, FieldName};
@@ -130,6 +131,12 @@ struct OpenStore {
     removals_owed: Vec<FieldName>,
     /// The connection generation the index was last checked against.
     synced_generation: u64,
+    /// `max_store_bytes`, if set: writes and removals then go through the
+    /// budget scripts.
+    budget: Option<u64>,
+    /// `defer_qos1_removals`, and the QoS 1 PUBLISH records it applies to.
+    defer_qos1: bool,
+    qos1_publishes: HashSet<FieldName>,
 }
 
 impl std::fmt::Debug for State {
@@ -241,8 +248,14 @@ impl RedisPersistence {
             commands: CommandCache::default(),
             removals_owed: Vec::new(),
             synced_generation: link.generation(),
+            budget: self.config.max_store_bytes(),
+            defer_qos1: self.config.defer_qos1_removals(),
+            qos1_publishes: HashSet::new(),
         };
         for (field, value) in entries {
+            if field == COUNTER_FIELD.as_bytes() {
+                continue;
+            }
             if let Some(key) = paho_key(field) {
                 opened.fields.insert(&key);
                 opened.restore_snapshot.insert(key, value);
@@ -263,15 +276,14 @@ impl RedisPersistence {
         }
         // This write replaces the field, so an owed removal of it must not follow it.
         store.removals_owed.retain(|owed| owed.as_slice() != key.as_bytes());
+        let deferrable = store.defer_qos1 && is_qos1_publish(key, buffers);
 
         packed.clear();
         let owed_writes = store.encode_owed_writes(packed);
-        resp::begin(packed, 4);
-        resp::arg(packed, b"HSET");
-        resp::arg(packed, store.hash.as_bytes());
-        resp::arg(packed, key.as_bytes());
-        resp::arg_from_parts(packed, buffers);
-        let owed_removals = store.encode_owed_removals(packed);
+        store.encode_write(packed, key, buffers);
+        // A QoS 1 PUBLISH record may leave its command record's removal owed
+        // (see `Builder::defer_qos1_removals`); any other write takes it along.
+        let owed_removals = !deferrable && store.encode_owed_removals(packed);
         let commands = usize::from(owed_writes) + 1 + usize::from(owed_removals);
 
         let exchanged = link.run(&self.config, "HSET", &store.hash, |conn| exchange(conn, packed, commands));
@@ -299,10 +311,13 @@ impl RedisPersistence {
                 if is_command_key(key) {
                     store.commands.insert(key, buffers, true);
                 }
+                if deferrable {
+                    store.qos1_publishes.insert(FieldName::from_slice(key.as_bytes()));
+                }
                 Ok(())
             }
             Err(source) => {
-                let error = Error::Command { command: "HSET", hash: store.hash.clone(), source };
+                let error = store.write_error(source);
                 if is_command_key(key) {
                     store.keep_unwritten(key, buffers, &error);
                     Ok(())
@@ -353,8 +368,10 @@ impl RedisPersistence {
             return Ok(());
         }
         let owe = FieldName::from_slice(key.as_bytes());
-        if store.commands.remove(key) {
-            // Sent with the next write, after it: see the type's documentation.
+        let acknowledged_qos1 = store.qos1_publishes.remove(key.as_bytes());
+        if store.commands.remove(key) || acknowledged_qos1 {
+            // Sent with the next write, after it: see the type's documentation
+            // and `Builder::defer_qos1_removals`.
             store.removals_owed.push(owe);
             return Ok(());
         }
@@ -398,6 +415,7 @@ impl RedisPersistence {
         store.fields.clear();
         store.commands.clear();
         store.removals_owed.clear();
+        store.qos1_publishes.clear();
         store.restore_snapshot = HashMap::new();
         store.synced_generation = link.generation();
         Ok(())
@@ -412,6 +430,14 @@ impl RedisPersistence {
         link.disconnect();
         *store = None;
     }
+}
+
+/// Whether a write is the PUBLISH record of a QoS 1 message: the first byte of
+/// the MQTT packet Paho writes is its fixed header, QoS in bits 1-2.
+fn is_qos1_publish(key: &str, buffers: &[&[u8]]) -> bool {
+    let publish_record = key.starts_with("s-") || key.starts_with("s5-");
+    let header = buffers.iter().find_map(|buffer| buffer.first());
+    publish_record && header.is_some_and(|header| header >> 4 == 3 && (header >> 1) & 0b11 == 1)
 }
 
 /// Sends the commands in `packed` in one write and reads one reply per
@@ -441,15 +467,41 @@ fn is_reply_error(error: &RedisError) -> bool {
 }
 
 impl OpenStore {
-    /// Appends one `HSET` of every command record Redis has not taken yet.
+    /// Appends the start of a write of `pairs` field/value pairs: `HSET`, or
+    /// with a budget the write script; the pairs follow.
+    fn encode_write_start(&self, packed: &mut BytesMut, pairs: usize) {
+        match self.budget {
+            None => {
+                resp::begin(packed, pairs.saturating_mul(2).saturating_add(2));
+                resp::arg(packed, b"HSET");
+                resp::arg(packed, self.hash.as_bytes());
+            }
+            Some(limit) => {
+                resp::begin(packed, pairs.saturating_mul(2).saturating_add(6));
+                resp::arg(packed, b"EVAL");
+                resp::arg(packed, budget::WRITE_SCRIPT.as_bytes());
+                resp::arg(packed, b"1");
+                resp::arg(packed, self.hash.as_bytes());
+                resp::arg(packed, limit.to_string().as_bytes());
+                resp::arg(packed, COUNTER_FIELD.as_bytes());
+            }
+        }
+    }
+
+    /// Appends the write of one record, its value given as Paho's buffers.
+    fn encode_write(&self, packed: &mut BytesMut, key: &str, buffers: &[&[u8]]) {
+        self.encode_write_start(packed, 1);
+        resp::arg(packed, key.as_bytes());
+        resp::arg_from_parts(packed, buffers);
+    }
+
+    /// Appends one write of every command record Redis has not taken yet.
     fn encode_owed_writes(&self, packed: &mut BytesMut) -> bool {
         let count = self.commands.not_in_redis_count();
         if count == 0 {
             return false;
         }
-        resp::begin(packed, count.saturating_mul(2).saturating_add(2));
-        resp::arg(packed, b"HSET");
-        resp::arg(packed, self.hash.as_bytes());
+        self.encode_write_start(packed, count);
         for (key, value) in self.commands.not_in_redis() {
             resp::arg(packed, key);
             resp::arg(packed, value);
@@ -457,18 +509,40 @@ impl OpenStore {
         true
     }
 
-    /// Appends one `HDEL` of every owed removal.
+    /// Appends one removal (`HDEL`, or the budget's script) of every owed removal.
     fn encode_owed_removals(&self, packed: &mut BytesMut) -> bool {
         if self.removals_owed.is_empty() {
             return false;
         }
-        resp::begin(packed, self.removals_owed.len().saturating_add(2));
-        resp::arg(packed, b"HDEL");
-        resp::arg(packed, self.hash.as_bytes());
+        let fields = self.removals_owed.len();
+        if self.budget.is_some() {
+            resp::begin(packed, fields.saturating_add(5));
+            resp::arg(packed, b"EVAL");
+            resp::arg(packed, budget::REMOVE_SCRIPT.as_bytes());
+            resp::arg(packed, b"1");
+            resp::arg(packed, self.hash.as_bytes());
+            resp::arg(packed, COUNTER_FIELD.as_bytes());
+        } else {
+            resp::begin(packed, fields.saturating_add(2));
+            resp::arg(packed, b"HDEL");
+            resp::arg(packed, self.hash.as_bytes());
+        }
         for field in &self.removals_owed {
             resp::arg(packed, field);
         }
         true
+    }
+
+    /// The error for a write Redis refused.
+    fn write_error(&self, source: RedisError) -> Error {
+        match (self.budget, source.code()) {
+            (Some(limit), Some("STOREFULL")) => Error::StoreFull {
+                hash: self.hash.clone(),
+                limit,
+                detail: source.detail().unwrap_or("no room").to_owned(),
+            },
+            _ => Error::Command { command: "HSET", hash: self.hash.clone(), source },
+        }
     }
 
     fn owed_writes_done(&mut self, reply: Option<RedisResult<()>>) {
@@ -568,6 +642,7 @@ impl OpenStore {
                 rewritten = rewritten.saturating_add(1);
             } else if !self.commands.contains(&key) {
                 self.fields.remove(&key);
+                self.qos1_publishes.remove(key.as_bytes());
                 lost.push(key);
             }
         }

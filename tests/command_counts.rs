@@ -64,12 +64,17 @@ struct Online {
 
 impl Online {
     fn start() -> Self {
+        Self::start_with(|builder| builder)
+    }
+
+    fn start_with(options: impl FnOnce(paho_mqtt_redis::Builder) -> paho_mqtt_redis::Builder) -> Self {
         support::init_logging();
         let broker = Mosquitto::start();
         let redis = RedisServer::start();
         let topic = support::unique_id("counts/online");
         let subscriber = Subscriber::start(&broker.uri(), &topic);
-        let publisher = client(&broker.uri(), &support::unique_id("counts"), store(&redis));
+        let persistence = options(RedisPersistence::builder().url(redis.url())).build().expect("valid");
+        let publisher = client(&broker.uri(), &support::unique_id("counts"), persistence);
         connect(&publisher, persistent_session());
         Self { subscriber, publisher, _broker: broker, redis, topic }
     }
@@ -105,6 +110,31 @@ fn an_online_qos1_publish_costs_four_commands() {
     assert_eq!(
         online.publish_one_at_a_time(messages, 1),
         counts(&[("hdel", 2 * messages), ("hset", 2 * messages)])
+    );
+}
+
+/// With `defer_qos1_removals`, the removals of a message's command record and
+/// acknowledged PUBLISH record both ride on the next message's first write:
+/// HSET, HSET, and one HDEL of two fields.
+#[test]
+fn with_deferred_qos1_removals_a_qos1_publish_costs_three_commands() {
+    let online = Online::start_with(|builder| builder.defer_qos1_removals(true));
+    let messages = 50;
+    assert_eq!(
+        online.publish_one_at_a_time(messages, 1),
+        counts(&[("hdel", messages), ("hset", 2 * messages)])
+    );
+}
+
+/// Deferral never applies to QoS 2, where a record left behind by a crash
+/// would duplicate the message.
+#[test]
+fn with_deferred_qos1_removals_a_qos2_publish_still_costs_six_commands() {
+    let online = Online::start_with(|builder| builder.defer_qos1_removals(true));
+    let messages = 50;
+    assert_eq!(
+        online.publish_one_at_a_time(messages, 2),
+        counts(&[("hdel", 3 * messages), ("hset", 3 * messages)])
     );
 }
 

@@ -53,6 +53,22 @@ fn every_operation_works_under_the_documented_acl() {
 }
 
 #[test]
+fn the_store_budget_works_under_the_documented_acl() {
+    let redis = redis_with_readme_user();
+    let mut store = RedisPersistence::builder()
+        .url(format!("redis://mqtt:{PASSWORD}@127.0.0.1:{}/0", redis.port()))
+        .key_prefix("mqtt:")
+        .max_store_bytes(10)
+        .build()
+        .expect("valid options");
+    store.open("dev", "broker:1883").expect("open");
+    store.put("s-1", vec![b"12345"]).expect("put within the budget");
+    assert!(store.put("s-2", vec![b"123456"]).is_err(), "beyond the budget");
+    store.remove("s-1").expect("remove");
+    assert!(store.keys().expect("keys").is_empty());
+}
+
+#[test]
 fn the_acl_confines_the_store_to_its_prefix() {
     let redis = redis_with_readme_user();
     let mut store = store_as_readme_user(&redis, PASSWORD, "other:");

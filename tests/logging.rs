@@ -2,38 +2,15 @@
 
 mod support;
 
-use std::sync::Mutex;
-
 use paho_mqtt::ClientPersistence;
 use paho_mqtt_redis::RedisPersistence;
 use support::RedisServer;
 
 const PASSWORD: &str = "log-test-s3cret";
 
-/// Collects every log line of this test binary.
-struct Capture(Mutex<Vec<String>>);
-
-impl log::Log for Capture {
-    fn enabled(&self, _: &log::Metadata) -> bool {
-        true
-    }
-    fn log(&self, record: &log::Record) {
-        let line = format!("{} {}", record.level(), record.args());
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(line);
-    }
-    fn flush(&self) {}
-}
-
-static CAPTURE: Capture = Capture(Mutex::new(Vec::new()));
-
-fn captured() -> Vec<String> {
-    CAPTURE.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
-}
-
 #[test]
 fn failures_name_operation_key_and_cause_but_no_password() {
-    log::set_logger(&CAPTURE).expect("the only logger of this binary");
-    log::set_max_level(log::LevelFilter::Trace);
+    support::log_capture::install();
 
     let mut redis = RedisServer::start();
     let mut admin = redis.connection();
@@ -52,7 +29,7 @@ fn failures_name_operation_key_and_cause_but_no_password() {
     assert!(store.put("s-7", vec![b"payload"]).is_err(), "Redis down");
     store.put("c-8", vec![b"command"]).expect("a command record is kept in memory, never refused");
 
-    let lines = captured();
+    let lines = support::log_capture::lines();
     let all = lines.join("\n");
     assert!(!all.contains(PASSWORD), "a password reached the log:\n{all}");
     let find = |needle: &str| lines.iter().any(|l| l.starts_with("WARN") && l.contains(needle));

@@ -5,6 +5,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod legacy;
+pub mod log_capture;
 pub mod model;
 pub mod mosquitto;
 pub mod mqtt;

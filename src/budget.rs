@@ -1,0 +1,53 @@
+//! `max_store_bytes`: the store's byte budget, enforced inside Redis.
+//!
+//! With a budget, writes and removals are Lua scripts that keep the store's
+//! byte count (the sum of its values) in one field of the hash and refuse a
+//! write that would exceed the budget. Redis runs a script atomically, so the
+//! check and the write cannot be separated by a crash or another client.
+
+/// The hash field holding the byte count. Never a Paho key, and never shown
+/// to Paho (which would try to restore it and then delete it).
+pub(crate) const COUNTER_FIELD: &str = "paho-mqtt-redis:bytes";
+
+/// `KEYS[1]` the hash; `ARGV` = limit, counter field, then field/value pairs.
+/// Writes all pairs or none; returns the new byte count, or the error reply
+/// `STOREFULL …`.
+pub(crate) const WRITE_SCRIPT: &str = r"
+local hash, limit, counter = KEYS[1], tonumber(ARGV[1]), ARGV[2]
+local used = tonumber(redis.call('HGET', hash, counter))
+if not used then
+  used = 0
+  for _, value in ipairs(redis.call('HVALS', hash)) do used = used + #value end
+end
+local after = used
+for i = 3, #ARGV, 2 do
+  after = after - redis.call('HSTRLEN', hash, ARGV[i]) + #ARGV[i + 1]
+end
+if after > limit then
+  return redis.error_reply('STOREFULL the store would hold ' .. after .. ' bytes')
+end
+for i = 3, #ARGV, 2 do redis.call('HSET', hash, ARGV[i], ARGV[i + 1]) end
+redis.call('HSET', hash, counter, after)
+return after
+";
+
+/// `KEYS[1]` the hash; `ARGV` = counter field, then the fields to remove.
+/// Returns the bytes freed. An empty store loses its counter too, so that its
+/// hash disappears like one without a budget.
+pub(crate) const REMOVE_SCRIPT: &str = r"
+local hash, counter = KEYS[1], ARGV[1]
+local freed = 0
+for i = 2, #ARGV do
+  freed = freed + redis.call('HSTRLEN', hash, ARGV[i])
+  redis.call('HDEL', hash, ARGV[i])
+end
+local used = tonumber(redis.call('HGET', hash, counter))
+if used then
+  if redis.call('HLEN', hash) <= 1 then
+    redis.call('HDEL', hash, counter)
+  else
+    redis.call('HSET', hash, counter, math.max(used - freed, 0))
+  end
+end
+return freed
+";

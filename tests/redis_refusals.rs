@@ -1,0 +1,148 @@
+//! What Redis refuses, and how the store reports it: the store's own
+//! `max_store_bytes` budget (enforced by Redis), a Redis at `maxmemory`, and a
+//! hash name already used by another type of key.
+
+mod support;
+
+use paho_mqtt::ClientPersistence;
+use paho_mqtt_redis::RedisPersistence;
+use redis::Commands;
+use support::log_capture::logged;
+use support::RedisServer;
+
+const HASH: &str = "dev:broker:1883";
+
+fn budget_store(redis: &RedisServer, limit: u64) -> RedisPersistence {
+    support::log_capture::install();
+    let mut store =
+        RedisPersistence::builder().url(redis.url()).max_store_bytes(limit).build().expect("valid");
+    store.open("dev", "broker:1883").expect("open");
+    store
+}
+
+fn fields(redis: &RedisServer) -> Vec<String> {
+    let mut fields: Vec<String> = redis.connection().hkeys(HASH).expect("HKEYS");
+    fields.sort();
+    fields
+}
+
+#[test]
+fn a_put_beyond_the_budget_fails_clearly_and_writes_nothing() {
+    let redis = RedisServer::start();
+    let mut store = budget_store(&redis, 100);
+    store.put("s-1", vec![&[1u8; 60][..]]).expect("60 of 100 bytes");
+    assert!(store.put("s-2", vec![&[2u8; 30][..], &[3u8; 20][..]]).is_err(), "110 of 100 bytes");
+    assert!(
+        logged(
+            "WARN",
+            &[
+                "put of key \"s-2\"",
+                "store `dev:broker:1883` is full",
+                "would hold 110 bytes",
+                "max_store_bytes is 100"
+            ]
+        ),
+        "a clear reason in the log: {:#?}",
+        support::log_capture::lines()
+    );
+    assert_eq!(fields(&redis), ["paho-mqtt-redis:bytes", "s-1"], "nothing half-written");
+    assert_eq!(store.keys().expect("keys"), ["s-1"], "Paho never sees the byte count");
+
+    // Replacing a value counts only the difference; removing frees room.
+    store.put("s-1", vec![&[1u8; 90][..]]).expect("90 of 100 bytes");
+    store.remove("s-1").expect("remove");
+    store.put("s-2", vec![&[2u8; 100][..]]).expect("100 of 100 bytes");
+    let counted: u64 = redis.connection().hget(HASH, "paho-mqtt-redis:bytes").expect("counter");
+    assert_eq!(counted, 100);
+    store.remove("s-2").expect("remove");
+    assert!(fields(&redis).is_empty(), "an empty store leaves no hash behind: {:?}", fields(&redis));
+}
+
+#[test]
+fn a_zero_budget_is_rejected() {
+    let error = RedisPersistence::builder().max_store_bytes(0).build().expect_err("zero budget");
+    assert!(error.to_string().contains("max_store_bytes"), "{error}");
+}
+
+/// A command record (one per publish) is never refused, because Paho C cannot
+/// take that; beyond the budget it waits in memory until there is room.
+#[test]
+fn a_command_record_beyond_the_budget_waits_in_memory() {
+    let redis = RedisServer::start();
+    let mut store = budget_store(&redis, 100);
+    store.put("s-1", vec![&[1u8; 80][..]]).expect("80 of 100 bytes");
+    store.put("c-1", vec![&[9u8; 50][..]]).expect("kept in memory, not refused");
+    assert_eq!(store.unwritten(), 1);
+    assert_eq!(store.get("c-1").expect("read back from memory"), vec![9u8; 50]);
+    assert_eq!(fields(&redis), ["paho-mqtt-redis:bytes", "s-1"]);
+
+    store.remove("s-1").expect("remove frees room");
+    store.put("s-2", vec![&[2u8; 10][..]]).expect("the next write takes the waiting record along");
+    assert_eq!(store.unwritten(), 0);
+    assert_eq!(fields(&redis), ["c-1", "paho-mqtt-redis:bytes", "s-2"]);
+}
+
+/// Several stores on one Redis each stay within their own budget, even
+/// restored from what Redis holds (the count is rebuilt from the values).
+#[test]
+fn the_budget_counts_records_written_before_it_was_set() {
+    let redis = RedisServer::start();
+    let () = redis.connection().hset(HASH, "s-1", vec![0u8; 70]).expect("HSET");
+    let mut store = budget_store(&redis, 100);
+    assert!(store.put("s-2", vec![&[0u8; 40][..]]).is_err(), "70 + 40 > 100");
+    store.put("s-2", vec![&[0u8; 30][..]]).expect("70 + 30 = 100");
+}
+
+#[test]
+fn redis_at_maxmemory_refuses_a_put_clearly_and_keeps_what_it_had() {
+    let redis = RedisServer::start_with(&["--maxmemory", "2mb", "--maxmemory-policy", "noeviction"]);
+    support::log_capture::install();
+    let mut store = RedisPersistence::with_url(&redis.url()).expect("valid");
+    store.open("dev", "broker:1883").expect("open");
+    let value = vec![7u8; 64 * 1024];
+    let mut written = 0u32;
+    let refused = loop {
+        match store.put(&format!("s-{}", written + 1), vec![&value[..]]) {
+            Ok(()) => written += 1,
+            Err(error) => break error,
+        }
+        assert!(written < 1000, "Redis never reached maxmemory");
+    };
+    assert!(written > 0, "something fits before the limit");
+    assert!(matches!(refused, paho_mqtt::Error::PersistenceError), "{refused:?}");
+    assert!(
+        logged("WARN", &["put of key", "OOM"]),
+        "Redis's reason in the log: {:#?}",
+        support::log_capture::lines()
+    );
+    let stored: Vec<String> = redis.connection().hkeys(HASH).expect("HKEYS");
+    assert_eq!(stored.len() as u32, written, "the refused put wrote nothing");
+    assert_eq!(store.keys().expect("keys").len() as u32, written);
+    for n in 1..=written {
+        assert_eq!(store.get(&format!("s-{n}")).expect("every accepted record is intact"), value);
+    }
+}
+
+#[test]
+fn open_fails_clearly_when_the_hash_name_holds_another_type() {
+    support::log_capture::install();
+    let redis = RedisServer::start();
+    let () = redis::cmd("SET")
+        .arg("dev:broker:1883")
+        .arg("not a hash")
+        .query(&mut redis.connection())
+        .expect("SET");
+    let mut store = RedisPersistence::with_url(&redis.url()).expect("valid");
+    assert!(store.open("dev", "broker:1883").is_err(), "open on a string key");
+    assert!(
+        support::log_capture::logged(
+            "WARN",
+            &["open failed", "`dev:broker:1883` holds a string, not a hash"]
+        ),
+        "a clear reason: {:#?}",
+        support::log_capture::lines()
+    );
+    assert!(store.put("s-1", vec![b"x"]).is_err(), "nothing works after a failed open");
+    let kept: String = redis::cmd("GET").arg("dev:broker:1883").query(&mut redis.connection()).expect("GET");
+    assert_eq!(kept, "not a hash", "the other program's key is untouched");
+}
