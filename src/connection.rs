@@ -1,7 +1,10 @@
 //! The one Redis connection of a store, re-established once when it breaks.
 
+use std::sync::Arc;
+
 use redis::{ConnectionLike, RedisError, RedisResult};
 
+use crate::stats::Counters;
 use crate::{Config, Error};
 
 /// A lazily opened, self-healing connection to Redis.
@@ -14,11 +17,12 @@ pub(crate) struct Link {
     /// How many connections have been opened: a change tells the store that
     /// Redis may have restarted (and lost data) since it last looked.
     generation: u64,
+    counters: Arc<Counters>,
 }
 
 impl Link {
-    pub(crate) fn new() -> Self {
-        Self { conn: None, generation: 0 }
+    pub(crate) fn new(counters: Arc<Counters>) -> Self {
+        Self { conn: None, generation: 0, counters }
     }
 
     /// The number of connections opened so far.
@@ -44,8 +48,14 @@ impl Link {
         let fail = |source: RedisError| Error::Command { command: name, hash: hash.to_owned(), source };
         let conn = self.connected(config)?;
         let error = match command(conn) {
-            Ok(value) => return Ok(value),
-            Err(error) if !unusable_after(&error, conn) => return Err(fail(error)), // an error reply
+            Ok(value) => {
+                self.counters.add_round_trip();
+                return Ok(value);
+            }
+            Err(error) if !unusable_after(&error, conn) => {
+                self.counters.add_round_trip();
+                return Err(fail(error)); // an error reply
+            }
             Err(error) => error,
         };
         self.conn = None;
@@ -57,12 +67,15 @@ impl Link {
         let conn = self.connected(config)?;
         match command(conn) {
             Ok(value) => {
+                self.counters.add_round_trip();
                 log::info!("redis persistence: reconnected to {}", config.address());
                 Ok(value)
             }
             Err(error) => {
                 if unusable_after(&error, conn) {
                     self.conn = None;
+                } else {
+                    self.counters.add_round_trip();
                 }
                 Err(fail(error))
             }
@@ -75,6 +88,9 @@ impl Link {
             Some(conn) => Ok(conn),
             slot @ None => {
                 let conn = connect(config)?;
+                if self.generation > 0 {
+                    self.counters.add_reconnect();
+                }
                 self.generation = self.generation.wrapping_add(1);
                 Ok(slot.insert(conn))
             }

@@ -56,7 +56,7 @@ mod stats;
 pub use config::{Builder, Config, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IO_TIMEOUT, DEFAULT_PORT};
 pub use error::Error;
 pub use persistence::RedisPersistence;
-pub use stats::Stats;
+pub use stats::{Stats, StatsHandle};
 
 /// The README's Rust examples, compiled as doctests so they stay true.
 #[doc = include_str!("../README.md")]

@@ -1,7 +1,7 @@
 //! [`RedisPersistence`]: Paho's persistence callbacks mapped onto one Redis hash.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::BytesMut;
 use paho_mqtt::ClientPersistence;
@@ -12,7 +12,8 @@ use crate::budget::{self, COUNTER_FIELD};
 use crate::config::{Builder, Config};
 use crate::connection::Link;
 use crate::local::{is_command_key, CommandCache, FieldIndex, FieldName};
-use crate::{resp, Error};
+use crate::stats::{Counters, Operation};
+use crate::{resp, Error, Stats, StatsHandle};
 
 /// Capacity of the put buffer when the store is created: a typical MQTT packet fits.
 const PUT_BUFFER_INITIAL: usize = 1024;
@@ -104,6 +105,8 @@ const PUT_BUFFER_RETAINED_MAX: usize = 64 * 1024;
 #[derive(Debug)]
 pub struct RedisPersistence {
     config: Config,
+    /// Outside the lock: `stats()` never waits for a Redis call.
+    counters: Arc<Counters>,
     state: Mutex<State>,
 }
 
@@ -183,10 +186,12 @@ impl RedisPersistence {
 
     /// A store with a validated configuration.
     pub fn from_config(config: Config) -> Self {
+        let counters = Arc::new(Counters::new());
         Self {
             config,
+            counters: Arc::clone(&counters),
             state: Mutex::new(State {
-                link: Link::new(),
+                link: Link::new(counters),
                 store: None,
                 packed: BytesMut::with_capacity(PUT_BUFFER_INITIAL),
             }),
@@ -209,6 +214,19 @@ impl RedisPersistence {
     /// Paho C's sake; see the type's documentation.)
     pub fn contains(&self, key: &str) -> Result<bool, Error> {
         Ok(self.lock().store.as_ref().ok_or(Error::NotOpen)?.fields.contains(key))
+    }
+
+    /// The store's counters since it was created: calls by kind, Redis round
+    /// trips, bytes, errors, reconnects, and the calls answered locally (see
+    /// [`Stats`]). Lock-free: never waits for a Redis call in progress.
+    pub fn stats(&self) -> Stats {
+        self.counters.snapshot()
+    }
+
+    /// A handle on this store's counters, to keep after the store is moved
+    /// into Paho's create options.
+    pub fn stats_handle(&self) -> StatsHandle {
+        StatsHandle::new(Arc::clone(&self.counters))
     }
 
     /// How many command records Redis has not taken yet (it was unreachable
@@ -256,6 +274,7 @@ impl RedisPersistence {
             if field == COUNTER_FIELD.as_bytes() {
                 continue;
             }
+            self.counters.add_bytes_read(value.len());
             if let Some(key) = paho_key(field) {
                 opened.fields.insert(&key);
                 opened.restore_snapshot.insert(key, value);
@@ -307,6 +326,8 @@ impl RedisPersistence {
         }
         let result = match written {
             Ok(()) => {
+                self.counters
+                    .add_bytes_written(buffers.iter().map(|b| b.len()).fold(0, usize::saturating_add));
                 store.fields.insert(key);
                 if is_command_key(key) {
                     store.commands.insert(key, buffers, true);
@@ -342,18 +363,24 @@ impl RedisPersistence {
                 // Paho reads a restored command record again when it sends it.
                 store.commands.insert(key, &[&value], true);
             }
+            self.counters.add_snapshot_hit();
             return Ok(value);
         }
         if let Some(value) = store.commands.get(key) {
+            self.counters.add_cache_hit();
             return Ok(value.to_vec());
         }
         if !store.fields.contains(key) {
+            self.counters.add_index_hit();
             return Err(Error::KeyNotFound { key: key.to_owned() });
         }
         let hash = &store.hash;
         let value = link.run(&self.config, "HGET", hash, |conn| {
             redis::cmd("HGET").arg(hash).arg(key).query::<Option<Vec<u8>>>(conn)
         })?;
+        if let Some(value) = &value {
+            self.counters.add_bytes_read(value.len());
+        }
         store.resync_if_reconnected(link, &self.config, packed);
         value.ok_or_else(|| Error::KeyNotFound { key: key.to_owned() })
     }
@@ -365,6 +392,7 @@ impl RedisPersistence {
         store.restore_snapshot.remove(key);
         if !store.fields.remove(key) {
             // Never written (Paho removes every key a message might have used).
+            self.counters.add_index_hit();
             return Ok(());
         }
         let owe = FieldName::from_slice(key.as_bytes());
@@ -688,7 +716,8 @@ const fn answer_for_paho_c(present: bool) -> bool {
 }
 
 /// Logs a failed callback and turns it into the only error Paho understands.
-fn report(operation: &str, key: Option<&str>, error: Error) -> paho_mqtt::Error {
+fn report(counters: &Counters, operation: &str, key: Option<&str>, error: Error) -> paho_mqtt::Error {
+    counters.add_error();
     match key {
         Some(key) => log::warn!("redis persistence: {operation} of key {key:?} failed: {error}"),
         None => log::warn!("redis persistence: {operation} failed: {error}"),
@@ -698,7 +727,8 @@ fn report(operation: &str, key: Option<&str>, error: Error) -> paho_mqtt::Error 
 
 impl ClientPersistence for RedisPersistence {
     fn open(&mut self, client_id: &str, server_uri: &str) -> paho_mqtt::Result<()> {
-        let hash = self.try_open(client_id, server_uri).map_err(|e| report("open", None, e))?;
+        let hash =
+            self.try_open(client_id, server_uri).map_err(|e| report(&self.counters, "open", None, e))?;
         log::debug!("redis persistence: opened `{hash}` on {}", self.config.address());
         Ok(())
     }
@@ -709,35 +739,45 @@ impl ClientPersistence for RedisPersistence {
     }
 
     fn put(&mut self, key: &str, buffers: Vec<&[u8]>) -> paho_mqtt::Result<()> {
-        self.try_put(key, &buffers).map_err(|e| report("put", Some(key), e))
+        self.counters.record(Operation::Put);
+        self.try_put(key, &buffers).map_err(|e| report(&self.counters, "put", Some(key), e))
     }
 
     fn get(&mut self, key: &str) -> paho_mqtt::Result<Vec<u8>> {
-        self.try_get(key).map_err(|e| report("get", Some(key), e))
+        self.counters.record(Operation::Get);
+        self.try_get(key).map_err(|e| report(&self.counters, "get", Some(key), e))
     }
 
     fn remove(&mut self, key: &str) -> paho_mqtt::Result<()> {
-        self.try_remove(key).map_err(|e| report("remove", Some(key), e))
+        self.counters.record(Operation::Remove);
+        self.try_remove(key).map_err(|e| report(&self.counters, "remove", Some(key), e))
     }
 
     fn keys(&mut self) -> paho_mqtt::Result<Vec<String>> {
-        self.try_keys().map_err(|e| report("keys", None, e))
+        self.counters.record(Operation::Keys);
+        self.try_keys().map_err(|e| report(&self.counters, "keys", None, e))
     }
 
     fn clear(&mut self) -> paho_mqtt::Result<()> {
-        self.try_clear().map_err(|e| report("clear", None, e))
+        self.counters.record(Operation::Clear);
+        self.try_clear().map_err(|e| report(&self.counters, "clear", None, e))
     }
 
     /// Returns `true` when `key` is **absent**: see the type's documentation.
     ///
-    /// When Redis cannot be asked, the answer is "absent": Paho then re-sends
-    /// a QoS 2 PUBLISH rather than assume its PUBREL went out, which risks a
-    /// duplicate instead of a loss.
+    /// Answered from the store's index of fields, without a round trip. Before
+    /// `open` the answer is "absent": Paho then re-sends a QoS 2 PUBLISH rather
+    /// than assume its PUBREL went out, which risks a duplicate instead of a
+    /// loss.
     fn contains_key(&mut self, key: &str) -> bool {
+        self.counters.record(Operation::ContainsKey);
         match self.contains(key) {
-            Ok(present) => answer_for_paho_c(present),
+            Ok(present) => {
+                self.counters.add_index_hit();
+                answer_for_paho_c(present)
+            }
             Err(e) => {
-                drop(report("contains_key", Some(key), e));
+                drop(report(&self.counters, "contains_key", Some(key), e));
                 answer_for_paho_c(false)
             }
         }

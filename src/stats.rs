@@ -8,10 +8,6 @@
 //! running. On targets without 64-bit atomics each counter is a `u64` behind
 //! its own `Mutex` instead (never held across anything but one addition).
 
-// persistence.rs is being rewritten to call the counters; until then they are
-// unused outside tests. `expect` warns once they are used, so this line goes then.
-#![cfg_attr(not(test), expect(dead_code, reason = "the store is wired to the counters in a parallel change"))]
-
 /// A snapshot of a store's counters, taken by `RedisPersistence::stats()`.
 ///
 /// Every field counts from the creation of the store and only grows (it
@@ -55,6 +51,34 @@ pub struct Stats {
     pub index_hits: u64,
     /// Records served from the snapshot read when the store was opened, without a round trip.
     pub snapshot_hits: u64,
+}
+
+/// A handle on a store's counters that stays with the application after the
+/// store itself has been handed to Paho, from
+/// [`RedisPersistence::stats_handle`](crate::RedisPersistence::stats_handle).
+///
+/// ```
+/// use paho_mqtt_redis::RedisPersistence;
+///
+/// let persistence = RedisPersistence::new();
+/// let stats = persistence.stats_handle();
+/// // ... `.user_persistence(persistence)` moves the store into Paho ...
+/// assert_eq!(stats.stats().round_trips, 0);
+/// ```
+#[derive(Debug, Clone)]
+pub struct StatsHandle {
+    counters: std::sync::Arc<Counters>,
+}
+
+impl StatsHandle {
+    pub(crate) fn new(counters: std::sync::Arc<Counters>) -> Self {
+        Self { counters }
+    }
+
+    /// The counters now. Lock-free.
+    pub fn stats(&self) -> Stats {
+        self.counters.snapshot()
+    }
 }
 
 /// One of the store operations that Paho (or a Rust caller) invokes; each has its own counter.
