@@ -47,10 +47,12 @@ mod config;
 mod connection;
 mod error;
 mod persistence;
+mod stats;
 
 pub use config::{Builder, Config, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IO_TIMEOUT, DEFAULT_PORT};
 pub use error::Error;
 pub use persistence::RedisPersistence;
+pub use stats::Stats;
 
 /// The README's Rust examples, compiled as doctests so they stay true.
 #[doc = include_str!("../README.md")]

@@ -1,0 +1,357 @@
+//! Operation counters of a store: the public [`Stats`] snapshot and the
+//! crate-internal [`Counters`] that the store bumps on its hot path.
+//!
+//! Counting must cost next to nothing and must never block or panic inside a
+//! Paho callback, so every counter is an independent `AtomicU64` updated with
+//! `Ordering::Relaxed`: a snapshot reads each counter on its own, and two
+//! counters read in one snapshot may be a few operations apart while calls are
+//! running. On targets without 64-bit atomics each counter is a `u64` behind
+//! its own `Mutex` instead (never held across anything but one addition).
+
+// persistence.rs is being rewritten to call the counters; until then they are
+// unused outside tests. `expect` warns once they are used, so this line goes then.
+#![cfg_attr(not(test), expect(dead_code, reason = "the store is wired to the counters in a parallel change"))]
+
+/// A snapshot of a store's counters, taken by `RedisPersistence::stats()`.
+///
+/// Every field counts from the creation of the store and only grows (it
+/// wraps at `u64::MAX`, which no store reaches). Subtract two snapshots to get
+/// the activity of an interval. The counters are read one by one while other
+/// threads may be updating them, so a snapshot taken during calls may be a few
+/// operations apart from one field to the next.
+///
+/// New counters may be added in minor releases, hence `#[non_exhaustive]`:
+/// start from [`Stats::default`] to build one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct Stats {
+    /// `put` calls: Paho storing a record.
+    pub puts: u64,
+    /// `get` calls: Paho reading a record back (after a restart, or a queued command before sending it).
+    pub gets: u64,
+    /// `remove` calls: Paho deleting a record once its exchange is complete.
+    pub removes: u64,
+    /// `keys` calls: Paho listing the store (when it restores a session).
+    pub keys: u64,
+    /// `clear` calls: Paho emptying the store (a clean session).
+    pub clears: u64,
+    /// `contains_key` calls, and `RedisPersistence::contains` calls.
+    pub contains_key_calls: u64,
+    /// Requests sent to Redis and answered (a pipeline counts once), retries included.
+    pub round_trips: u64,
+    /// Record bytes sent to Redis by `put` (values only: no keys, no protocol overhead).
+    pub bytes_written: u64,
+    /// Record bytes received from Redis (values only).
+    pub bytes_read: u64,
+    /// Calls that failed and were reported to Paho as a persistence error
+    /// (or, for `contains_key`, answered "absent" because Redis could not be asked).
+    pub errors: u64,
+    /// Connections to Redis re-established after one broke.
+    pub reconnects: u64,
+    /// `get` calls answered from the local cache, without a round trip.
+    pub cache_hits: u64,
+    /// `remove` and `contains_key` calls answered from the local index of
+    /// fields, without a round trip (for example the remove of a key that is not stored).
+    pub index_hits: u64,
+    /// Records served from the snapshot read when the store was opened, without a round trip.
+    pub snapshot_hits: u64,
+}
+
+/// One of the store operations that Paho (or a Rust caller) invokes; each has its own counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Operation {
+    Put,
+    Get,
+    Remove,
+    Keys,
+    Clear,
+    ContainsKey,
+}
+
+/// The live counters of one store. All methods take `&self` and never block
+/// for longer than one addition, never allocate and never panic.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    puts: Counter,
+    gets: Counter,
+    removes: Counter,
+    keys: Counter,
+    clears: Counter,
+    contains_key_calls: Counter,
+    round_trips: Counter,
+    bytes_written: Counter,
+    bytes_read: Counter,
+    errors: Counter,
+    reconnects: Counter,
+    cache_hits: Counter,
+    index_hits: Counter,
+    snapshot_hits: Counter,
+}
+
+impl Counters {
+    /// Counters at zero.
+    pub(crate) fn new() -> Self {
+        Self::default()
+    }
+
+    /// Counts one call of `operation`, whatever its outcome.
+    pub(crate) fn record(&self, operation: Operation) {
+        let counter = match operation {
+            Operation::Put => &self.puts,
+            Operation::Get => &self.gets,
+            Operation::Remove => &self.removes,
+            Operation::Keys => &self.keys,
+            Operation::Clear => &self.clears,
+            Operation::ContainsKey => &self.contains_key_calls,
+        };
+        counter.add(1);
+    }
+
+    /// Counts one request answered by Redis (a pipeline or MULTI/EXEC block counts once).
+    pub(crate) fn add_round_trip(&self) {
+        self.round_trips.add(1);
+    }
+
+    /// Counts `bytes` of record values sent to Redis.
+    pub(crate) fn add_bytes_written(&self, bytes: usize) {
+        self.bytes_written.add(widen(bytes));
+    }
+
+    /// Counts `bytes` of record values received from Redis.
+    pub(crate) fn add_bytes_read(&self, bytes: usize) {
+        self.bytes_read.add(widen(bytes));
+    }
+
+    /// Counts one call that failed (reported to Paho as an error).
+    pub(crate) fn add_error(&self) {
+        self.errors.add(1);
+    }
+
+    /// Counts one connection re-established after a break.
+    pub(crate) fn add_reconnect(&self) {
+        self.reconnects.add(1);
+    }
+
+    /// Counts one `get` answered from the local cache.
+    pub(crate) fn add_cache_hit(&self) {
+        self.cache_hits.add(1);
+    }
+
+    /// Counts one `remove`/`contains_key` answered from the local index.
+    pub(crate) fn add_index_hit(&self) {
+        self.index_hits.add(1);
+    }
+
+    /// Counts one record served from the snapshot read at `open`.
+    pub(crate) fn add_snapshot_hit(&self) {
+        self.snapshot_hits.add(1);
+    }
+
+    /// The current values, read counter by counter.
+    pub(crate) fn snapshot(&self) -> Stats {
+        Stats {
+            puts: self.puts.get(),
+            gets: self.gets.get(),
+            removes: self.removes.get(),
+            keys: self.keys.get(),
+            clears: self.clears.get(),
+            contains_key_calls: self.contains_key_calls.get(),
+            round_trips: self.round_trips.get(),
+            bytes_written: self.bytes_written.get(),
+            bytes_read: self.bytes_read.get(),
+            errors: self.errors.get(),
+            reconnects: self.reconnects.get(),
+            cache_hits: self.cache_hits.get(),
+            index_hits: self.index_hits.get(),
+            snapshot_hits: self.snapshot_hits.get(),
+        }
+    }
+}
+
+/// `usize` to `u64` without a cast that could truncate: `usize` is at most 64 bits
+/// on every target Rust supports, and saturating is the right answer otherwise.
+fn widen(value: usize) -> u64 {
+    u64::try_from(value).unwrap_or(u64::MAX)
+}
+
+#[cfg(target_has_atomic = "64")]
+type Counter = atomic::AtomicCounter;
+
+#[cfg(not(target_has_atomic = "64"))]
+type Counter = locked::LockedCounter;
+
+#[cfg(target_has_atomic = "64")]
+mod atomic {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// One lock-free counter. `Relaxed` suffices: a counter orders nothing else,
+    /// and each atomic addition is still never lost.
+    #[derive(Debug, Default)]
+    pub(super) struct AtomicCounter(AtomicU64);
+
+    impl AtomicCounter {
+        pub(super) fn add(&self, amount: u64) {
+            // fetch_add wraps on overflow, it does not panic.
+            self.0.fetch_add(amount, Ordering::Relaxed);
+        }
+
+        pub(super) fn get(&self) -> u64 {
+            self.0.load(Ordering::Relaxed)
+        }
+    }
+}
+
+/// The fallback for targets without 64-bit atomics (some 32-bit MCUs and MIPS);
+/// compiled in tests everywhere so that it is tested too.
+#[cfg(any(test, not(target_has_atomic = "64")))]
+mod locked {
+    use std::sync::{Mutex, PoisonError};
+
+    /// One counter behind its own lock, held only for one addition.
+    #[derive(Debug, Default)]
+    pub(super) struct LockedCounter(pub(super) Mutex<u64>);
+
+    impl LockedCounter {
+        pub(super) fn add(&self, amount: u64) {
+            // A poisoned lock still holds a valid u64: keep counting rather than panic.
+            let mut value = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            *value = value.wrapping_add(amount);
+        }
+
+        pub(super) fn get(&self) -> u64 {
+            *self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[test]
+    fn new_counters_are_all_zero() {
+        assert_eq!(Counters::new().snapshot(), Stats::default());
+    }
+
+    #[test]
+    fn each_operation_has_its_own_counter() {
+        let counters = Counters::new();
+        let operations = [
+            (Operation::Put, 1),
+            (Operation::Get, 2),
+            (Operation::Remove, 3),
+            (Operation::Keys, 4),
+            (Operation::Clear, 5),
+            (Operation::ContainsKey, 6),
+        ];
+        for (operation, times) in operations {
+            for _ in 0..times {
+                counters.record(operation);
+            }
+        }
+        let stats = counters.snapshot();
+        let expected = Stats {
+            puts: 1,
+            gets: 2,
+            removes: 3,
+            keys: 4,
+            clears: 5,
+            contains_key_calls: 6,
+            ..Stats::default()
+        };
+        assert_eq!(stats, expected);
+    }
+
+    #[test]
+    fn every_other_counter_is_separate() {
+        let counters = Counters::new();
+        counters.add_round_trip();
+        counters.add_round_trip();
+        counters.add_bytes_written(100);
+        counters.add_bytes_written(23);
+        counters.add_bytes_read(7);
+        counters.add_error();
+        counters.add_reconnect();
+        counters.add_reconnect();
+        counters.add_reconnect();
+        counters.add_cache_hit();
+        counters.add_index_hit();
+        counters.add_index_hit();
+        counters.add_snapshot_hit();
+        let expected = Stats {
+            round_trips: 2,
+            bytes_written: 123,
+            bytes_read: 7,
+            errors: 1,
+            reconnects: 3,
+            cache_hits: 1,
+            index_hits: 2,
+            snapshot_hits: 1,
+            ..Stats::default()
+        };
+        assert_eq!(counters.snapshot(), expected);
+    }
+
+    #[test]
+    fn no_increment_is_lost_across_threads() {
+        const THREADS: u64 = 8;
+        const PER_THREAD: u64 = 10_000;
+        let counters = Arc::new(Counters::new());
+        let handles: Vec<_> = (0..THREADS)
+            .map(|_| {
+                let counters = Arc::clone(&counters);
+                std::thread::spawn(move || {
+                    for _ in 0..PER_THREAD {
+                        counters.record(Operation::Put);
+                        counters.add_bytes_written(3);
+                    }
+                })
+            })
+            .collect();
+        for handle in handles {
+            handle.join().expect("a counting thread panicked");
+        }
+        let stats = counters.snapshot();
+        assert_eq!(stats.puts, THREADS * PER_THREAD);
+        assert_eq!(stats.bytes_written, 3 * THREADS * PER_THREAD);
+    }
+
+    #[test]
+    fn the_locked_fallback_counts_and_wraps_like_the_atomic_one() {
+        let locked = locked::LockedCounter::default();
+        locked.add(5);
+        locked.add(u64::MAX);
+        assert_eq!(locked.get(), 4, "wrapping addition, as AtomicU64::fetch_add");
+        #[cfg(target_has_atomic = "64")]
+        {
+            let atomic = atomic::AtomicCounter::default();
+            atomic.add(5);
+            atomic.add(u64::MAX);
+            assert_eq!(atomic.get(), locked.get());
+        }
+    }
+
+    #[test]
+    fn the_locked_fallback_survives_a_poisoned_lock() {
+        let counter = Arc::new(locked::LockedCounter::default());
+        counter.add(2);
+        let poisoner = Arc::clone(&counter);
+        let outcome = std::thread::spawn(move || {
+            let _guard = poisoner.0.lock();
+            panic!("poison the counter's lock");
+        })
+        .join();
+        assert!(outcome.is_err(), "the helper thread should have panicked");
+        assert!(counter.0.is_poisoned());
+        counter.add(3);
+        assert_eq!(counter.get(), 5);
+    }
+
+    #[test]
+    fn widen_keeps_every_usize() {
+        assert_eq!(widen(0), 0);
+        assert_eq!(widen(usize::MAX), u64::try_from(usize::MAX).unwrap_or(u64::MAX));
+    }
+}
