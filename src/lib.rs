@@ -45,6 +45,7 @@
 
 mod config;
 mod connection;
+pub mod decode;
 mod error;
 mod persistence;
 mod stats;
