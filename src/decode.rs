@@ -762,3 +762,255 @@ fn packet_name(packet_type: u8) -> &'static str {
         _ => "reserved",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::path::PathBuf;
+
+    use super::*;
+
+    /// One fixture: the scene and key from its file name, and the stored value.
+    struct Fixture {
+        scene: String,
+        key: String,
+        value: Vec<u8>,
+    }
+
+    fn fixtures_dir() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/records")
+    }
+
+    fn fixtures() -> Vec<Fixture> {
+        let mut fixtures = Vec::new();
+        for entry in std::fs::read_dir(fixtures_dir()).expect("read tests/fixtures/records") {
+            let path = entry.expect("a directory entry").path();
+            let Some(name) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".bin"))
+            else {
+                continue;
+            };
+            let (scene, key) = name.split_once("__").expect("fixture names are SCENE__KEY.bin");
+            let value = std::fs::read(&path).expect("read a fixture");
+            fixtures.push(Fixture { scene: scene.to_owned(), key: key.to_owned(), value });
+        }
+        fixtures.sort_by(|a, b| (&a.scene, &a.key).cmp(&(&b.scene, &b.key)));
+        assert!(fixtures.len() >= 20, "only {} fixtures: run scripts/capture-fixtures.sh", fixtures.len());
+        fixtures
+    }
+
+    /// One line of manifest.tsv: what the sender of a message knew about it.
+    #[derive(Debug)]
+    struct Sent {
+        scene: String,
+        operation: String,
+        topic: String,
+        qos: i32,
+        retain: bool,
+        message_id: Option<u16>,
+        payload: Vec<u8>,
+    }
+
+    fn manifest() -> Vec<Sent> {
+        let text = std::fs::read_to_string(fixtures_dir().join("manifest.tsv")).expect("read manifest.tsv");
+        text.lines()
+            .filter(|line| !line.starts_with('#'))
+            .map(|line| {
+                let f: Vec<&str> = line.split('\t').collect();
+                assert_eq!(f.len(), 7, "manifest line {line:?}");
+                let hex = f[6];
+                let payload = if hex == "-" {
+                    Vec::new()
+                } else {
+                    (0..hex.len())
+                        .step_by(2)
+                        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+                        .collect()
+                };
+                Sent {
+                    scene: f[0].to_owned(),
+                    operation: f[1].to_owned(),
+                    topic: f[2].to_owned(),
+                    qos: f[3].parse().unwrap(),
+                    retain: f[4] == "1",
+                    message_id: f[5].parse().ok(),
+                    payload,
+                }
+            })
+            .collect()
+    }
+
+    fn has_property(properties: &[Property], id: u8, value: &PropertyValue) -> bool {
+        properties.iter().any(|p| p.id == id && &p.value == value)
+    }
+
+    #[test]
+    fn every_fixture_decodes_to_what_its_sender_sent() {
+        let manifest = manifest();
+        for fixture in fixtures() {
+            let record = decode(&fixture.key, &fixture.value)
+                .unwrap_or_else(|e| panic!("{}__{}: {e}", fixture.scene, fixture.key));
+            let v5 = fixture.scene.starts_with("v5-");
+            assert_eq!(record.version, if v5 { Version::V5 } else { Version::V3 }, "{}", record.key);
+            assert_eq!(record.size, fixture.value.len());
+            let scene = fixture.scene.as_str();
+            let in_scene = |operation: &'static str| {
+                manifest.iter().filter(move |s| s.scene == scene && s.operation == operation)
+            };
+            match &record.content {
+                Content::Publish(p) => {
+                    let sent = in_scene("PUBLISH")
+                        .find(|s| s.topic == p.topic && s.qos == i32::from(p.qos))
+                        .unwrap_or_else(|| panic!("{}: no message sent on {:?}", record.key, p.topic));
+                    assert_eq!(p.payload, sent.payload, "{}", record.key);
+                    assert_eq!(p.retain, sent.retain, "{}", record.key);
+                    assert!(!p.dup, "{}", record.key);
+                    if let Some(id) = sent.message_id {
+                        assert_eq!(p.message_id, Some(id), "{}", record.key);
+                    }
+                    if record.kind == Kind::Command {
+                        assert!(p.token.is_some() && p.message_id.is_none(), "{}", record.key);
+                    }
+                    let outbound =
+                        p.topic.starts_with("fixtures/out") || p.topic.starts_with("fixtures/offline");
+                    match (v5, outbound) {
+                        (false, _) => assert!(p.properties.is_empty()),
+                        (true, true) => {
+                            let origin = PropertyValue::Pair("origin".into(), "capture_fixtures".into());
+                            assert!(has_property(&p.properties, 38, &origin), "{record}");
+                            assert!(has_property(&p.properties, 2, &PropertyValue::U32(3600)), "{record}");
+                        }
+                        (true, false) => {
+                            assert!(has_property(&p.properties, 1, &PropertyValue::Byte(1)), "{record}")
+                        }
+                    }
+                }
+                Content::Pubrel(pubrel) => {
+                    assert!(
+                        in_scene("PUBREL").any(|s| s.message_id == Some(pubrel.message_id)),
+                        "{}: no PUBREC was sent for id {}",
+                        record.key,
+                        pubrel.message_id
+                    );
+                    assert_eq!(record.number, u32::from(pubrel.message_id));
+                }
+                Content::Subscribe(s) => {
+                    let sent = in_scene("SUBSCRIBE").next().expect("a SUBSCRIBE in the manifest");
+                    assert_eq!(s.filters, vec![(sent.topic.clone(), sent.qos)]);
+                }
+                Content::Unsubscribe(u) => {
+                    let sent = in_scene("UNSUBSCRIBE").next().expect("an UNSUBSCRIBE in the manifest");
+                    assert_eq!(u.filters, vec![sent.topic.clone()]);
+                }
+            }
+            if matches!(record.kind, Kind::PublishSent | Kind::PublishReceived) {
+                assert_eq!(
+                    record.message_id(),
+                    Some(u16::try_from(record.number).unwrap()),
+                    "{}",
+                    record.key
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_fixtures_cover_every_prefix() {
+        let prefixes: BTreeSet<&str> = fixtures()
+            .iter()
+            .map(|f| {
+                let (kind, version, _) = parse_key(&f.key).unwrap();
+                kind.prefix(version)
+            })
+            .collect();
+        let all: BTreeSet<&str> = PREFIXES.iter().map(|(prefix, _, _)| *prefix).collect();
+        assert_eq!(prefixes, all);
+    }
+
+    #[test]
+    fn every_truncation_of_every_fixture_is_an_error() {
+        for fixture in fixtures() {
+            for len in 0..fixture.value.len() {
+                let result = decode(&fixture.key, &fixture.value[..len]);
+                assert!(
+                    result.is_err(),
+                    "{}__{} cut to {len} bytes decoded: {result:?}",
+                    fixture.scene,
+                    fixture.key
+                );
+            }
+            let mut longer = fixture.value.clone();
+            longer.push(0);
+            if !matches!(parse_key(&fixture.key), Ok((Kind::PublishSent | Kind::PublishReceived, ..))) {
+                // A PUBLISH payload is everything after the header; elsewhere an extra byte is an error.
+                assert!(decode(&fixture.key, &longer).is_err(), "{} with an extra byte", fixture.key);
+            }
+        }
+    }
+
+    #[test]
+    fn corrupted_fixtures_never_panic() {
+        for fixture in fixtures() {
+            for position in 0..fixture.value.len() {
+                for flip in [0x01u8, 0x80, 0xff] {
+                    let mut value = fixture.value.clone();
+                    value[position] ^= flip;
+                    let _ = decode(&fixture.key, &value);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_publish_packet_decodes_with_flags() {
+        // QoS 1, retain and dup, topic "a/b", id 0x0102, payload "hi".
+        let value = [0x3b, 0x09, 0x00, 0x03, b'a', b'/', b'b', 0x01, 0x02, b'h', b'i'];
+        let record = decode("s-258", &value).unwrap();
+        let Content::Publish(p) = &record.content else { panic!("{record:?}") };
+        assert_eq!((p.qos, p.retain, p.dup, p.message_id), (1, true, true, Some(258)));
+        assert_eq!(record.to_string(), "s-258 PUBLISH out qos=1 retain dup id=258 topic=\"a/b\" 2 B \"hi\"");
+    }
+
+    #[test]
+    fn a_v5_pubrel_with_reason_code_and_properties_decodes() {
+        // PUBREL id 5, reason 0x92, reason string "x".
+        let value = [0x62, 0x08, 0x00, 0x05, 0x92, 0x04, 0x1f, 0x00, 0x01, b'x'];
+        let record = decode("sc5-5", &value).unwrap();
+        let Content::Pubrel(p) = &record.content else { panic!("{record:?}") };
+        assert_eq!(p.reason_code, Some(0x92));
+        assert_eq!(p.properties, vec![Property { id: 31, value: PropertyValue::Text("x".into()) }]);
+    }
+
+    #[test]
+    fn bad_records_are_errors_that_say_why() {
+        let cases: [(&str, &[u8], &str); 12] = [
+            ("x-1", b"", "none of Paho's prefixes"),
+            ("s-", b"", "not a decimal number"),
+            ("s-1a", b"", "not a decimal number"),
+            ("s-99999999999", b"", "out of range"),
+            ("s-1", &[0x62, 0x02, 0x00, 0x01], "names a PUBLISH but the packet is a PUBREL"),
+            ("sc-1", &[0x32, 0x05, 0x00, 0x01, b't', 0x00, 0x01], "names a PUBREL"),
+            ("s-1", &[0x36, 0x05, 0x00, 0x01, b't', 0x00, 0x01], "QoS 3"),
+            ("s-1", &[0x40, 0x02, 0x00, 0x01], "packet type 4 (PUBACK)"),
+            ("r-1", &[0x32, 0x05, 0x00, 0x01, b't', 0x00, 0x01], "QoS 2 only"),
+            ("s-1", &[0x32, 0xff, 0xff, 0xff, 0xff, 0x01], "longer than 4 bytes"),
+            ("c-1", &[3, 0, 0, 0, 1, 0, 0, 0, b't', 0, 0xff, 0xff, 0xff, 0xff], "negative"),
+            ("c-1", &[9, 0, 0, 0, 1, 0, 0, 0], "command type 9"),
+        ];
+        for (key, value, reason) in cases {
+            let error = decode(key, value).expect_err(key);
+            assert_eq!(error.key, key);
+            assert!(error.reason.contains(reason), "{key}: {:?} lacks {reason:?}", error.reason);
+        }
+    }
+
+    #[test]
+    fn previews_are_printable_and_bounded() {
+        assert_eq!(preview(b"hello", 40), "\"hello\"");
+        assert_eq!(preview(b"hello", 3), "\"hel\"…");
+        assert_eq!(preview(b"line\nbreak", 40), "\"line\\nbreak\"");
+        assert_eq!(preview(&[0, 1, 0xff], 40), "hex:0001ff");
+        assert_eq!(preview(&[0xaa; 10], 8), "hex:aaaaaaaa…");
+        assert_eq!(preview(b"", 40), "\"\"");
+        assert_eq!(preview("é".repeat(50).as_bytes(), 40).chars().count(), 43);
+    }
+}
