@@ -198,7 +198,7 @@ fn scan_stores(conn: &mut redis::Connection, prefix: &str, client_prefix: &str) 
             break;
         }
     }
-    stores.sort_by(|a, b| a.hash.cmp(&b.hash));
+    stores.sort_by(|a, b| (&a.client_id, &a.server).cmp(&(&b.client_id, &b.server)));
     stores.dedup_by(|a, b| a.hash == b.hash); // SCAN may return a key twice
     Ok(stores)
 }
