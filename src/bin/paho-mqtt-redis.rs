@@ -30,7 +30,12 @@ struct Cli {
 #[derive(Args, Debug)]
 struct Common {
     /// The Redis server: redis://[user:password@]host[:port][/db] or redis+unix:///path[?db=N].
-    #[arg(long, default_value = "redis://127.0.0.1:6379/0", env = "PAHO_MQTT_REDIS_URL")]
+    #[arg(
+        long,
+        default_value = "redis://127.0.0.1:6379/0",
+        env = "PAHO_MQTT_REDIS_URL",
+        hide_env_values = true
+    )]
     url: String,
     /// The key prefix the stores were created with (`key_prefix` of the builder).
     #[arg(long, default_value = "")]
