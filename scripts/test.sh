@@ -7,8 +7,9 @@ cd "$(dirname "$0")/.."
 
 bash scripts/install-deps.sh
 
-# Every feature but `vendored-ssl`, which only builds OpenSSL from source.
-features="unix-socket tls ssl"
+# Every feature but `vendored-ssl`, which only builds OpenSSL from source;
+# `cli` adds the paho-mqtt-redis command and its tests (tests/cli.rs).
+features="unix-socket tls ssl cli"
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

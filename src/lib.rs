@@ -47,6 +47,7 @@
 mod budget;
 mod config;
 mod connection;
+pub mod decode;
 mod error;
 mod local;
 mod persistence;
