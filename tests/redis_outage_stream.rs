@@ -46,7 +46,9 @@ fn one_round(outage_at: usize, outage_len: usize) {
         tokens.push(publisher.try_publish(message).unwrap_or_else(|e| panic!("publish {n} refused: {e}")));
     }
     for (n, token) in tokens.into_iter().enumerate() {
-        token.wait_for(TIMEOUT).unwrap_or_else(|e| panic!("message {n} (outage at {outage_at}) not acked: {e}"));
+        token
+            .wait_for(TIMEOUT)
+            .unwrap_or_else(|e| panic!("message {n} (outage at {outage_at}) not acked: {e}"));
     }
     let received = subscriber.collect(MESSAGES, TIMEOUT, Duration::from_millis(300));
     let mut distinct = payloads(&received);
@@ -59,7 +61,11 @@ fn one_round(outage_at: usize, outage_len: usize) {
         redis.connection().hlen::<_, usize>(&hash).map(|n| n == 0).unwrap_or(false)
     });
     assert!(emptied, "the store empties once everything is acknowledged");
-    assert!(stats.stats().errors > 0 || stats.stats().reconnects > 0, "the outage was felt: {:?}", stats.stats());
+    assert!(
+        stats.stats().errors > 0 || stats.stats().reconnects > 0,
+        "the outage was felt: {:?}",
+        stats.stats()
+    );
 }
 
 #[test]
