@@ -5,9 +5,10 @@
 //! write that would exceed the budget. Redis runs a script atomically, so the
 //! check and the write cannot be separated by a crash or another client.
 
-/// The hash field holding the byte count. Never a Paho key, and never shown
-/// to Paho (which would try to restore it and then delete it).
-pub(crate) const COUNTER_FIELD: &str = "paho-mqtt-redis:bytes";
+/// The hash field in which a store with `max_store_bytes` keeps its byte
+/// count. Never a Paho key, and never shown to Paho (which would try to
+/// restore it, fail, and delete it); tools that read a store skip it.
+pub const COUNTER_FIELD: &str = "paho-mqtt-redis:bytes";
 
 /// `KEYS[1]` the hash; `ARGV` = limit, counter field, then field/value pairs.
 /// Writes all pairs or none; returns the new byte count, or the error reply

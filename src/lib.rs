@@ -54,6 +54,7 @@ mod persistence;
 mod resp;
 mod stats;
 
+pub use budget::COUNTER_FIELD as BUDGET_COUNTER_FIELD;
 pub use config::{Builder, Config, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IO_TIMEOUT, DEFAULT_PORT};
 pub use error::Error;
 pub use persistence::RedisPersistence;

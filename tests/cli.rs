@@ -228,3 +228,20 @@ fn show_a_store_written_by_paho() {
     }
     drop(client);
 }
+
+/// A store with `max_store_bytes` keeps its byte count in the hash; the
+/// command counts and shows only the records.
+#[test]
+fn the_budget_counter_is_not_a_record() {
+    let redis = RedisServer::start();
+    let mut store =
+        RedisPersistence::builder().url(redis.url()).max_store_bytes(1000).build().expect("valid");
+    mqtt::ClientPersistence::open(&mut store, "budgeted", "broker:1883").expect("open");
+    mqtt::ClientPersistence::put(&mut store, "s-1", vec![&fixture("v311-inflight", "s-3")]).expect("put");
+    let listed = json(&cli(&["list", "--url", &redis.url(), "--json"]));
+    let stores = listed.as_array().expect("an array of stores");
+    assert_eq!(stores.len(), 1, "{listed}");
+    assert_eq!(stores[0]["records"], 1, "{listed}");
+    let shown = stdout(&cli(&["show", "budgeted", "--url", &redis.url()]));
+    assert!(shown.contains("s-1") && !shown.contains(paho_mqtt_redis::BUDGET_COUNTER_FIELD), "{shown}");
+}

@@ -211,7 +211,8 @@ fn scan_stores(conn: &mut redis::Connection, prefix: &str, client_prefix: &str) 
 /// Record count and total value bytes of a store, in one pipeline after HKEYS; `None`
 /// when no field is a Paho key (a hash of something else that happens to match).
 fn measure(conn: &mut redis::Connection, hash: &str) -> Result<Option<(usize, u64)>> {
-    let fields: Vec<String> = redis::cmd("HKEYS").arg(hash).query(conn).map_err(redis_error("HKEYS"))?;
+    let mut fields: Vec<String> = redis::cmd("HKEYS").arg(hash).query(conn).map_err(redis_error("HKEYS"))?;
+    fields.retain(|field| field != paho_mqtt_redis::BUDGET_COUNTER_FIELD);
     if !fields.iter().any(|field| decode::parse_key(field).is_ok()) {
         return Ok(None);
     }
@@ -300,6 +301,7 @@ fn show(common: &Common, client_id: &str, server: Option<&str>, json: bool, out:
             redis::cmd("HGETALL").arg(&store.hash).query(&mut conn).map_err(redis_error("HGETALL"))?;
         let mut decoded: Vec<(String, std::result::Result<Record, DecodeError>, Vec<u8>)> = records
             .into_iter()
+            .filter(|(field, _)| field != paho_mqtt_redis::BUDGET_COUNTER_FIELD.as_bytes())
             .map(|(field, value)| {
                 let key = String::from_utf8_lossy(&field).into_owned();
                 let record = decode::decode(&key, &value);
