@@ -147,3 +147,51 @@ impl Drop for RedisServer {
         self.kill();
     }
 }
+
+/// Sends `signal` (such as `-STOP`) to `pid` with kill(1); the tests forbid unsafe code, so no libc.
+pub fn send_signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .arg(signal)
+        .arg(pid.to_string())
+        .status()
+        .unwrap_or_else(|e| panic!("run kill {signal} {pid}: {e}"));
+    assert!(status.success(), "kill {signal} {pid} failed: {status}");
+}
+
+/// A redis-server frozen with SIGSTOP; SIGCONT on drop, so a failing test never leaves it hung.
+pub struct Frozen {
+    pid: u32,
+    thawed: bool,
+}
+
+impl Frozen {
+    /// SIGCONT now.
+    pub fn thaw(mut self) {
+        self.resume();
+    }
+
+    fn resume(&mut self) {
+        if !self.thawed {
+            self.thawed = true;
+            send_signal(self.pid, "-CONT");
+        }
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        if !self.thawed {
+            self.thawed = true;
+            // No assert here: a panic inside a drop during unwinding would abort.
+            let _ = Command::new("kill").arg("-CONT").arg(self.pid.to_string()).status();
+        }
+    }
+}
+
+impl RedisServer {
+    /// Freezes the server with SIGSTOP: it keeps its sockets and its data, and answers nothing.
+    pub fn freeze(&self) -> Frozen {
+        send_signal(self.pid(), "-STOP");
+        Frozen { pid: self.pid(), thawed: false }
+    }
+}
