@@ -3,6 +3,8 @@
 
 mod support;
 
+use std::time::Duration;
+
 use paho_mqtt::ClientPersistence;
 use paho_mqtt_redis::RedisPersistence;
 use redis::Commands;
@@ -41,4 +43,152 @@ fn a_paho_client_restores_past_hostile_fields_without_aborting() {
     fields.sort();
     // Paho deleted `sc-1`, whose value is no MQTT packet; the skipped fields are left alone.
     assert_eq!(fields, [b"s-\0nul".to_vec(), b"\xff\xfe-not-utf8".to_vec()]);
+}
+
+const HUGE: usize = 8 * 1024 * 1024;
+
+/// A pseudo-random, incompressible-looking value of `len` bytes.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    (0..len as u64).map(|i| support::mix(seed ^ i) as u8).collect()
+}
+
+#[test]
+fn huge_and_empty_values_written_by_someone_else_are_returned_as_stored() {
+    let redis = RedisServer::start();
+    let huge = noise(HUGE, 1);
+    let mut conn = redis.connection();
+    let () = conn.hset("dev:broker:1883", "s-1", huge.as_slice()).expect("HSET");
+    let () = conn.hset("dev:broker:1883", "c-2", b"".as_slice()).expect("HSET");
+    let mut store = RedisPersistence::with_url(&redis.url()).expect("valid");
+    store.open("dev", "broker:1883").expect("open");
+    let mut keys = store.keys().expect("keys");
+    keys.sort();
+    assert_eq!(keys, ["c-2", "s-1"]);
+    assert!(store.get("s-1").expect("get of 8 MiB") == huge, "8 MiB come back byte for byte");
+    // The contract allows an empty value or an error here; what matters is a clear answer.
+    match store.get("c-2") {
+        Ok(value) => assert!(value.is_empty(), "an empty value comes back empty"),
+        Err(error) => assert!(matches!(error, paho_mqtt::Error::PersistenceError), "{error:?}"),
+    }
+}
+
+#[test]
+fn fields_named_like_paho_keys_with_odd_numbers_are_listed_as_they_are() {
+    let redis = RedisServer::start();
+    let odd = ["s-", "c-", "sc-abc", "r-99999999999999999999", "s--1", "s- 1", "q-0x10", " s-1", "s-1\n"];
+    let mut conn = redis.connection();
+    for field in odd {
+        let () = conn.hset("dev:broker:1883", field, b"x".as_slice()).expect("HSET");
+    }
+    let mut store = RedisPersistence::with_url(&redis.url()).expect("valid");
+    store.open("dev", "broker:1883").expect("open");
+    let mut keys = store.keys().expect("keys");
+    keys.sort();
+    let mut expected: Vec<String> = odd.iter().map(|s| s.to_string()).collect();
+    expected.sort();
+    assert_eq!(keys, expected, "UTF-8 without NUL reaches Paho unchanged; Paho decides what it means");
+}
+
+/// Creates a real Paho client on `hash`'s store (which runs Paho's restore: keys,
+/// then a get per key) and connects it to a real broker (which restores the
+/// session records). Returns the fields left afterwards; the process must not abort.
+fn restore_with_a_real_client(
+    redis: &RedisServer,
+    plant: impl FnOnce(&mut redis::Connection, &str),
+) -> Vec<Vec<u8>> {
+    let broker = support::Mosquitto::start();
+    let client_id = support::unique_id("hostile");
+    let hash = format!("{client_id}:127.0.0.1:{}", broker.port());
+    plant(&mut redis.connection(), &hash);
+    let store = RedisPersistence::with_url(&redis.url()).expect("valid");
+    // Paho may refuse to create the client when a record does not parse, or
+    // fail to connect; either is a clean answer. Aborting is not.
+    match paho_mqtt::AsyncClient::new(support::mqtt::create_options(&broker.uri(), &client_id, store)) {
+        Ok(client) => {
+            let connected =
+                client.connect(support::mqtt::persistent_session()).wait_for(Duration::from_secs(10));
+            eprintln!("client created; connect: {connected:?}");
+            if connected.is_ok() {
+                let _ = client.disconnect(None).wait_for(Duration::from_secs(5));
+            }
+        }
+        Err(error) => eprintln!("Paho refused to create the client: {error}"),
+    }
+    let mut fields: Vec<Vec<u8>> = redis.connection().hkeys(&hash).expect("HKEYS");
+    fields.sort();
+    fields
+}
+
+#[test]
+fn a_paho_client_survives_empty_records() {
+    support::init_logging();
+    let redis = RedisServer::start();
+    restore_with_a_real_client(&redis, |conn, hash| {
+        for key in ["c-1", "s-2", "sc-3", "r-4", "s5-5", "c5-6"] {
+            let () = conn.hset(hash, key, b"".as_slice()).expect("HSET");
+        }
+    });
+}
+
+#[test]
+fn a_paho_client_survives_garbage_records() {
+    support::init_logging();
+    let redis = RedisServer::start();
+    restore_with_a_real_client(&redis, |conn, hash| {
+        for (n, key) in ["c-1", "s-2", "sc-3", "r-4", "s5-5", "c5-6", "sc5-7", "r5-8"].iter().enumerate() {
+            for len in [1, 2, 5, 64] {
+                let key = format!("{key}{len}");
+                let () = conn.hset(hash, key, noise(len, n as u64).as_slice()).expect("HSET");
+            }
+        }
+    });
+}
+
+#[test]
+fn a_paho_client_survives_a_huge_record() {
+    support::init_logging();
+    let redis = RedisServer::start();
+    restore_with_a_real_client(&redis, |conn, hash| {
+        let () = conn.hset(hash, "s-1", noise(HUGE, 7).as_slice()).expect("HSET");
+        let () = conn.hset(hash, "c-2", noise(HUGE, 8).as_slice()).expect("HSET");
+    });
+}
+
+#[test]
+fn a_store_on_a_key_of_the_wrong_type_fails_clearly() {
+    support::init_logging();
+    let redis = RedisServer::start();
+    let () = redis.connection().set("dev:broker:1883", "not a hash").expect("SET");
+    let mut store = RedisPersistence::with_url(&redis.url()).expect("valid");
+    // Either `open` refuses the key, or every call fails; never a panic, never a wrong answer.
+    if store.open("dev", "broker:1883").is_ok() {
+        assert!(store.put("s-1", vec![b"x"]).is_err(), "put into a string");
+        assert!(store.get("s-1").is_err(), "get from a string");
+        assert!(store.keys().is_err(), "keys of a string");
+        assert!(store.remove("s-1").is_err(), "remove from a string");
+        let error = store.contains("s-1").expect_err("contains in a string");
+        assert!(error.to_string().contains("WRONGTYPE"), "the cause is named: {error}");
+    }
+    let kept: String = redis.connection().get("dev:broker:1883").expect("GET");
+    assert_eq!(kept, "not a hash", "someone else's key is left alone");
+}
+
+#[test]
+fn a_paho_client_survives_a_key_of_the_wrong_type() {
+    support::init_logging();
+    let redis = RedisServer::start();
+    let broker = support::Mosquitto::start();
+    let client_id = support::unique_id("wrongtype");
+    let hash = format!("{client_id}:127.0.0.1:{}", broker.port());
+    let () = redis.connection().set(&hash, "not a hash").expect("SET");
+    let store = RedisPersistence::with_url(&redis.url()).expect("valid");
+    // Paho may refuse to create the client (its `open` or restore failed); it must not abort.
+    let created =
+        paho_mqtt::AsyncClient::new(support::mqtt::create_options(&broker.uri(), &client_id, store));
+    if let Ok(client) = created {
+        let _ = client.connect(support::mqtt::persistent_session()).wait_for(Duration::from_secs(10));
+        let _ = client.disconnect(None).wait_for(Duration::from_secs(5));
+    }
+    let kept: String = redis.connection().get(&hash).expect("GET");
+    assert_eq!(kept, "not a hash", "someone else's key is left alone");
 }
