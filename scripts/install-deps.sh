@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests and the demo need, only what is missing:
 # redis-server, mosquitto (+ clients), cmake (Paho C is built from source),
-# pkg-config and libssl-dev (features `tls` and `ssl`), rustfmt and clippy.
+# pkg-config and libssl-dev (features `tls` and `ssl`), the openssl CLI (the TLS
+# test makes its certificates with it), rustfmt and clippy.
 set -euo pipefail
 
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
@@ -14,6 +15,7 @@ have mosquitto_sub || missing+=(mosquitto-clients)
 have cmake || missing+=(cmake)
 have pkg-config || missing+=(pkg-config)
 [ -f /usr/include/openssl/ssl.h ] || missing+=(libssl-dev)
+have openssl || missing+=(openssl)
 
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""

@@ -144,9 +144,7 @@ impl fmt::Debug for Redacted {
 
 /// Parses a Redis URL with redis-rs, after checking that this build supports its scheme.
 pub(crate) fn parse_url(url: &str) -> Result<(ConnectionAddr, RedisConnectionInfo), Error> {
-    let parsed = redis::parse_redis_url(url).ok_or_else(|| Error::InvalidUrl {
-        reason: "not a URL with a redis://, rediss://, redis+unix:// or unix:// scheme".to_owned(),
-    })?;
+    let parsed = redis::parse_redis_url(url).ok_or_else(|| Error::InvalidUrl { reason: unparsable(url) })?;
     let scheme = parsed.scheme();
     match scheme {
         "redis" | "valkey" => {}
@@ -158,10 +156,42 @@ pub(crate) fn parse_url(url: &str) -> Result<(ConnectionAddr, RedisConnectionInf
         }
         _ => {}
     }
+    let unix = matches!(scheme, "redis+unix" | "valkey+unix" | "unix");
+    // redis-rs ignores query parameters it does not know, so a typo (or `?db=`
+    // on a TCP URL, where the database is the path) would silently do nothing.
+    let known: &[&str] = if unix { &["db", "user", "pass", "protocol"] } else { &["protocol"] };
+    if let Some((name, _)) = parsed.query_pairs().find(|(name, _)| !known.contains(&name.as_ref())) {
+        let known = known.join(", ");
+        let reason = if name.is_empty() {
+            format!("a query parameter without a name (known here: {known})")
+        } else {
+            format!("unknown query parameter `{name}` (known here: {known})")
+        };
+        return Err(Error::InvalidUrl { reason });
+    }
     let info =
         parsed.into_connection_info().map_err(|e| Error::InvalidUrl { reason: describe_url_error(&e) })?;
+    if info.redis_settings().db() < 0 {
+        return Err(Error::InvalidUrl { reason: "Invalid database number: it must be 0 or more".to_owned() });
+    }
+    if matches!(info.addr(), ConnectionAddr::Tcp(_, 0) | ConnectionAddr::TcpTls { port: 0, .. }) {
+        return Err(Error::InvalidUrl { reason: "port 0 cannot be connected to".to_owned() });
+    }
     let redis = info.redis_settings().clone().set_skip_set_lib_name();
     Ok((info.addr().clone(), redis))
+}
+
+/// Why the URL parser refused `url`, without repeating the URL (it may hold a password).
+fn unparsable(url: &str) -> String {
+    let scheme = url.trim_start().split_once("://").map(|(scheme, _)| scheme.to_ascii_lowercase());
+    match scheme.as_deref() {
+        Some("redis" | "rediss" | "valkey" | "valkeys" | "redis+unix" | "valkey+unix" | "unix") => {
+            "the URL does not parse: check the host, the port (1 to 65535), the brackets of an IPv6 \
+             address, and look for spaces or stray characters"
+                .to_owned()
+        }
+        _ => "not a URL with a redis://, rediss://, redis+unix:// or unix:// scheme".to_owned(),
+    }
 }
 
 /// redis-rs puts its reason in the error's description and sometimes a detail after it.

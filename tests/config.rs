@@ -59,6 +59,75 @@ fn bad_urls_are_rejected_with_a_reason() {
     check_all(table);
 }
 
+/// What a URL does not parse at all should say: the scheme was right, the rest was not.
+const DOES_NOT_PARSE: &str = "the URL does not parse";
+
+#[test]
+fn garbage_urls_are_rejected_with_a_reason() {
+    let table: &[(&str, Expected)] = &[
+        (" ", Err("not a URL with a redis://")),
+        ("\t\n", Err("not a URL with a redis://")),
+        ("rédis://127.0.0.1", Err("not a URL with a redis://")),
+        ("//127.0.0.1", Err("not a URL with a redis://")),
+        ("redis:// 127.0.0.1", Err(DOES_NOT_PARSE)),
+        ("redis://127.0.0.1:6379 /0", Err(DOES_NOT_PARSE)),
+        ("redis://a b", Err(DOES_NOT_PARSE)),
+        ("redis://127.0.0.1:65536", Err(DOES_NOT_PARSE)),
+        ("redis://127.0.0.1:-1", Err(DOES_NOT_PARSE)),
+        ("redis://127.0.0.1:99999999999999999999", Err(DOES_NOT_PARSE)),
+        ("redis://127.0.0.1:0", Err("port 0")),
+        ("redis://:6379", Err(DOES_NOT_PARSE)),
+        ("redis://user@", Err(DOES_NOT_PARSE)),
+        ("redis://[::1", Err(DOES_NOT_PARSE)),
+        ("redis://[zz::1]", Err(DOES_NOT_PARSE)),
+        ("redis:///0", Err("Missing hostname")),
+        ("redis://:@", Err("Missing hostname")),
+        ("redis:127.0.0.1", Err("Missing hostname")),
+        ("redis://127.0.0.1/-1", Err("must be 0 or more")),
+        ("redis://127.0.0.1/99999999999999999999", Err("Invalid database number")),
+        ("redis://127.0.0.1/1/2", Err("Invalid database number")),
+        ("redis://127.0.0.1/0x1", Err("Invalid database number")),
+        ("redis://127.0.0.1/%00", Err("Invalid database number")),
+        ("redis://127.0.0.1/?foo=bar", Err("unknown query parameter `foo`")),
+        ("redis://127.0.0.1/0?db=3", Err("unknown query parameter `db`")),
+        ("redis://127.0.0.1/?&&==", Err("a query parameter without a name")),
+        ("redis://127.0.0.1/?protocol=", Err("Invalid protocol version")),
+        ("redis://user:p%FFw@127.0.0.1", Err("Password is not valid UTF-8")),
+        ("redis://u%FF:pw@127.0.0.1", Err("Username is not valid UTF-8")),
+    ];
+    check_all(table);
+}
+
+#[test]
+fn odd_but_valid_urls_are_accepted_as_the_url_standard_reads_them() {
+    let table: &[(&str, Expected)] = &[
+        ("  redis://127.0.0.1  ", Ok(("127.0.0.1:6379", 0))), // surrounding blanks are trimmed
+        ("REDIS://127.0.0.1", Ok(("127.0.0.1:6379", 0))),
+        ("redis://:@127.0.0.1", Ok(("127.0.0.1:6379", 0))), // empty password: none
+        ("redis://127.0.0.1:65535/15", Ok(("127.0.0.1:65535", 15))),
+        ("redis://127.0.0.1/#fragment", Ok(("127.0.0.1:6379", 0))),
+        ("redis://127.0.0.1/?protocol=resp3", Ok(("127.0.0.1:6379", 0))),
+        // Not resolvable, which `open` reports; the parser percent-encodes it.
+        ("redis://ünïcødé/0", Ok(("%C3%BCn%C3%AFc%C3%B8d%C3%A9:6379", 0))),
+    ];
+    check_all(table);
+}
+
+#[test]
+fn garbage_never_shows_a_password_in_the_error() {
+    for url in [
+        "redis://user:SECRETPW@127.0.0.1:65536",
+        "redis://user:SECRETPW@127.0.0.1/-1",
+        "redis://user:SECRETPW@127.0.0.1/?foo=SECRETPW",
+        "redis://user:SECRETPW@[::1",
+        "redis://user:SECRETPW@127.0.0.1/x",
+    ] {
+        let error = RedisPersistence::with_url(url).expect_err("garbage");
+        let shown = format!("{error} {error:?}");
+        assert!(!shown.contains("SECRETPW"), "a password reached the error for {url:?}: {shown}");
+    }
+}
+
 #[test]
 fn unix_socket_urls_need_the_unix_socket_feature() {
     let table: &[(&str, Expected)] = if cfg!(feature = "unix-socket") {
@@ -67,6 +136,11 @@ fn unix_socket_urls_need_the_unix_socket_feature() {
             ("redis+unix:///run/redis/redis.sock?db=4", Ok(("/run/redis/redis.sock", 4))),
             ("unix:///tmp/r.sock", Ok(("/tmp/r.sock", 0))),
             ("unix:///tmp/r.sock?db=x", Err("Invalid database number")),
+            ("unix:///tmp/r.sock?db=-1", Err("must be 0 or more")),
+            ("unix:///tmp/r.sock?user=u&pass=p&db=2&protocol=3", Ok(("/tmp/r.sock", 2))),
+            ("unix:///tmp/r.sock?dbx=2", Err("unknown query parameter `dbx`")),
+            ("redis+unix://", Err("Missing path")),
+            ("redis+unix://host/tmp/x", Err("Missing path")),
         ]
     } else {
         &[
@@ -82,6 +156,11 @@ fn tls_urls_need_the_tls_feature() {
     let expected: Expected =
         if cfg!(feature = "tls") { Ok(("127.0.0.1:6380", 0)) } else { Err("needs the `tls` feature") };
     check("rediss://127.0.0.1:6380", expected);
+    if cfg!(feature = "tls") {
+        check("rediss://127.0.0.1:6380/#insecure", Ok(("127.0.0.1:6380", 0)));
+        check("rediss://127.0.0.1:6380/#verify", Err("only #insecure is supported"));
+        check("rediss://127.0.0.1:0", Err("port 0"));
+    }
 }
 
 #[test]

@@ -3,6 +3,8 @@
 
 mod support;
 
+use std::time::Duration;
+
 use paho_mqtt::ClientPersistence;
 use paho_mqtt_redis::RedisPersistence;
 use redis::Commands;
@@ -41,4 +43,182 @@ fn a_paho_client_restores_past_hostile_fields_without_aborting() {
     fields.sort();
     // Paho deleted `sc-1`, whose value is no MQTT packet; the skipped fields are left alone.
     assert_eq!(fields, [b"s-\0nul".to_vec(), b"\xff\xfe-not-utf8".to_vec()]);
+}
+
+const HUGE: usize = 8 * 1024 * 1024;
+
+/// A pseudo-random, incompressible-looking value of `len` bytes.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    (0..len as u64).map(|i| support::mix(seed ^ i) as u8).collect()
+}
+
+#[test]
+fn huge_and_empty_values_written_by_someone_else_are_returned_as_stored() {
+    let redis = RedisServer::start();
+    let huge = noise(HUGE, 1);
+    let mut conn = redis.connection();
+    let () = conn.hset("dev:broker:1883", "s-1", huge.as_slice()).expect("HSET");
+    let () = conn.hset("dev:broker:1883", "c-2", b"".as_slice()).expect("HSET");
+    let mut store = RedisPersistence::with_url(&redis.url()).expect("valid");
+    store.open("dev", "broker:1883").expect("open");
+    let mut keys = store.keys().expect("keys");
+    keys.sort();
+    assert_eq!(keys, ["c-2", "s-1"]);
+    assert!(store.get("s-1").expect("get of 8 MiB") == huge, "8 MiB come back byte for byte");
+    // The contract allows an empty value or an error here; what matters is a clear answer.
+    match store.get("c-2") {
+        Ok(value) => assert!(value.is_empty(), "an empty value comes back empty"),
+        Err(error) => assert!(matches!(error, paho_mqtt::Error::PersistenceError), "{error:?}"),
+    }
+}
+
+#[test]
+fn fields_named_like_paho_keys_with_odd_numbers_are_listed_as_they_are() {
+    let redis = RedisServer::start();
+    let odd = ["s-", "c-", "sc-abc", "r-99999999999999999999", "s--1", "s- 1", "q-0x10", " s-1", "s-1\n"];
+    let mut conn = redis.connection();
+    for field in odd {
+        let () = conn.hset("dev:broker:1883", field, b"x".as_slice()).expect("HSET");
+    }
+    let mut store = RedisPersistence::with_url(&redis.url()).expect("valid");
+    store.open("dev", "broker:1883").expect("open");
+    let mut keys = store.keys().expect("keys");
+    keys.sort();
+    let mut expected: Vec<String> = odd.iter().map(|s| s.to_string()).collect();
+    expected.sort();
+    assert_eq!(keys, expected, "UTF-8 without NUL reaches Paho unchanged; Paho decides what it means");
+}
+
+/// What a real Paho client made of a planted store.
+#[derive(Debug, PartialEq)]
+enum Outcome {
+    /// `AsyncClient::new` failed: Paho's restore gave up on a record.
+    Refused,
+    /// Created and connected to the broker.
+    Connected,
+    /// Created, but connecting failed.
+    ConnectFailed,
+}
+
+/// Creates a real Paho client on a planted store (which runs Paho's restore:
+/// keys, then a get per key) and connects it to a real broker. The process
+/// must not abort, whatever Paho makes of the records.
+fn restore_with_a_real_client(
+    redis: &RedisServer,
+    plant: impl FnOnce(&mut redis::Connection, &str),
+) -> Outcome {
+    let broker = support::Mosquitto::start();
+    let client_id = support::unique_id("hostile");
+    let hash = format!("{client_id}:127.0.0.1:{}", broker.port());
+    plant(&mut redis.connection(), &hash);
+    let store = RedisPersistence::with_url(&redis.url()).expect("valid");
+    let Ok(client) =
+        paho_mqtt::AsyncClient::new(support::mqtt::create_options(&broker.uri(), &client_id, store))
+    else {
+        return Outcome::Refused;
+    };
+    let connected = client.connect(support::mqtt::persistent_session()).wait_for(Duration::from_secs(10));
+    let _ = client.disconnect(None).wait_for(Duration::from_secs(5));
+    if connected.is_ok() {
+        Outcome::Connected
+    } else {
+        Outcome::ConnectFailed
+    }
+}
+
+const V3_KEYS: [&str; 4] = ["c-1", "s-2", "sc-3", "r-4"];
+const V5_KEYS: [&str; 4] = ["c5-5", "s5-6", "sc5-7", "r5-8"];
+
+#[test]
+fn a_paho_client_survives_empty_records() {
+    support::init_logging();
+    let redis = RedisServer::start();
+    let outcome = restore_with_a_real_client(&redis, |conn, hash| {
+        for key in V3_KEYS {
+            let () = conn.hset(hash, key, b"".as_slice()).expect("HSET");
+        }
+    });
+    assert_eq!(outcome, Outcome::Connected, "Paho drops records it cannot parse and goes on");
+}
+
+#[test]
+fn a_paho_client_survives_garbage_records() {
+    support::init_logging();
+    let redis = RedisServer::start();
+    let outcome = restore_with_a_real_client(&redis, |conn, hash| {
+        for (n, key) in V3_KEYS.iter().enumerate() {
+            for len in [1, 2, 5, 64, 4096] {
+                let () =
+                    conn.hset(hash, format!("{key}{len}"), noise(len, n as u64).as_slice()).expect("HSET");
+            }
+        }
+    });
+    assert_eq!(outcome, Outcome::Connected, "Paho drops records it cannot parse and goes on");
+}
+
+/// Records of an MQTT 5 client (`s5-`, `sc5-`, `r5-`) in the store of an MQTT
+/// 3.1.1 client make Paho C refuse to create the client ("Persistence error")
+/// until someone deletes them: clean, but worth knowing when a device switches
+/// MQTT versions under one client id.
+#[test]
+fn mqtt5_records_in_a_v3_store_make_paho_refuse_the_client_without_aborting() {
+    support::init_logging();
+    let redis = RedisServer::start();
+    for key in V5_KEYS {
+        let outcome = restore_with_a_real_client(&redis, |conn, hash| {
+            let () = conn.hset(hash, key, noise(16, 5).as_slice()).expect("HSET");
+        });
+        let expected = if key.starts_with("c5-") { Outcome::Connected } else { Outcome::Refused };
+        assert_eq!(outcome, expected, "a store holding only `{key}`");
+    }
+}
+
+#[test]
+fn a_paho_client_survives_a_huge_record() {
+    support::init_logging();
+    let redis = RedisServer::start();
+    let outcome = restore_with_a_real_client(&redis, |conn, hash| {
+        let () = conn.hset(hash, "s-1", noise(HUGE, 7).as_slice()).expect("HSET");
+        let () = conn.hset(hash, "c-2", noise(HUGE, 8).as_slice()).expect("HSET");
+    });
+    assert_eq!(outcome, Outcome::Connected, "Paho drops records it cannot parse and goes on");
+}
+
+#[test]
+fn a_store_on_a_key_of_the_wrong_type_fails_clearly() {
+    support::init_logging();
+    let redis = RedisServer::start();
+    let () = redis.connection().set("dev:broker:1883", "not a hash").expect("SET");
+    let mut store = RedisPersistence::with_url(&redis.url()).expect("valid");
+    // Either `open` refuses the key, or every call fails; never a panic, never a wrong answer.
+    if store.open("dev", "broker:1883").is_ok() {
+        assert!(store.put("s-1", vec![b"x"]).is_err(), "put into a string");
+        assert!(store.get("s-1").is_err(), "get from a string");
+        assert!(store.keys().is_err(), "keys of a string");
+        assert!(store.remove("s-1").is_err(), "remove from a string");
+        let error = store.contains("s-1").expect_err("contains in a string");
+        assert!(error.to_string().contains("WRONGTYPE"), "the cause is named: {error}");
+    }
+    let kept: String = redis.connection().get("dev:broker:1883").expect("GET");
+    assert_eq!(kept, "not a hash", "someone else's key is left alone");
+}
+
+#[test]
+fn a_paho_client_survives_a_key_of_the_wrong_type() {
+    support::init_logging();
+    let redis = RedisServer::start();
+    let broker = support::Mosquitto::start();
+    let client_id = support::unique_id("wrongtype");
+    let hash = format!("{client_id}:127.0.0.1:{}", broker.port());
+    let () = redis.connection().set(&hash, "not a hash").expect("SET");
+    let store = RedisPersistence::with_url(&redis.url()).expect("valid");
+    // Paho may refuse to create the client (its `open` or restore failed); it must not abort.
+    let created =
+        paho_mqtt::AsyncClient::new(support::mqtt::create_options(&broker.uri(), &client_id, store));
+    if let Ok(client) = created {
+        let _ = client.connect(support::mqtt::persistent_session()).wait_for(Duration::from_secs(10));
+        let _ = client.disconnect(None).wait_for(Duration::from_secs(5));
+    }
+    let kept: String = redis.connection().get(&hash).expect("GET");
+    assert_eq!(kept, "not a hash", "someone else's key is left alone");
 }

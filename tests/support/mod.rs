@@ -67,3 +67,23 @@ pub fn unique_id(prefix: &str) -> String {
 pub fn init_logging() {
     let _ = env_logger::builder().is_test(true).try_init();
 }
+
+/// The seed of a randomised test: `$var` when set (to replay a failure), else the clock.
+/// Print it in every failure message.
+pub fn seed_from_env(var: &str) -> u64 {
+    match std::env::var(var) {
+        Ok(text) => text.trim().parse().unwrap_or_else(|e| panic!("{var}={text:?} is not a u64: {e}")),
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0),
+    }
+}
+
+/// SplitMix64: a tiny, deterministic mixer, so one seed gives the same sequence on every machine.
+pub fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}

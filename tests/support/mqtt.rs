@@ -73,6 +73,18 @@ impl Subscriber {
         Self { client, messages }
     }
 
+    /// The next message, or `None` when none arrived within `timeout`.
+    pub fn next(&self, timeout: Duration) -> Option<mqtt::Message> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.messages.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(Some(message)) => return Some(message),
+                Ok(None) => {} // a reconnect notice; keep listening
+                Err(_) => return None,
+            }
+        }
+    }
+
     /// Waits until `expected` messages arrived (or `timeout` passed), then
     /// listens `quiet` longer so that duplicates would be seen too.
     pub fn collect(&self, expected: usize, timeout: Duration, quiet: Duration) -> Vec<mqtt::Message> {

@@ -14,7 +14,17 @@ pub struct RedisServer {
     dir: TempDir,
     port: u16,
     extra_args: Vec<String>,
+    /// Set for a server that speaks only TLS on its port.
+    tls: Option<TlsFiles>,
     child: Option<Child>,
+}
+
+/// The PEM files of a TLS redis-server: its certificate and key, and the CA it trusts.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
 }
 
 impl RedisServer {
@@ -30,10 +40,25 @@ impl RedisServer {
             dir,
             port: free_port(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            tls: None,
             child: None,
         };
         server.spawn();
         server
+    }
+
+    /// Starts one that speaks only TLS on its port (`--port 0 --tls-port`), clients unauthenticated.
+    pub fn start_tls(files: TlsFiles) -> Self {
+        let dir = tempfile::Builder::new().prefix("pmr-redis-tls-").tempdir().expect("create a temp dir");
+        let mut server =
+            Self { dir, port: free_port(), extra_args: Vec::new(), tls: Some(files), child: None };
+        server.spawn();
+        server
+    }
+
+    /// `rediss://127.0.0.1:{port}/0`.
+    pub fn tls_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}/0", self.port)
     }
 
     /// `redis://127.0.0.1:{port}/0`.
@@ -108,6 +133,20 @@ impl RedisServer {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        if let Some(tls) = &self.tls {
+            let port_at = args.iter().position(|a| a == "--port").expect("--port") + 1;
+            args[port_at] = "0".to_owned();
+            for (option, value) in [
+                ("--tls-port", self.port.to_string()),
+                ("--tls-cert-file", tls.cert.display().to_string()),
+                ("--tls-key-file", tls.key.display().to_string()),
+                ("--tls-ca-cert-file", tls.ca.display().to_string()),
+                ("--tls-auth-clients", "no".to_owned()),
+            ] {
+                args.push(option.to_owned());
+                args.push(value);
+            }
+        }
         args.extend(self.extra_args.iter().cloned());
         let child = Command::new(&binary)
             .args(&args)
@@ -118,7 +157,14 @@ impl RedisServer {
             .unwrap_or_else(|e| panic!("spawn {}: {e}", binary.display()));
         self.child = Some(child);
         let url = self.url();
+        let port = self.port;
+        let tls = self.tls.is_some();
         let ready = wait_until(Duration::from_secs(10), || {
+            if tls {
+                // Plain redis-rs cannot speak TLS here; a listening port is enough.
+                let addr = ([127, 0, 0, 1], port).into();
+                return std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok();
+            }
             redis::Client::open(url.as_str())
                 .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
                 .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
@@ -168,5 +214,53 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Sends `signal` (such as `-STOP`) to `pid` with kill(1); the tests forbid unsafe code, so no libc.
+pub fn send_signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .arg(signal)
+        .arg(pid.to_string())
+        .status()
+        .unwrap_or_else(|e| panic!("run kill {signal} {pid}: {e}"));
+    assert!(status.success(), "kill {signal} {pid} failed: {status}");
+}
+
+/// A redis-server frozen with SIGSTOP; SIGCONT on drop, so a failing test never leaves it hung.
+pub struct Frozen {
+    pid: u32,
+    thawed: bool,
+}
+
+impl Frozen {
+    /// SIGCONT now.
+    pub fn thaw(mut self) {
+        self.resume();
+    }
+
+    fn resume(&mut self) {
+        if !self.thawed {
+            self.thawed = true;
+            send_signal(self.pid, "-CONT");
+        }
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        if !self.thawed {
+            self.thawed = true;
+            // No assert here: a panic inside a drop during unwinding would abort.
+            let _ = Command::new("kill").arg("-CONT").arg(self.pid.to_string()).status();
+        }
+    }
+}
+
+impl RedisServer {
+    /// Freezes the server with SIGSTOP: it keeps its sockets and its data, and answers nothing.
+    pub fn freeze(&self) -> Frozen {
+        send_signal(self.pid(), "-STOP");
+        Frozen { pid: self.pid(), thawed: false }
     }
 }

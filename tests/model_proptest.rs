@@ -1,0 +1,149 @@
+//! Model-based property test: random sequences of store operations, mixed
+//! with connection kills, close+open and Redis restarts that keep the data,
+//! run step by step against a real Redis and the reference model
+//! (`support::model`); every answer must agree.
+//!
+//! One redis-server serves the whole run (each case has its own client id).
+//! `PROPTEST_CASES` overrides the number of cases.
+
+mod support;
+
+use std::sync::Mutex;
+
+use paho_mqtt::ClientPersistence;
+use paho_mqtt_redis::RedisPersistence;
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use support::model::ModelStore;
+use support::RedisServer;
+
+const SERVER: &str = "127.0.0.1:1883";
+/// Keys as Paho writes them, few enough that operations often hit the same key.
+const KEYS: &[&str] = &["c-1", "c-2", "s-1", "s-2", "sc-1", "r-1", "s5-3", "sc5-3", "r5-65535", "q-4"];
+const DEFAULT_CASES: u32 = 400;
+
+#[derive(Clone, Debug)]
+enum Step {
+    Put(&'static str, Vec<Vec<u8>>),
+    Get(&'static str),
+    Remove(&'static str),
+    Keys,
+    Clear,
+    ContainsKey(&'static str),
+    Contains(&'static str),
+    /// `CLIENT KILL TYPE normal`: Redis drops the store's connection.
+    KillConnection,
+    /// `close` then `open` of the store, as Paho does across a client restart.
+    Reopen,
+    /// Redis killed and restarted; AOF with `appendfsync always` keeps the data.
+    RestartRedis,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    let key = || prop::sample::select(KEYS);
+    let buffer = prop::collection::vec(any::<u8>(), 0..48);
+    prop_oneof![
+        24 => (key(), prop::collection::vec(buffer, 1..=3)).prop_map(|(k, b)| Step::Put(k, b)),
+        16 => key().prop_map(Step::Get),
+        12 => key().prop_map(Step::Remove),
+        8 => Just(Step::Keys),
+        4 => Just(Step::Clear),
+        8 => key().prop_map(Step::ContainsKey),
+        8 => key().prop_map(Step::Contains),
+        4 => Just(Step::KillConnection),
+        4 => Just(Step::Reopen),
+        // Rare: one restart costs more than a whole case of other steps.
+        1 => Just(Step::RestartRedis),
+    ]
+}
+
+fn sorted(mut keys: Vec<String>) -> Vec<String> {
+    keys.sort();
+    keys
+}
+
+/// Runs `steps` on a fresh store and on the model, comparing every answer.
+fn run_case(redis: &Mutex<RedisServer>, steps: &[Step]) -> Result<(), TestCaseError> {
+    let client_id = support::unique_id("model");
+    let url = redis.lock().unwrap_or_else(|e| e.into_inner()).url();
+    let mut store = RedisPersistence::with_url(&url).expect("valid URL");
+    let mut model = ModelStore::default();
+    store.open(&client_id, SERVER).expect("open");
+    model.open(&client_id, SERVER).expect("open");
+    for (i, step) in steps.iter().enumerate() {
+        let at = format!("step {i} {step:?}");
+        match step {
+            Step::Put(key, buffers) => {
+                let buffers: Vec<&[u8]> = buffers.iter().map(Vec::as_slice).collect();
+                prop_assert!(store.put(key, buffers.clone()).is_ok(), "{}: put failed", at);
+                model.put(key, buffers).expect("model put");
+            }
+            Step::Get(key) => {
+                let (got, expected) = (store.get(key).ok(), model.get(key).ok());
+                prop_assert_eq!(got, expected, "{}", at);
+            }
+            Step::Remove(key) => {
+                prop_assert!(store.remove(key).is_ok(), "{}: remove failed", at);
+                model.remove(key).expect("model remove");
+            }
+            Step::Keys => {
+                let got = sorted(store.keys().expect("keys"));
+                prop_assert_eq!(got, sorted(model.keys().expect("model keys")), "{}", at);
+            }
+            Step::Clear => {
+                prop_assert!(store.clear().is_ok(), "{}: clear failed", at);
+                model.clear().expect("model clear");
+            }
+            Step::ContainsKey(key) => {
+                prop_assert_eq!(store.contains_key(key), model.contains_key(key), "{}", at);
+            }
+            Step::Contains(key) => {
+                let present = !model.contains_key(key); // the model answers inverted, like the store
+                prop_assert_eq!(store.contains(key).ok(), Some(present), "{}", at);
+            }
+            Step::KillConnection => {
+                let server = redis.lock().unwrap_or_else(|e| e.into_inner());
+                let _killed: usize = redis::cmd("CLIENT")
+                    .arg(&["KILL", "TYPE", "normal", "SKIPME", "yes"])
+                    .query(&mut server.connection())
+                    .expect("CLIENT KILL");
+            }
+            Step::Reopen => {
+                store.close().expect("close");
+                store.open(&client_id, SERVER).expect("open again");
+                model.close().expect("model close");
+                model.open(&client_id, SERVER).expect("model open");
+            }
+            Step::RestartRedis => redis.lock().unwrap_or_else(|e| e.into_inner()).restart(),
+        }
+    }
+    // The data in Redis is exactly the model's.
+    let hash = store.hash_name().expect("open");
+    let server = redis.lock().unwrap_or_else(|e| e.into_inner());
+    let raw: std::collections::BTreeMap<String, Vec<u8>> =
+        redis::Commands::hgetall(&mut server.connection(), &hash).expect("HGETALL");
+    let expected: std::collections::BTreeMap<String, Vec<u8>> = model
+        .keys()
+        .expect("model keys")
+        .into_iter()
+        .map(|key| {
+            let value = model.get(&key).expect("model get");
+            (key, value)
+        })
+        .collect();
+    prop_assert_eq!(raw, expected, "Redis holds exactly the model's records");
+    Ok(())
+}
+
+#[test]
+fn the_store_answers_like_the_reference_model_through_reconnects() {
+    support::init_logging();
+    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(DEFAULT_CASES);
+    let redis = Mutex::new(RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]));
+    let config = Config { cases, failure_persistence: None, ..Config::default() };
+    let mut runner = TestRunner::new(config);
+    let result = runner.run(&prop::collection::vec(step(), 1..40), |steps| run_case(&redis, &steps));
+    if let Err(error) = result {
+        panic!("{error}");
+    }
+}

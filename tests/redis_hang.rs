@@ -1,0 +1,120 @@
+//! A hung Redis (SIGSTOP: its sockets stay open, nothing answers) costs each
+//! store call one bounded failure, never a stuck Paho thread; once Redis runs
+//! again, the store works and what it held is still there.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use paho_mqtt::ClientPersistence;
+use paho_mqtt_redis::RedisPersistence;
+use redis::Commands;
+use support::RedisServer;
+
+const IO_TIMEOUT: Duration = Duration::from_millis(300);
+/// Generous on purpose: this only catches a call that hangs, it does not measure.
+const SANITY_BOUND: Duration = Duration::from_secs(3);
+const SERVER: &str = "broker:1883";
+
+fn store(redis: &RedisServer, client_id: &str) -> RedisPersistence {
+    let mut store = RedisPersistence::builder()
+        .url(redis.url())
+        .connect_timeout(IO_TIMEOUT)
+        .io_timeout(IO_TIMEOUT)
+        .build()
+        .expect("valid options");
+    store.open(client_id, SERVER).expect("open");
+    store
+}
+
+/// Runs one call against the frozen server and checks that it came back.
+fn bounded<T>(what: &str, call: impl FnOnce() -> T) -> T {
+    let started = Instant::now();
+    let result = call();
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < SANITY_BOUND,
+        "{what} took {elapsed:?} against a hung Redis (io_timeout {IO_TIMEOUT:?})"
+    );
+    result
+}
+
+fn raw_contents(conn: &mut redis::Connection, hash: &str) -> BTreeMap<String, Vec<u8>> {
+    conn.hgetall(hash).expect("HGETALL")
+}
+
+fn connected_clients(conn: &mut redis::Connection) -> usize {
+    let list: String = redis::cmd("CLIENT").arg("LIST").query(conn).expect("CLIENT LIST");
+    list.lines().count()
+}
+
+#[test]
+fn every_call_fails_within_the_timeout_and_work_resumes_after_sigcont() {
+    support::init_logging();
+    let redis = RedisServer::start();
+    let mut admin = redis.connection();
+    let mut main = store(&redis, "hung");
+    // `clear` gets its own hash: a timed-out command may still run once Redis resumes.
+    let mut other = store(&redis, "hung-other");
+    main.put("s-1", vec![b"kept"]).expect("put");
+    main.put("s-2", vec![b"removed while hung"]).expect("put");
+    other.put("s-1", vec![b"cleared while hung"]).expect("put");
+
+    let frozen = redis.freeze();
+    assert!(bounded("put", || main.put("s-3", vec![b"written while hung"])).is_err(), "put");
+    assert!(bounded("get", || main.get("s-1")).is_err(), "get");
+    assert!(bounded("remove", || main.remove("s-2")).is_err(), "remove");
+    assert!(bounded("keys", || main.keys()).is_err(), "keys");
+    assert!(bounded("contains", || main.contains("s-1")).is_err(), "contains");
+    assert!(bounded("contains_key", || main.contains_key("sc-1")), "contains_key answers 'absent' to Paho C");
+    assert!(bounded("clear", || other.clear()).is_err(), "clear");
+    frozen.thaw();
+
+    assert_eq!(main.get("s-1").expect("the first call after SIGCONT works"), b"kept");
+    // The connections given up during the hang close once Redis reads them;
+    // after that, nothing from the hang can still change the data.
+    assert!(
+        support::wait_until(Duration::from_secs(10), || connected_clients(&mut admin) == 2),
+        "only the admin and the store's new connection remain"
+    );
+    let hash = main.hash_name().expect("open");
+    let raw = raw_contents(&mut admin, &hash);
+    eprintln!("after the hang Redis holds {:?}", raw.keys().collect::<Vec<_>>());
+    assert_eq!(raw.get("s-1").map(Vec::as_slice), Some(b"kept".as_slice()), "data written before the hang");
+    // A timed-out write has an unknown outcome (Redis may run it after resuming),
+    // but the store must answer exactly what Redis holds.
+    let mut keys = main.keys().expect("keys");
+    keys.sort();
+    assert_eq!(keys, raw.keys().cloned().collect::<Vec<_>>(), "keys agree with Redis");
+    for (key, value) in &raw {
+        assert_eq!(&main.get(key).expect("get"), value, "value of {key}");
+        assert!(main.contains(key).expect("contains"), "contains {key}");
+    }
+    main.put("s-4", vec![b"after"]).expect("put after the hang");
+    assert_eq!(main.get("s-4").expect("get"), b"after");
+    let other_keys = other.keys().expect("the second store works again");
+    let other_raw = raw_contents(&mut admin, &other.hash_name().expect("open"));
+    assert_eq!(other_keys, other_raw.keys().cloned().collect::<Vec<_>>(), "second store agrees with Redis");
+}
+
+#[test]
+fn a_hung_redis_at_open_fails_open_within_the_timeout() {
+    let redis = RedisServer::start();
+    let mut store = RedisPersistence::builder()
+        .url(redis.url())
+        .connect_timeout(IO_TIMEOUT)
+        .io_timeout(IO_TIMEOUT)
+        .build()
+        .expect("valid options");
+    let frozen = redis.freeze();
+    let opened = bounded("open", || store.open("hung-open", SERVER));
+    frozen.thaw();
+    // Connecting needs no answer from Redis (the kernel accepts), so `open` may
+    // succeed; if it does, the store must work once Redis resumes.
+    if opened.is_err() {
+        store.open("hung-open", SERVER).expect("open after SIGCONT");
+    }
+    store.put("s-1", vec![b"x"]).expect("put after SIGCONT");
+    assert_eq!(store.get("s-1").expect("get"), b"x");
+}

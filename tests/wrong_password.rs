@@ -1,0 +1,129 @@
+//! A wrong or missing password fails clearly: `open` (or the first call)
+//! fails, the log says it is about authentication and where, and the password
+//! itself appears nowhere.
+
+mod support;
+
+use std::sync::{Mutex, Once};
+
+use paho_mqtt::ClientPersistence;
+use paho_mqtt_redis::RedisPersistence;
+use support::RedisServer;
+
+const PASSWORD: &str = "right-pw-4711";
+const WRONG: &str = "wrong-pw-0815";
+
+/// Collects every log line of this test binary.
+struct Capture(Mutex<Vec<String>>);
+
+impl log::Log for Capture {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record) {
+        let line = format!("{} {}", record.level(), record.args());
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+    }
+    fn flush(&self) {}
+}
+
+static CAPTURE: Capture = Capture(Mutex::new(Vec::new()));
+
+fn capture_logs() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        log::set_logger(&CAPTURE).expect("the only logger of this binary");
+        log::set_max_level(log::LevelFilter::Trace);
+    });
+}
+
+/// The lines logged while `f` ran (tests of this file run one at a time: see `SERIAL`).
+fn lines_logged_by(f: impl FnOnce()) -> Vec<String> {
+    let start = CAPTURE.0.lock().unwrap_or_else(|e| e.into_inner()).len();
+    f();
+    CAPTURE.0.lock().unwrap_or_else(|e| e.into_inner())[start..].to_vec()
+}
+
+/// The log is global: tests that read it must not overlap.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn redis_with_password() -> RedisServer {
+    let redis = RedisServer::start();
+    let () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg(PASSWORD)
+        .query(&mut redis.connection())
+        .expect("CONFIG SET requirepass");
+    redis
+}
+
+fn assert_auth_failure_logged(lines: &[String], address: &str) {
+    let all = lines.join("\n");
+    assert!(!all.contains(PASSWORD) && !all.contains(WRONG), "a password reached the log:\n{all}");
+    let auth = lines.iter().any(|l| {
+        let lower = l.to_ascii_lowercase();
+        l.starts_with("WARN")
+            && (lower.contains("auth") || lower.contains("wrongpass"))
+            && l.contains(address)
+    });
+    assert!(auth, "a WARN line names authentication and {address}:\n{all}");
+}
+
+#[test]
+fn a_wrong_password_fails_open_with_a_clear_log_line() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    capture_logs();
+    let redis = redis_with_password();
+    let address = format!("127.0.0.1:{}", redis.port());
+    let mut store = RedisPersistence::with_url(&format!("redis://:{WRONG}@{address}/0")).expect("valid");
+    let lines = lines_logged_by(|| {
+        assert!(store.open("dev", "broker:1883").is_err(), "open with a wrong password");
+    });
+    assert!(lines.iter().any(|l| l.contains("open failed")), "{lines:?}");
+    assert_auth_failure_logged(&lines, &address);
+    assert_eq!(store.hash_name(), None, "a failed open leaves the store closed");
+    let shown = format!("{store:?}");
+    assert!(!shown.contains(WRONG), "Debug of the store shows the password: {shown}");
+
+    let mut right = RedisPersistence::with_url(&format!("redis://:{PASSWORD}@{address}/0")).expect("valid");
+    right.open("dev", "broker:1883").expect("the right password opens");
+}
+
+#[test]
+fn a_wrong_acl_password_fails_open_with_a_clear_log_line() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    capture_logs();
+    let redis = RedisServer::start();
+    let () = redis::cmd("ACL")
+        .arg(&["SETUSER", "mqtt", "on", &format!(">{PASSWORD}"), "~*", "+@all"])
+        .query(&mut redis.connection())
+        .expect("ACL SETUSER");
+    let address = format!("127.0.0.1:{}", redis.port());
+    let mut store = RedisPersistence::with_url(&format!("redis://mqtt:{WRONG}@{address}/0")).expect("valid");
+    let lines = lines_logged_by(|| {
+        assert!(store.open("dev", "broker:1883").is_err(), "open with a wrong ACL password");
+    });
+    assert_auth_failure_logged(&lines, &address);
+}
+
+#[test]
+fn a_missing_password_fails_no_later_than_the_first_call() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    capture_logs();
+    let redis = redis_with_password();
+    let mut store = RedisPersistence::with_url(&redis.url()).expect("valid");
+    let lines = lines_logged_by(|| {
+        // Connecting sends nothing without a password, so Redis may only refuse the first command.
+        if store.open("dev", "broker:1883").is_ok() {
+            assert!(store.put("s-1", vec![b"x"]).is_err(), "put without a password");
+            let error = store.contains("s-1").expect_err("contains without a password");
+            assert!(error.to_string().contains("NOAUTH"), "the cause is named: {error}");
+        }
+    });
+    let all = lines.join("\n");
+    assert!(
+        lines.iter().any(|l| l.starts_with("WARN") && l.contains("NOAUTH")),
+        "a WARN line says Redis wants authentication:\n{all}"
+    );
+}
