@@ -117,8 +117,11 @@ fn run_case(redis: &Mutex<RedisServer>, steps: &[Step]) -> Result<(), TestCaseEr
             Step::RestartRedis => redis.lock().unwrap_or_else(|e| e.into_inner()).restart(),
         }
     }
-    // The data in Redis is exactly the model's.
+    // Once the store is closed, the data in Redis is exactly the model's.
+    // (While it is open, a removal may wait for the next write: see
+    // `RedisPersistence`'s documentation.)
     let hash = store.hash_name().expect("open");
+    store.close().expect("close");
     let server = redis.lock().unwrap_or_else(|e| e.into_inner());
     let raw: std::collections::BTreeMap<String, Vec<u8>> =
         redis::Commands::hgetall(&mut server.connection(), &hash).expect("HGETALL");
