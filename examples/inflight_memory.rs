@@ -72,7 +72,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("Redis holds them in {} kB (MEMORY USAGE of the hash)", redis_bytes / 1024);
     println!("before publishing: VmRSS {rss_before} kB, VmHWM {hwm_before} kB");
     println!("after publishing:  VmRSS {rss_after} kB, VmHWM {hwm_after} kB");
-    println!("held by the messages in flight: {} kB", rss_after.saturating_sub(rss_before));
+    println!("growth while publishing: {} kB", rss_after.saturating_sub(rss_before));
 
     drop(client);
     redis.del::<_, ()>(&hash)?;
