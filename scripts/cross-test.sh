@@ -13,16 +13,9 @@ bash scripts/install-cross-deps.sh
 # OpenSSL (see the README's "Cross-compiling").
 features="unix-socket"
 
-# target, then the emulator command (the same as the runner in .cargo/config.toml)
-# through which the tests start this test binary again as a child process.
-targets=(
-  "aarch64-unknown-linux-gnu|qemu-aarch64 -L /usr/aarch64-linux-gnu"
-  "armv7-unknown-linux-gnueabihf|qemu-arm -L /usr/arm-linux-gnueabihf"
-)
-
-for entry in "${targets[@]}"; do
-  target="${entry%%|*}"
-  runner="${entry#*|}"
-  echo "== cargo test --target $target (features: $features), under $runner"
-  PMR_TEST_RUNNER="$runner" cargo test --target "$target" --features "$features"
+# The runner in .cargo/config.toml (scripts/qemu-run.sh) starts each test
+# binary under qemu-user and tells the tests how to start children the same way.
+for target in aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do
+  echo "== cargo test --target $target (features: $features), under qemu-user"
+  cargo test --target "$target" --features "$features"
 done

@@ -76,8 +76,9 @@ pub const RUNNER_ENV: &str = "PMR_TEST_RUNNER";
 ///
 /// Under cargo's target runner (qemu-user without binfmt_misc) the kernel
 /// cannot execute a foreign binary, so the child is started through the
-/// program named by `PMR_TEST_RUNNER` (words split on whitespace), which
-/// `scripts/cross-test.sh` sets. Unset, the binary is executed directly.
+/// program named by `PMR_TEST_RUNNER` (words split on whitespace), which the
+/// runner of `.cargo/config.toml`, `scripts/qemu-run.sh`, sets. Unset, the
+/// binary is executed directly.
 pub fn this_test_binary() -> Command {
     let exe = std::env::current_exe().expect("path of the running test binary");
     let runner = std::env::var(RUNNER_ENV).unwrap_or_default();
@@ -99,7 +100,7 @@ pub fn output_of(command: &mut Command) -> std::process::Output {
     let hint = || {
         format!(
             "is this test binary for another architecture? Set {RUNNER_ENV} to the emulator \
-             that runs it, such as `qemu-aarch64 -L /usr/aarch64-linux-gnu` (scripts/cross-test.sh does)"
+             that runs it, such as `qemu-aarch64 -L /usr/aarch64-linux-gnu` (scripts/qemu-run.sh does)"
         )
     };
     let output =
