@@ -76,12 +76,9 @@ impl Config {
     /// the name used by paho-mqtt-redis 0.3, so stores written by 0.3 are
     /// restored by this version.
     pub fn hash_name(&self, client_id: &str, server_uri: &str) -> String {
-        let mut name = String::with_capacity(self.key_prefix.len() + client_id.len() + 1 + server_uri.len());
-        name.push_str(&self.key_prefix);
-        name.push_str(client_id);
-        name.push(':');
-        name.push_str(server_uri);
-        name
+        // No length arithmetic of our own: on a 32-bit target an unchecked sum
+        // of lengths is one more place that could overflow.
+        format!("{}{client_id}:{server_uri}", self.key_prefix)
     }
 
     /// The redis-rs connection parameters, with the timeouts applied.

@@ -2,12 +2,12 @@
 //! reachable and dies with `abort()`; a new process with the same client id
 //! restores them from Redis and the broker delivers every one.
 //!
-//! The child is this test binary itself, re-run with `CHILD_ENV` set.
+//! The child is this test binary itself, re-run with `CHILD_ENV` set (through
+//! the emulator in `PMR_TEST_RUNNER` when cross-testing).
 
 mod support;
 
 use std::os::unix::process::ExitStatusExt;
-use std::process::Command;
 use std::time::Duration;
 
 use paho_mqtt as mqtt;
@@ -71,11 +71,11 @@ impl ChildSpec {
 
 /// Re-runs `test_name` in a child process that publishes and aborts.
 fn run_aborting_child(test_name: &str, spec: &ChildSpec) {
-    let output = Command::new(std::env::current_exe().expect("test binary path"))
-        .args([test_name, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, spec.to_env())
-        .output()
-        .expect("run the child");
+    let output = support::output_of(
+        support::this_test_binary()
+            .args([test_name, "--exact", "--nocapture", "--test-threads=1"])
+            .env(CHILD_ENV, spec.to_env()),
+    );
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(
         output.status.signal(),

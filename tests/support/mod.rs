@@ -13,6 +13,7 @@ pub mod redis_server;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 pub use mosquitto::Mosquitto;
@@ -86,4 +87,47 @@ pub fn mix(mut x: u64) -> u64 {
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     x ^ (x >> 31)
+}
+
+/// Names the program that runs this test binary on this machine, such as
+/// `qemu-arm -L /usr/arm-linux-gnueabihf`, when it cannot run by itself.
+pub const RUNNER_ENV: &str = "PMR_TEST_RUNNER";
+
+/// A command that runs this test binary again, as a child process.
+///
+/// Under cargo's target runner (qemu-user without binfmt_misc) the kernel
+/// cannot execute a foreign binary, so the child is started through the
+/// program named by `PMR_TEST_RUNNER` (words split on whitespace), which the
+/// runner of `.cargo/config.toml`, `scripts/qemu-run.sh`, sets. Unset, the
+/// binary is executed directly.
+pub fn this_test_binary() -> Command {
+    let exe = std::env::current_exe().expect("path of the running test binary");
+    let runner = std::env::var(RUNNER_ENV).unwrap_or_default();
+    let mut words = runner.split_whitespace();
+    match words.next() {
+        Some(program) => {
+            let mut command = Command::new(program);
+            command.args(words).arg(exe);
+            command
+        }
+        None => Command::new(exe),
+    }
+}
+
+/// Runs `command` to completion. When the binary could not be executed at
+/// all (the kernel refused it, or the spawn failed with exit status 126 or
+/// 127), fails with the fix instead of a confusing assertion later.
+pub fn output_of(command: &mut Command) -> std::process::Output {
+    let hint = || {
+        format!(
+            "is this test binary for another architecture? Set {RUNNER_ENV} to the emulator \
+             that runs it, such as `qemu-aarch64 -L /usr/aarch64-linux-gnu` (scripts/qemu-run.sh does)"
+        )
+    };
+    let output =
+        command.output().unwrap_or_else(|error| panic!("cannot run {command:?}: {error}; {}", hint()));
+    if matches!(output.status.code(), Some(126 | 127)) && output.stdout.is_empty() {
+        panic!("{command:?} could not be executed ({}); {}", output.status, hint());
+    }
+    output
 }

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Cross-builds for aarch64 and armv7 Linux with Debian's toolchains (linker,
+# runner and C compilers are in .cargo/config.toml) and runs the whole test
+# suite for each under qemu-user, against redis-server and mosquitto on this
+# machine. scripts/test.sh runs this at its end unless PMR_SKIP_CROSS=1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/install-deps.sh
+bash scripts/install-cross-deps.sh
+
+# The features a device build uses; `tls` and `ssl` would need the target's
+# OpenSSL (see the README's "Cross-compiling").
+features="unix-socket"
+
+# The runner in .cargo/config.toml (scripts/qemu-run.sh) starts each test
+# binary under qemu-user and tells the tests how to start children the same way.
+for target in aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do
+  echo "== cargo test --target $target (features: $features), under qemu-user"
+  cargo test --target "$target" --features "$features"
+done
