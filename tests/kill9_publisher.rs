@@ -12,7 +12,7 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -168,7 +168,7 @@ fn read_accepted(stdout: impl std::io::Read, started: mpsc::Sender<()>) -> BTree
 }
 
 fn spawn_child(test_name: &str, spec: &ChildSpec) -> Child {
-    Command::new(std::env::current_exe().expect("test binary path"))
+    support::this_test_binary()
         .args([test_name, "--exact", "--nocapture", "--test-threads=1", "--include-ignored"])
         .env(CHILD_ENV, spec.to_env())
         .stdin(Stdio::null())
@@ -275,7 +275,6 @@ fn kill9_runs(test_name: &str, qos: i32) {
 }
 
 #[test]
-#[ignore = "a kill inside Paho C's c- to s- handoff loses a message (issue 4)"]
 fn qos1_every_accepted_message_survives_kill9_at_least_once() {
     if let Some(child) = ChildSpec::from_env() {
         child.run();
@@ -284,7 +283,6 @@ fn qos1_every_accepted_message_survives_kill9_at_least_once() {
 }
 
 #[test]
-#[ignore = "a kill inside Paho C's c- to s- handoff loses a message (issue 4)"]
 fn qos2_every_accepted_message_survives_kill9_exactly_once() {
     if let Some(child) = ChildSpec::from_env() {
         child.run();
@@ -310,7 +308,7 @@ fn handoff_window(test_name: &str, qos: i32) {
         mode: "window".to_owned(),
     };
     let subscriber = Subscriber::start(&broker.uri(), &spec.topic);
-    let output = Command::new(std::env::current_exe().expect("test binary path"))
+    let output = support::this_test_binary()
         .args([test_name, "--exact", "--nocapture", "--test-threads=1", "--include-ignored"])
         .env(CHILD_ENV, spec.to_env())
         .stdin(Stdio::null())
@@ -338,7 +336,6 @@ fn handoff_window(test_name: &str, qos: i32) {
 }
 
 #[test]
-#[ignore = "loses the message until the store bridges Paho C's c- to s- handoff (issue 4)"]
 fn qos1_kill_between_command_removal_and_publish_record() {
     if let Some(child) = ChildSpec::from_env() {
         child.run();
@@ -347,7 +344,6 @@ fn qos1_kill_between_command_removal_and_publish_record() {
 }
 
 #[test]
-#[ignore = "loses the message until the store bridges Paho C's c- to s- handoff (issue 4)"]
 fn qos2_kill_between_command_removal_and_publish_record() {
     if let Some(child) = ChildSpec::from_env() {
         child.run();
