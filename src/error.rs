@@ -106,6 +106,15 @@ pub enum Error {
         found: String,
     },
 
+    /// A record larger than Redis takes (512 MiB); nothing was written.
+    #[error("the record `{key}` is larger than the {max} bytes Redis takes")]
+    ValueTooLarge {
+        /// The Paho key.
+        key: String,
+        /// The largest record accepted.
+        max: usize,
+    },
+
     /// `get` of a key that is not in the store.
     #[error("key `{key}` is not in the store")]
     KeyNotFound {

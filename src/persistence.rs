@@ -18,6 +18,11 @@ use crate::{resp, Error, Stats, StatsHandle};
 /// Capacity of the put buffer when the store is created: a typical MQTT packet fits.
 const PUT_BUFFER_INITIAL: usize = 1024;
 
+/// The largest record `put` accepts: Redis's own limit on one value
+/// (`proto-max-bulk-len`, 512 MiB by default). An MQTT packet is at most
+/// 256 MiB, so Paho never comes near it.
+const MAX_VALUE_BYTES: usize = 512 * 1024 * 1024;
+
 /// A put buffer grown beyond this by one large message is released afterwards,
 /// so one 10 MB publish does not pin 10 MB for the life of the client.
 const PUT_BUFFER_RETAINED_MAX: usize = 64 * 1024;
@@ -285,6 +290,13 @@ impl RedisPersistence {
     }
 
     fn try_put(&self, key: &str, buffers: &[&[u8]]) -> Result<(), Error> {
+        // Checked before anything is reserved: on a 32-bit device a corrupt
+        // length could otherwise wrap, or ask the allocator for the impossible.
+        let len = buffers.iter().try_fold(0usize, |sum, buffer| sum.checked_add(buffer.len()));
+        match len {
+            Some(len) if len <= MAX_VALUE_BYTES => {}
+            _ => return Err(Error::ValueTooLarge { key: key.to_owned(), max: MAX_VALUE_BYTES }),
+        }
         let mut state = self.lock();
         let State { link, store, packed } = &mut *state;
         let store = store.as_mut().ok_or(Error::NotOpen)?;

@@ -146,3 +146,23 @@ fn open_fails_clearly_when_the_hash_name_holds_another_type() {
     let kept: String = redis::cmd("GET").arg("dev:broker:1883").query(&mut redis.connection()).expect("GET");
     assert_eq!(kept, "not a hash", "the other program's key is untouched");
 }
+
+/// A record larger than Redis takes is refused before anything is reserved
+/// (on a 32-bit device the length alone could wrap); nothing is written.
+#[test]
+fn a_record_larger_than_redis_takes_is_refused_before_anything_is_allocated() {
+    support::log_capture::install();
+    let redis = RedisServer::start();
+    let mut store = RedisPersistence::with_url(&redis.url()).expect("valid");
+    store.open("dev", "broker:1883").expect("open");
+    let mebibyte = vec![0u8; 1 << 20];
+    let buffers: Vec<&[u8]> = vec![&mebibyte[..]; 513];
+    assert!(store.put("s-1", buffers).is_err(), "513 MiB");
+    assert!(
+        logged("WARN", &["put of key \"s-1\"", "larger than the 536870912 bytes"]),
+        "{:#?}",
+        support::log_capture::lines()
+    );
+    assert!(fields(&redis).is_empty());
+    store.put("s-1", vec![&mebibyte[..]]).expect("1 MiB is fine");
+}
