@@ -4,7 +4,6 @@
 //!
 //! ```text
 //! cargo bench --bench restore
-//! BENCH_RESTORE_SLOW=1 cargo bench --bench restore   # also file persistence at N = 20,000
 //! ```
 //!
 //! For each N, a first client buffers N QoS 1 publishes of 256 bytes while
@@ -14,9 +13,6 @@
 //! (Paho reads every record back, in `AsyncClient::new`) and times that
 //! creation; the client is dropped untimed. Creation does not change the
 //! records, so every iteration restores the same N.
-//!
-//! Paho's file persistence restores in O(N²): at N = 20,000 one creation takes
-//! minutes, so that case runs only with `BENCH_RESTORE_SLOW=1`.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -63,17 +59,14 @@ fn buffer_offline(client_id: &str, persistence: mqtt::PersistenceType, count: us
     }
 }
 
+/// Files under `dir`, in every subdirectory (Paho makes one per client).
 fn files_in(dir: &Path) -> usize {
-    walk(dir)
-}
-
-fn walk(dir: &Path) -> usize {
     std::fs::read_dir(dir)
         .expect("read the persistence directory")
         .map(|entry| {
             let path = entry.expect("a directory entry").path();
             if path.is_dir() {
-                walk(&path)
+                files_in(&path)
             } else {
                 1
             }
@@ -95,7 +88,6 @@ fn time_creations(iterations: u64, mut persistence: impl FnMut() -> mqtt::Persis
 }
 
 fn restore(c: &mut Criterion) {
-    let slow = std::env::var_os("BENCH_RESTORE_SLOW").is_some();
     let redis = RedisServer::start();
     let url = redis.url();
     let files = tempfile::Builder::new().prefix("pmr-bench-restore-").tempdir().expect("a temp dir");
@@ -124,16 +116,12 @@ fn restore(c: &mut Criterion) {
 
         let dir = files.path().join(count.to_string());
         std::fs::create_dir_all(&dir).expect("create the persistence directory");
-        if count < 20_000 || slow {
-            buffer_offline(&id, mqtt::PersistenceType::FilePath(dir.clone()), count);
-            assert_eq!(files_in(&dir), count, "records buffered in files");
-            group.bench_function(BenchmarkId::new("paho-file", count), |b| {
-                b.iter_custom(|n| time_creations(n, || mqtt::PersistenceType::FilePath(dir.clone()), &id));
-            });
-            assert_eq!(files_in(&dir), count, "restoring must leave the files as they were");
-        } else {
-            eprintln!("restore/paho-file/{count}: skipped (minutes per iteration); BENCH_RESTORE_SLOW=1 runs it");
-        }
+        buffer_offline(&id, mqtt::PersistenceType::FilePath(dir.clone()), count);
+        assert_eq!(files_in(&dir), count, "records buffered in files");
+        group.bench_function(BenchmarkId::new("paho-file", count), |b| {
+            b.iter_custom(|n| time_creations(n, || mqtt::PersistenceType::FilePath(dir.clone()), &id));
+        });
+        assert_eq!(files_in(&dir), count, "restoring must leave the files as they were");
     }
     group.finish();
 }

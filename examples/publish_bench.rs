@@ -14,7 +14,8 @@
 //!
 //! Environment: `MQTT_URI`, `REDIS_URL`, `REDIS_UNIX_URL`, `FILE_DIR`,
 //! `PAYLOAD` (bytes, default 256), `WINDOW`, `CLIENT_ID` (default
-//! `publish-bench-{pid}`).
+//! `publish-bench-{pid}`), `RATE` (messages per second: paces the publishing,
+//! as a device sending telemetry would; default unpaced).
 //!
 //! Output, one line: `RESULT variant=… mode=… messages=… seconds=…
 //! msgs_per_s=… write_bytes=… cancelled_write_bytes=…`, where the last two are
@@ -78,6 +79,7 @@ fn main() -> Result<(), BoxError> {
         "sequential" => 1,
         other => return Err(format!("unknown mode {other:?}; {usage}").into()),
     };
+    let rate: f64 = env_or("RATE", "0").parse()?;
     let client_id = env_or("CLIENT_ID", &format!("publish-bench-{}", std::process::id()));
 
     let client = mqtt::CreateOptionsBuilder::new()
@@ -97,8 +99,12 @@ fn main() -> Result<(), BoxError> {
 
     let io_before = io_counters();
     let start = Instant::now();
-    let mut unacknowledged = VecDeque::with_capacity(window);
-    for _ in 0..count {
+    let mut unacknowledged: VecDeque<mqtt::DeliveryToken> = VecDeque::with_capacity(window);
+    for sent in 0..count {
+        if rate > 0.0 {
+            let due = start + Duration::from_secs_f64(sent as f64 / rate);
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        }
         if unacknowledged.len() >= window {
             if let Some(token) = unacknowledged.pop_front() {
                 token.wait_for(Duration::from_secs(30))?;

@@ -18,7 +18,9 @@
 #   waiting for its PUBACK). Payload PAYLOAD bytes (default 256). For the Redis
 #   variants, Redis's own command counts (CONFIG RESETSTAT before each run,
 #   INFO commandstats after) give the commands per message.
-# flash: FLASH_COUNT messages (default 10000, window mode) with the store on a
+# flash: FLASH_COUNT messages (default 10000, window mode), then
+#   FLASH_PACED_COUNT messages (default 400) paced at FLASH_RATE msgs/s
+#   (default 20, sequential), with the store on a
 #   freshly made ext4 file system on a loop device (needs root), standing in
 #   for a flash partition: bytes the file system sent to its block device
 #   (/sys/block/loopN/stat, after sync) and write_bytes of /proc/<pid>/io for
@@ -37,6 +39,8 @@ ROUNDS="${ROUNDS:-5}"
 COUNT="${COUNT:-5000}"
 COUNT_SEQ="${COUNT_SEQ:-2000}"
 FLASH_COUNT="${FLASH_COUNT:-10000}"
+FLASH_PACED_COUNT="${FLASH_PACED_COUNT:-400}"
+FLASH_RATE="${FLASH_RATE:-20}"
 export PAYLOAD="${PAYLOAD:-256}" WINDOW="${WINDOW:-64}"
 VARIANTS=(naive-tcp naive-unix redis-tcp redis-unix paho-file none)
 
@@ -101,16 +105,21 @@ redis_commands() {
 # One run: run_one CSV ROUND VARIANT MODE COUNT; appends a line to CSV.
 run_one() {
   local csv="$1" round="$2" variant="$3" mode="$4" count="$5"
-  local files="$files_base/files-$variant-$round-$mode"
-  rm -rf "$files"; mkdir -p "$files"
-  redis-cli -p "$redis_port" CONFIG RESETSTAT > /dev/null
-  local redis_before; redis_before="$(proc_io "$redis_pid" write_bytes)"
+  local files="$work/files-$variant-$round-$mode" uses_redis=""
+  case "$variant" in redis-*|naive-*) uses_redis=1;; esac
+  # The flash phase passes a directory made before its measurement starts.
+  if [ -n "$flash_files" ]; then files="$flash_files"; else rm -rf "$files"; mkdir -p "$files"; fi
+  [ -n "$uses_redis" ] && redis-cli -p "$redis_port" CONFIG RESETSTAT > /dev/null
+  local redis_before=0 redis_after=0
+  [ -n "$uses_redis" ] && redis_before="$(proc_io "$redis_pid" write_bytes)"
   local line
   line="$(CLIENT_ID="bench-$variant-$mode-$round-$$" FILE_DIR="$files" "$bench" "$variant" "$mode" "$count" | grep '^RESULT ')"
-  local redis_after; redis_after="$(proc_io "$redis_pid" write_bytes)"
   local commands="0"
-  case "$variant" in redis-*|naive-*) commands="$(redis_commands)";; esac
-  rm -rf "$files"
+  if [ -n "$uses_redis" ]; then
+    redis_after="$(proc_io "$redis_pid" write_bytes)"
+    commands="$(redis_commands)"
+  fi
+  [ -n "$flash_files" ] || rm -rf "$files"
   # RESULT key=value ... -> CSV fields in a fixed order.
   local -A f=()
   local kv
@@ -122,7 +131,7 @@ run_one() {
     "$variant" "$mode" "${f[messages]}" "${f[seconds]}" "${f[msgs_per_s]}" "$commands"
 }
 
-files_base="$work"
+flash_files=""
 header="round,variant,mode,messages,seconds,msgs_per_s,client_write_bytes,client_cancelled_write_bytes,redis_write_bytes,redis_commands,redis_command_detail"
 
 if [ "$phase" = throughput ] || [ "$phase" = all ]; then
@@ -150,31 +159,40 @@ if [ "$phase" = flash ] || [ "$phase" = all ]; then
     exit 0
   fi
   truncate -s 512M "$work/flash.img"
-  mkfs.ext4 -q -F "$work/flash.img"
+  # No lazy initialisation: it would zero inode tables in the background while we measure.
+  mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$work/flash.img"
   loop_device="$(losetup -f --show "$work/flash.img")"
   mkdir -p "$work/flash"
   mount "$loop_device" "$work/flash"
-  files_base="$work/flash"
   stat_file="/sys/block/$(basename "$loop_device")/stat"
   fs_written() { sync; sleep 1; sync; awk '{ print $7 * 512 }' "$stat_file"; }
   echo "== flash: $FLASH_COUNT msgs per run, store on ext4 on $loop_device"
   flash_run() {
-    local label="$1" variant="$2"
+    local label="$1" variant="$2" mode="$3" count="$4"
     local before; before="$(fs_written)"
-    run_one "$csv.tmp" "$label" "$variant" window "$FLASH_COUNT"
+    run_one "$csv.tmp" "$label" "$variant" "$mode" "$count"
     local after; after="$(fs_written)"
     echo "$(cat "$csv.tmp"),$((after - before))" >> "$csv"
     rm -f "$csv.tmp"
     echo "    file system on $loop_device received $((after - before)) bytes"
   }
-  mkdir -p "$work/flash/redis-ram" "$work/flash/redis-aof"
+  mkdir -p "$work/flash/redis-ram" "$work/flash/redis-aof" "$work/flash/paho"
+  # Control: what the idle file system receives in 10 s (journal, atime: should be 0).
+  before="$(fs_written)"; sleep 10; after="$(fs_written)"
+  echo "    idle control: file system on $loop_device received $((after - before)) bytes in 10 s"
+  echo "idle-10s,none,idle,0,10,0,0,0,0,0,,$((after - before))" >> "$csv"
   start_redis redis-ram "$work/flash/redis-ram"
-  flash_run redis-ram redis-unix
+  flash_run redis-ram redis-unix window "$FLASH_COUNT"
+  RATE="$FLASH_RATE" flash_run redis-ram redis-unix sequential "$FLASH_PACED_COUNT"
   kill "$redis_pid"; wait "$redis_pid" 2>/dev/null || true
   start_redis redis-aof "$work/flash/redis-aof" --appendonly yes --appendfsync everysec
-  flash_run redis-aof-everysec redis-unix
+  flash_run redis-aof-everysec redis-unix window "$FLASH_COUNT"
+  RATE="$FLASH_RATE" flash_run redis-aof-everysec redis-unix sequential "$FLASH_PACED_COUNT"
   kill "$redis_pid"; wait "$redis_pid" 2>/dev/null || true
-  flash_run paho-file paho-file
+  redis_pid=""
+  flash_files="$work/flash/paho"
+  flash_run paho-file paho-file window "$FLASH_COUNT"
+  RATE="$FLASH_RATE" flash_run paho-file paho-file sequential "$FLASH_PACED_COUNT"
 fi
 
 python3 scripts/chart.py benchmarks

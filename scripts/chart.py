@@ -91,21 +91,28 @@ def summary(table, flash_runs):
             f"0.3 algorithm {ratio(table, 'naive-unix', 'naive-tcp', mode)}.\n"
         )
     if flash_runs:
-        messages = flash_runs[0]["messages"]
-        lines.append(f"### Bytes written per message ({messages} messages per run)\n")
+        lines.append("### Bytes written per message, store on ext4 on a loop device\n")
         lines.append(
-            "| store | file system to its block device | publisher write_bytes | "
+            "| store | run | file system to its block device | publisher write_bytes | "
             "publisher cancelled_write_bytes | redis-server write_bytes |"
         )
-        lines.append("|---|---:|---:|---:|---:|")
+        lines.append("|---|---|---:|---:|---:|---:|")
         for run in flash_runs:
+            if run["mode"] == "idle":
+                idle = int(run["fs_written_bytes"])
+                lines.append(f"| control: no publisher | idle 10 s | {idle:,} bytes in all | | | |")
+                continue
             n = int(run["messages"])
+            if run["mode"] == "window":
+                how = f"{n} msgs, window, {float(run['seconds']):.1f} s"
+            else:
+                how = f"{n} msgs, one at a time, paced, {float(run['seconds']):.1f} s"
 
             def per(field):
                 return f"{int(run[field]) / n:,.1f}"
 
             lines.append(
-                f"| {run['round']} | {per('fs_written_bytes')} | {per('client_write_bytes')} | "
+                f"| {run['round']} | {how} | {per('fs_written_bytes')} | {per('client_write_bytes')} | "
                 f"{per('client_cancelled_write_bytes')} | {per('redis_write_bytes')} |"
             )
         lines.append("")
