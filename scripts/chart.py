@@ -120,11 +120,11 @@ def summary(table, flash_runs):
 
 
 def svg(table):
-    width, bar_height, gap, left, right = 860, 18, 6, 230, 150
+    width, bar_height, gap, left, right = 980, 18, 6, 230, 300
     panel_gap = 48
     rows = [v for v in VARIANTS if any((v, m) in table for m, _ in MODES)]
     panel_height = len(rows) * (bar_height + gap) + 40
-    height = 50 + len(MODES) * (panel_height + panel_gap)
+    height = 40 + len(MODES) * (panel_height + panel_gap) - panel_gap
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="13">',
@@ -152,7 +152,7 @@ def svg(table):
             )
             note = f"{rate:,.0f}"
             if variant != "naive-tcp" and ("naive-tcp", mode) in table:
-                note += f"  ({ratio(table, variant, 'naive-tcp', mode)} of 0.3 TCP)"
+                note += f"  ({ratio(table, variant, 'naive-tcp', mode)} the 0.3 algorithm over TCP)"
             out.append(f'<text x="{left + length + 6:.1f}" y="{y + bar_height - 5}">{note}</text>')
             y += bar_height + gap
         y += panel_gap
