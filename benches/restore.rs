@@ -75,7 +75,11 @@ fn files_in(dir: &Path) -> usize {
 }
 
 /// Times client creations only; each client is dropped untimed.
-fn time_creations(iterations: u64, mut persistence: impl FnMut() -> mqtt::PersistenceType, id: &str) -> Duration {
+fn time_creations(
+    iterations: u64,
+    mut persistence: impl FnMut() -> mqtt::PersistenceType,
+    id: &str,
+) -> Duration {
     let mut timed = Duration::ZERO;
     for _ in 0..iterations {
         let options = create_options(id, persistence());
