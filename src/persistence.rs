@@ -139,6 +139,10 @@ struct OpenStore {
     removals_owed: Vec<FieldName>,
     /// The connection generation the index was last checked against.
     synced_generation: u64,
+    /// A write failed with an unknown outcome (it timed out, or the
+    /// connection broke before the reply): Redis may still run it, so the
+    /// index is checked against the hash at the next chance.
+    outcome_unknown: bool,
     /// `max_store_bytes`, if set: writes and removals then go through the
     /// budget scripts.
     budget: Option<u64>,
@@ -271,6 +275,7 @@ impl RedisPersistence {
             commands: CommandCache::default(),
             removals_owed: Vec::new(),
             synced_generation: link.generation(),
+            outcome_unknown: false,
             budget: self.config.max_store_bytes(),
             defer_qos1: self.config.defer_qos1_removals(),
             qos1_publishes: HashSet::new(),
@@ -327,7 +332,15 @@ impl RedisPersistence {
                 store.keep_unwritten(key, buffers, &error);
                 return Ok(());
             }
-            Err(error) => return Err(error),
+            Err(error) => {
+                // The HSET may still reach Redis (a hung Redis runs it once it
+                // resumes). Paho was told it failed, so it must not stay.
+                if !store.fields.contains(key) {
+                    store.removals_owed.push(FieldName::from_slice(key.as_bytes()));
+                }
+                store.outcome_unknown = true;
+                return Err(error);
+            }
         };
         if owed_writes {
             store.owed_writes_done(replies.next());
@@ -433,6 +446,7 @@ impl RedisPersistence {
                 log::warn!(
                     "redis persistence: remove of key {key:?} is owed to Redis, which is unreachable: {error}"
                 );
+                store.outcome_unknown = true;
                 return Ok(());
             }
         }
@@ -441,7 +455,14 @@ impl RedisPersistence {
     }
 
     fn try_keys(&self) -> Result<Vec<String>, Error> {
-        Ok(self.lock().store.as_ref().ok_or(Error::NotOpen)?.fields.keys())
+        let mut state = self.lock();
+        let State { link, store, packed } = &mut *state;
+        let store = store.as_mut().ok_or(Error::NotOpen)?;
+        if store.outcome_unknown {
+            // Best effort: if Redis is still unreachable, the index answers.
+            store.resync(link, &self.config, packed);
+        }
+        Ok(store.fields.keys())
     }
 
     fn try_clear(&self) -> Result<(), Error> {
@@ -449,15 +470,21 @@ impl RedisPersistence {
         let State { link, store, .. } = &mut *state;
         let store = store.as_mut().ok_or(Error::NotOpen)?;
         let hash = &store.hash;
-        link.run(&self.config, "DEL", hash, |conn| {
+        let deleted = link.run(&self.config, "DEL", hash, |conn| {
             redis::pipe().atomic().cmd("DEL").arg(hash).ignore().query::<()>(conn)
-        })?;
+        });
+        if let Err(error) = deleted {
+            // A DEL that timed out may still run once Redis answers again.
+            store.outcome_unknown = true;
+            return Err(error);
+        }
         store.fields.clear();
         store.commands.clear();
         store.removals_owed.clear();
         store.qos1_publishes.clear();
         store.restore_snapshot = HashMap::new();
         store.synced_generation = link.generation();
+        store.outcome_unknown = false;
         Ok(())
     }
 
@@ -656,9 +683,13 @@ impl OpenStore {
     /// the index with the hash, reports what was lost, writes again the
     /// command records still cached, and sends what is owed.
     fn resync_if_reconnected(&mut self, link: &mut Link, config: &Config, packed: &mut BytesMut) {
-        if self.synced_generation == link.generation() {
-            return;
+        if self.synced_generation != link.generation() || self.outcome_unknown {
+            self.resync(link, config, packed);
         }
+    }
+
+    /// Compares the index with the hash (see `resync_if_reconnected`).
+    fn resync(&mut self, link: &mut Link, config: &Config, packed: &mut BytesMut) {
         let hash = &self.hash;
         let present: Vec<Vec<u8>> =
             match link.run(config, "HKEYS", hash, |conn| redis::cmd("HKEYS").arg(hash).query(conn)) {
@@ -690,13 +721,14 @@ impl OpenStore {
             log::info!("redis persistence: `{hash}` is intact after reconnecting");
         } else {
             log::error!(
-                "redis persistence: Redis lost records of `{hash}` while disconnected (restarted without \
-                 its data?): {rewritten} command records are written again from memory; {} messages are \
-                 lost: {lost:?}",
+                "redis persistence: records of `{hash}` are gone from Redis (it restarted without its \
+                 data, or a timed-out write ran late): {rewritten} command records are written again \
+                 from memory; {} messages are lost: {lost:?}",
                 lost.len(),
             );
         }
         self.synced_generation = link.generation();
+        self.outcome_unknown = false;
         self.flush_owed(link, config, packed);
     }
 }

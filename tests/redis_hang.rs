@@ -50,7 +50,7 @@ fn connected_clients(conn: &mut redis::Connection) -> usize {
 }
 
 #[test]
-fn every_call_fails_within_the_timeout_and_work_resumes_after_sigcont() {
+fn every_call_returns_within_the_timeout_and_work_resumes_after_sigcont() {
     support::init_logging();
     let redis = RedisServer::start();
     let mut admin = redis.connection();
@@ -64,11 +64,14 @@ fn every_call_fails_within_the_timeout_and_work_resumes_after_sigcont() {
     let frozen = redis.freeze();
     assert!(bounded("put", || main.put("s-3", vec![b"written while hung"])).is_err(), "put");
     assert!(bounded("get", || main.get("s-1")).is_err(), "get");
-    assert!(bounded("remove", || main.remove("s-2")).is_err(), "remove");
-    assert!(bounded("keys", || main.keys()).is_err(), "keys");
-    assert!(bounded("contains", || main.contains("s-1")).is_err(), "contains");
-    assert!(bounded("contains_key", || main.contains_key("sc-1")), "contains_key answers 'absent' to Paho C");
     assert!(bounded("clear", || other.clear()).is_err(), "clear");
+    // What the store can answer or do without Redis, it does (see RedisPersistence's docs).
+    bounded("remove", || main.remove("s-2")).expect("a remove succeeds locally; its HDEL is owed");
+    bounded("put of a command record", || main.put("c-9", vec![b"queued while hung"]))
+        .expect("a command record is kept in memory, never refused");
+    assert_eq!(bounded("keys", || main.keys()).expect("keys from the index"), ["c-9", "s-1"]);
+    assert!(bounded("contains", || main.contains("s-1")).expect("contains from the index"));
+    assert!(!bounded("contains_key", || main.contains_key("s-1")), "present (inverted for Paho C)");
     frozen.thaw();
 
     assert_eq!(main.get("s-1").expect("the first call after SIGCONT works"), b"kept");
