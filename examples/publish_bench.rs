@@ -48,12 +48,19 @@ fn persistence(variant: &str) -> Result<mqtt::PersistenceType, BoxError> {
     Ok(match variant {
         "redis-tcp" => user(Box::new(RedisPersistence::with_url(&required_env("REDIS_URL")?)?)),
         "redis-unix" => user(Box::new(RedisPersistence::with_url(&required_env("REDIS_UNIX_URL")?)?)),
+        "redis-tcp-defer" => user(Box::new(deferring(&required_env("REDIS_URL")?)?)),
+        "redis-unix-defer" => user(Box::new(deferring(&required_env("REDIS_UNIX_URL")?)?)),
         "naive-tcp" => user(Box::new(LegacyStore::new(&required_env("REDIS_URL")?))),
         "naive-unix" => user(Box::new(LegacyStore::new(&required_env("REDIS_UNIX_URL")?))),
         "paho-file" => mqtt::PersistenceType::FilePath(required_env("FILE_DIR")?.into()),
         "none" => mqtt::PersistenceType::None,
         other => return Err(format!("unknown variant {other:?}").into()),
     })
+}
+
+/// The store with `defer_qos1_removals`: 3 commands in 2 round trips per QoS 1 message.
+fn deferring(url: &str) -> Result<RedisPersistence, BoxError> {
+    Ok(RedisPersistence::builder().url(url).defer_qos1_removals(true).build()?)
 }
 
 /// `write_bytes` and `cancelled_write_bytes` of this process, if the kernel counts them.

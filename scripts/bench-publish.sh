@@ -42,7 +42,7 @@ FLASH_COUNT="${FLASH_COUNT:-10000}"
 FLASH_PACED_COUNT="${FLASH_PACED_COUNT:-400}"
 FLASH_RATE="${FLASH_RATE:-20}"
 export PAYLOAD="${PAYLOAD:-256}" WINDOW="${WINDOW:-64}"
-VARIANTS=(naive-tcp naive-unix redis-tcp redis-unix paho-file none)
+read -r -a VARIANTS <<< "${VARIANTS:-naive-tcp naive-unix redis-tcp redis-unix redis-tcp-defer redis-unix-defer paho-file none}"
 
 # The temp dir must be on a disk, not tmpfs, for the file-persistence runs.
 work_parent="${TMPDIR:-/tmp}"

@@ -17,8 +17,10 @@ import sys
 from html import escape
 from pathlib import Path
 
-VARIANTS = ["redis-unix", "redis-tcp", "naive-unix", "naive-tcp", "paho-file", "none"]
+VARIANTS = ["redis-unix-defer", "redis-tcp-defer", "redis-unix", "redis-tcp", "naive-unix", "naive-tcp", "paho-file", "none"]
 LABELS = {
+    "redis-unix-defer": "RedisPersistence, Unix, deferred",
+    "redis-tcp-defer": "RedisPersistence, TCP, deferred",
     "redis-unix": "RedisPersistence, Unix socket",
     "redis-tcp": "RedisPersistence, TCP",
     "naive-unix": "0.3 algorithm, Unix socket",
@@ -27,6 +29,8 @@ LABELS = {
     "none": "no persistence",
 }
 COLOURS = {
+    "redis-unix-defer": "#00441b",
+    "redis-tcp-defer": "#238b45",
     "redis-unix": "#1b7837",
     "redis-tcp": "#5aae61",
     "naive-unix": "#9970ab",
