@@ -50,11 +50,11 @@ if [ "$(findmnt -n -o FSTYPE --target "$work_parent" 2>/dev/null || true)" = tmp
   work_parent="$PWD/target"
 fi
 work="$(mktemp -d "$work_parent/pmr-bench.XXXXXX")"
-pids=()
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
 loop_device=""
 cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  stop_started_servers
   if [ -n "$loop_device" ]; then
     umount "$work/flash" 2>/dev/null || true
     losetup -d "$loop_device" 2>/dev/null || true
@@ -63,13 +63,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-wait_for_port() {
-  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
-  echo "nothing listens on port $1" >&2; return 1
-}
 proc_io() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/io" 2>/dev/null || echo -1; }
-mosquitto_bin="$(command -v mosquitto || echo /usr/sbin/mosquitto)"
 
 cargo build -q --release --features unix-socket --example publish_bench
 bench="$PWD/target/release/examples/publish_bench"

@@ -9,21 +9,9 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 
 out="tests/fixtures/records"
-work="$(mktemp -d -t paho-mqtt-redis-fixtures.XXXXXX)"
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-wait_for_port() {
-  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
-  echo "nothing listens on port $1" >&2; return 1
-}
-mosquitto_bin="$(command -v mosquitto || echo /usr/sbin/mosquitto)"
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+make_work_dir fixtures
 
 redis_port="$(free_port)"
 mqtt_port="$(free_port)"

@@ -31,14 +31,17 @@ struct ChildSpec {
 
 impl ChildSpec {
     fn to_env(&self) -> String {
-        [&self.store, &self.redis_url, &self.broker_uri, &self.client_id, &self.topic]
-            .map(|s| s.as_str())
-            .join("\n")
+        support::encode_child_fields(&[
+            &self.store,
+            &self.redis_url,
+            &self.broker_uri,
+            &self.client_id,
+            &self.topic,
+        ])
     }
 
     fn from_env() -> Option<Self> {
-        let value = std::env::var(CHILD_ENV).ok()?;
-        let mut parts = value.split('\n').map(str::to_owned);
+        let mut parts = support::child_fields(CHILD_ENV)?.into_iter();
         Some(Self {
             store: parts.next()?,
             redis_url: parts.next()?,

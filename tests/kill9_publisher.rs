@@ -44,14 +44,19 @@ struct ChildSpec {
 
 impl ChildSpec {
     fn to_env(&self) -> String {
-        [&self.redis_url, &self.broker_uri, &self.client_id, &self.topic, &self.qos.to_string(), &self.mode]
-            .map(|s| s.as_str())
-            .join("\n")
+        let qos = self.qos.to_string();
+        support::encode_child_fields(&[
+            &self.redis_url,
+            &self.broker_uri,
+            &self.client_id,
+            &self.topic,
+            &qos,
+            &self.mode,
+        ])
     }
 
     fn from_env() -> Option<Self> {
-        let value = std::env::var(CHILD_ENV).ok()?;
-        let mut parts = value.split('\n').map(str::to_owned);
+        let mut parts = support::child_fields(CHILD_ENV)?.into_iter();
         Some(Self {
             redis_url: parts.next()?,
             broker_uri: parts.next()?,

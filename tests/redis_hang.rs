@@ -17,13 +17,17 @@ const IO_TIMEOUT: Duration = Duration::from_millis(300);
 const SANITY_BOUND: Duration = Duration::from_secs(3);
 const SERVER: &str = "broker:1883";
 
-fn store(redis: &RedisServer, client_id: &str) -> RedisPersistence {
-    let mut store = RedisPersistence::builder()
+fn unopened_store(redis: &RedisServer) -> RedisPersistence {
+    RedisPersistence::builder()
         .url(redis.url())
         .connect_timeout(IO_TIMEOUT)
         .io_timeout(IO_TIMEOUT)
         .build()
-        .expect("valid options");
+        .expect("valid options")
+}
+
+fn store(redis: &RedisServer, client_id: &str) -> RedisPersistence {
+    let mut store = unopened_store(redis);
     store.open(client_id, SERVER).expect("open");
     store
 }
@@ -104,12 +108,7 @@ fn every_call_returns_within_the_timeout_and_work_resumes_after_sigcont() {
 #[test]
 fn a_hung_redis_at_open_fails_open_within_the_timeout() {
     let redis = RedisServer::start();
-    let mut store = RedisPersistence::builder()
-        .url(redis.url())
-        .connect_timeout(IO_TIMEOUT)
-        .io_timeout(IO_TIMEOUT)
-        .build()
-        .expect("valid options");
+    let mut store = unopened_store(&redis);
     let frozen = redis.freeze();
     // `open` reads the whole hash (Paho's restore is served from it), so a hung
     // Redis fails it, within the timeouts.

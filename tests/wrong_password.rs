@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::sync::{Mutex, Once};
+use std::sync::Mutex;
 
 use paho_mqtt::ClientPersistence;
 use paho_mqtt_redis::RedisPersistence;
@@ -13,35 +13,11 @@ use support::RedisServer;
 const PASSWORD: &str = "right-pw-4711";
 const WRONG: &str = "wrong-pw-0815";
 
-/// Collects every log line of this test binary.
-struct Capture(Mutex<Vec<String>>);
-
-impl log::Log for Capture {
-    fn enabled(&self, _: &log::Metadata) -> bool {
-        true
-    }
-    fn log(&self, record: &log::Record) {
-        let line = format!("{} {}", record.level(), record.args());
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(line);
-    }
-    fn flush(&self) {}
-}
-
-static CAPTURE: Capture = Capture(Mutex::new(Vec::new()));
-
-fn capture_logs() {
-    static INSTALL: Once = Once::new();
-    INSTALL.call_once(|| {
-        log::set_logger(&CAPTURE).expect("the only logger of this binary");
-        log::set_max_level(log::LevelFilter::Trace);
-    });
-}
-
 /// The lines logged while `f` ran (tests of this file run one at a time: see `SERIAL`).
 fn lines_logged_by(f: impl FnOnce()) -> Vec<String> {
-    let start = CAPTURE.0.lock().unwrap_or_else(|e| e.into_inner()).len();
+    let start = support::log_capture::lines().len();
     f();
-    CAPTURE.0.lock().unwrap_or_else(|e| e.into_inner())[start..].to_vec()
+    support::log_capture::lines().split_off(start)
 }
 
 /// The log is global: tests that read it must not overlap.
@@ -73,7 +49,7 @@ fn assert_auth_failure_logged(lines: &[String], address: &str) {
 #[test]
 fn a_wrong_password_fails_open_with_a_clear_log_line() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    capture_logs();
+    support::log_capture::install();
     let redis = redis_with_password();
     let address = format!("127.0.0.1:{}", redis.port());
     let mut store = RedisPersistence::with_url(&format!("redis://:{WRONG}@{address}/0")).expect("valid");
@@ -93,7 +69,7 @@ fn a_wrong_password_fails_open_with_a_clear_log_line() {
 #[test]
 fn a_wrong_acl_password_fails_open_with_a_clear_log_line() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    capture_logs();
+    support::log_capture::install();
     let redis = RedisServer::start();
     let () = redis::cmd("ACL")
         .arg(&["SETUSER", "mqtt", "on", &format!(">{PASSWORD}"), "~*", "+@all"])
@@ -110,7 +86,7 @@ fn a_wrong_acl_password_fails_open_with_a_clear_log_line() {
 #[test]
 fn a_missing_password_fails_no_later_than_the_first_call() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    capture_logs();
+    support::log_capture::install();
     let redis = redis_with_password();
     let mut store = RedisPersistence::with_url(&redis.url()).expect("valid");
     let lines = lines_logged_by(|| {

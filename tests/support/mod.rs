@@ -131,3 +131,14 @@ pub fn output_of(command: &mut Command) -> std::process::Output {
     }
     output
 }
+
+/// Fields for a child test process, passed in one environment variable
+/// (newline-separated: none of the fields the tests pass contains one).
+pub fn encode_child_fields(fields: &[&str]) -> String {
+    fields.join("\n")
+}
+
+/// The fields [`encode_child_fields`] put in `var`, if this process is such a child.
+pub fn child_fields(var: &str) -> Option<Vec<String>> {
+    Some(std::env::var(var).ok()?.split('\n').map(str::to_owned).collect())
+}

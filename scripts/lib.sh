@@ -1,0 +1,31 @@
+# Shared by the scripts that start their own throwaway servers (demo.sh,
+# capture-fixtures.sh, bench-publish.sh): source it, start servers with their
+# PIDs added to `pids`, and call stop_started_servers from the EXIT trap.
+
+pids=()
+
+# Kills every process whose PID is in `pids`, and reaps them.
+stop_started_servers() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+
+# A TCP port on 127.0.0.1 that nothing listened on a moment ago.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# Waits up to 10 s until something accepts connections on 127.0.0.1:$1.
+wait_for_port() {
+  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
+  echo "nothing listens on port $1" >&2
+  return 1
+}
+
+# Debian installs mosquitto in /usr/sbin, which is not on every PATH.
+mosquitto_bin="$(command -v mosquitto || echo /usr/sbin/mosquitto)"
+
+# Makes the temp dir `work` (named after $1) and an EXIT trap that stops the
+# started servers and removes it. A script that needs more cleanup sets its own.
+make_work_dir() {
+  work="$(mktemp -d -t "paho-mqtt-redis-$1.XXXXXX")"
+  trap 'stop_started_servers; rm -rf "$work"' EXIT
+}
