@@ -92,6 +92,8 @@ pub(crate) struct CommandCache {
     records: VecDeque<CachedRecord>,
     spare: Vec<Vec<u8>>,
     bytes: usize,
+    /// How many records have `in_redis == false`, kept so that asking costs nothing.
+    not_in_redis: usize,
 }
 
 #[derive(Debug)]
@@ -122,6 +124,9 @@ impl CommandCache {
             buffer.extend_from_slice(part);
         }
         self.bytes = self.bytes.saturating_add(buffer.len());
+        if !in_redis {
+            self.not_in_redis = self.not_in_redis.saturating_add(1);
+        }
         self.records.push_back(CachedRecord { key_and_value: buffer, key_len: key.len(), in_redis });
         self.evict();
     }
@@ -140,6 +145,7 @@ impl CommandCache {
         match self.position(key).and_then(|at| self.records.get_mut(at)) {
             Some(record) if record.in_redis => {
                 record.in_redis = false;
+                self.not_in_redis = self.not_in_redis.saturating_add(1);
                 true
             }
             _ => false,
@@ -161,7 +167,7 @@ impl CommandCache {
     }
 
     pub(crate) fn not_in_redis_count(&self) -> usize {
-        self.records.iter().filter(|record| !record.in_redis).count()
+        self.not_in_redis
     }
 
     /// Records that Redis has now taken every record: they may be evicted.
@@ -169,6 +175,7 @@ impl CommandCache {
         for record in &mut self.records {
             record.in_redis = true;
         }
+        self.not_in_redis = 0;
         self.evict();
     }
 
@@ -196,6 +203,9 @@ impl CommandCache {
 
     fn recycle(&mut self, record: CachedRecord) {
         self.bytes = self.bytes.saturating_sub(record.key_and_value.len());
+        if !record.in_redis {
+            self.not_in_redis = self.not_in_redis.saturating_sub(1);
+        }
         if self.spare.len() < SPARE_BUFFERS_MAX
             && record.key_and_value.capacity() <= SPARE_BUFFER_CAPACITY_MAX
         {
@@ -243,6 +253,13 @@ mod tests {
         assert_eq!(cache.get("c-0"), Some(&b"only copy"[..]), "an unwritten record was evicted");
         assert_eq!(cache.get("c-1"), None, "the oldest written record stays");
         assert_eq!(cache.not_in_redis().count(), 1);
+        assert_eq!(cache.not_in_redis_count(), 1);
+        assert!(cache.remove("c-0"));
+        assert_eq!(cache.not_in_redis_count(), 0);
+        cache.insert("c-0", &[b"only copy"], false);
+        assert!(cache.mark_not_in_redis(&format!("c-{}", CACHED_COMMANDS_MAX + 10)));
+        assert_eq!(cache.not_in_redis().count(), 2);
+        assert_eq!(cache.not_in_redis_count(), 2);
         cache.all_in_redis();
         assert_eq!(cache.not_in_redis_count(), 0);
     }

@@ -330,6 +330,7 @@ impl RedisPersistence {
             Ok(replies) => replies.into_iter(),
             Err(error) if is_command_key(key) => {
                 store.keep_unwritten(key, buffers, &error);
+                self.counters.set_unwritten_records(store.commands.not_in_redis_count());
                 return Ok(());
             }
             Err(error) => {
@@ -373,6 +374,7 @@ impl RedisPersistence {
             }
         };
         store.resync_if_reconnected(link, &self.config, packed);
+        self.counters.set_unwritten_records(store.commands.not_in_redis_count());
         result
     }
 
@@ -407,6 +409,7 @@ impl RedisPersistence {
             self.counters.add_bytes_read(value.len());
         }
         store.resync_if_reconnected(link, &self.config, packed);
+        self.counters.set_unwritten_records(store.commands.not_in_redis_count());
         value.ok_or_else(|| Error::KeyNotFound { key: key.to_owned() })
     }
 
@@ -426,6 +429,7 @@ impl RedisPersistence {
             // Sent with the next write, after it: see the type's documentation
             // and `Builder::defer_qos1_removals`.
             store.removals_owed.push(owe);
+            self.counters.set_unwritten_records(store.commands.not_in_redis_count());
             return Ok(());
         }
         store.removals_owed.push(owe);
@@ -451,6 +455,7 @@ impl RedisPersistence {
             }
         }
         store.resync_if_reconnected(link, &self.config, packed);
+        self.counters.set_unwritten_records(store.commands.not_in_redis_count());
         Ok(())
     }
 
@@ -461,6 +466,7 @@ impl RedisPersistence {
         if store.outcome_unknown {
             // Best effort: if Redis is still unreachable, the index answers.
             store.resync(link, &self.config, packed);
+            self.counters.set_unwritten_records(store.commands.not_in_redis_count());
         }
         Ok(store.fields.keys())
     }
@@ -485,6 +491,7 @@ impl RedisPersistence {
         store.restore_snapshot = HashMap::new();
         store.synced_generation = link.generation();
         store.outcome_unknown = false;
+        self.counters.set_unwritten_records(0);
         Ok(())
     }
 
@@ -493,7 +500,15 @@ impl RedisPersistence {
         let State { link, store, packed } = &mut *state;
         if let Some(store) = store.as_mut() {
             store.flush_owed(link, &self.config, packed);
+            let unwritten = store.commands.not_in_redis_count();
+            if unwritten > 0 {
+                log::error!(
+                    "redis persistence: closing `{}` with {unwritten} command records Redis never took",
+                    store.hash
+                );
+            }
         }
+        self.counters.set_unwritten_records(0);
         link.disconnect();
         *store = None;
     }

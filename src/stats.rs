@@ -51,6 +51,12 @@ pub struct Stats {
     pub index_hits: u64,
     /// Records served from the snapshot read when the store was opened, without a round trip.
     pub snapshot_hits: u64,
+    /// Not a count but the current number of command records (queued
+    /// publishes) held in memory only, because Redis could not take them
+    /// (see `RedisPersistence::unwritten`). While it is above zero, those
+    /// messages would not survive a crash: an application that prefers to
+    /// refuse publishing then can check it before each publish.
+    pub unwritten_records: u64,
 }
 
 /// A handle on a store's counters that stays with the application after the
@@ -110,6 +116,7 @@ pub(crate) struct Counters {
     cache_hits: Counter,
     index_hits: Counter,
     snapshot_hits: Counter,
+    unwritten_records: Counter,
 }
 
 impl Counters {
@@ -171,6 +178,11 @@ impl Counters {
         self.snapshot_hits.add(1);
     }
 
+    /// Sets the number of command records held in memory only.
+    pub(crate) fn set_unwritten_records(&self, records: usize) {
+        self.unwritten_records.set(widen(records));
+    }
+
     /// The current values, read counter by counter.
     pub(crate) fn snapshot(&self) -> Stats {
         Stats {
@@ -188,6 +200,7 @@ impl Counters {
             cache_hits: self.cache_hits.get(),
             index_hits: self.index_hits.get(),
             snapshot_hits: self.snapshot_hits.get(),
+            unwritten_records: self.unwritten_records.get(),
         }
     }
 }
@@ -222,6 +235,10 @@ mod atomic {
         pub(super) fn get(&self) -> u64 {
             self.0.load(Ordering::Relaxed)
         }
+
+        pub(super) fn set(&self, value: u64) {
+            self.0.store(value, Ordering::Relaxed);
+        }
     }
 }
 
@@ -244,6 +261,10 @@ mod locked {
 
         pub(super) fn get(&self) -> u64 {
             *self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        }
+
+        pub(super) fn set(&self, value: u64) {
+            *self.0.lock().unwrap_or_else(PoisonError::into_inner) = value;
         }
     }
 }

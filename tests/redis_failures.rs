@@ -52,11 +52,13 @@ fn calls_that_need_redis_fail_while_it_is_down_and_work_once_it_is_back() {
     store.put("c-1", vec![b"queued"]).expect("command record kept in memory");
     assert_eq!(store.get("c-1").expect("read back from memory"), b"queued");
     assert_eq!(store.unwritten(), 1);
+    assert_eq!(store.stats().unwritten_records, 1, "the gauge an application can watch");
 
     redis.restart(); // empty: RAM-only Redis loses its data with the process
     store.put("s-3", vec![b"after"]).expect("the first call after the restart reconnects");
     assert_eq!(store.get("s-3").expect("get"), b"after");
     assert_eq!(store.unwritten(), 0, "the kept command record went to Redis with that put");
+    assert_eq!(store.stats().unwritten_records, 0);
     assert_eq!(store.keys().expect("keys"), ["c-1", "s-3"]);
     let mut in_redis: Vec<String> =
         redis::cmd("HKEYS").arg("dev:broker:1883").query(&mut redis.connection()).expect("HKEYS");
