@@ -375,7 +375,11 @@ mod tests {
             atomic.add(5);
             atomic.add(u64::MAX);
             assert_eq!(atomic.get(), locked.get());
+            atomic.set(7);
+            assert_eq!(atomic.get(), 7);
         }
+        locked.set(7);
+        assert_eq!(locked.get(), 7, "a gauge is set, not added to");
     }
 
     #[test]
