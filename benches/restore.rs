@@ -103,7 +103,7 @@ fn restore(c: &mut Criterion) {
 
         let id = format!("bench-restore-{count}");
         buffer_offline(&id, user(RedisPersistence::with_url(&url).expect("a valid URL")), count);
-        let hash = format!("{id}:{}", SERVER_URI.trim_start_matches("tcp://"));
+        let hash = paho_mqtt_redis::Config::default().hash_name(&id, SERVER_URI.trim_start_matches("tcp://"));
         let stored: usize = redis.connection().hlen(&hash).expect("HLEN");
         assert_eq!(stored, count, "records buffered in Redis");
 

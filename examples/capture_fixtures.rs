@@ -156,7 +156,8 @@ impl Capture {
 
     /// The hash of a client's store, read directly.
     fn records(&self, client_id: &str, server_uri: &str) -> Result<BTreeMap<String, Vec<u8>>> {
-        let hash = format!("{client_id}:{}", server_uri.trim_start_matches("tcp://"));
+        let hash =
+            paho_mqtt_redis::Config::default().hash_name(client_id, server_uri.trim_start_matches("tcp://"));
         Ok(redis::cmd("HGETALL").arg(hash).query(&mut self.redis()?)?)
     }
 

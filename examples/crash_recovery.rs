@@ -50,7 +50,8 @@ impl Settings {
 
     /// Records left in the store, read directly from Redis.
     fn stored_records(&self) -> Result<usize, Box<dyn std::error::Error>> {
-        let hash = format!("{}:{}", self.client_id, self.mqtt_uri.trim_start_matches("tcp://"));
+        let hash = paho_mqtt_redis::Config::default()
+            .hash_name(&self.client_id, self.mqtt_uri.trim_start_matches("tcp://"));
         let mut conn = redis::Client::open(self.redis_url.as_str())?.get_connection()?;
         Ok(conn.hlen(hash)?)
     }

@@ -63,7 +63,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let (rss_after, hwm_after) = resident_kb()?;
 
-    let hash = format!("{client_id}:{}", UNREACHABLE_BROKER.trim_start_matches("tcp://"));
+    let hash = paho_mqtt_redis::Config::default()
+        .hash_name(&client_id, UNREACHABLE_BROKER.trim_start_matches("tcp://"));
     let mut redis = redis::Client::open(redis_url.as_str())?.get_connection()?;
     let records: usize = redis.hlen(&hash)?;
     let redis_bytes: u64 =

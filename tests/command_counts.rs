@@ -38,7 +38,7 @@ fn restoring_a_store_costs_one_command_whatever_its_size() {
     for records in [1usize, 300, 3000] {
         let first = client(&server_uri, &client_id, store(&redis));
         let queued: usize =
-            redis.connection().hlen(format!("{client_id}:{}", &server_uri[6..])).expect("HLEN");
+            redis.connection().hlen(support::mqtt::store_hash(&client_id, &server_uri)).expect("HLEN");
         let payload = vec![b'x'; 256];
         for n in queued..records {
             let qos = if n % 2 == 0 { 1 } else { 2 };

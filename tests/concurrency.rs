@@ -48,7 +48,7 @@ fn publishing_from_several_threads_delivers_everything_and_empties_the_store() {
     let mut unique = payloads(&received);
     unique.dedup();
     assert_eq!(unique.len(), expected, "every message delivered");
-    let hash = format!("{client_id}:{}", broker.uri().trim_start_matches("tcp://"));
+    let hash = support::mqtt::store_hash(&client_id, &broker.uri());
     let left: usize = redis.connection().hlen(&hash).expect("HLEN");
     assert_eq!(left, 0, "every acknowledged message's records were removed");
 }

@@ -33,7 +33,7 @@ fn a_paho_client_restores_past_hostile_fields_without_aborting() {
     let redis = RedisServer::start();
     let client_id = support::unique_id("hostile");
     let server_uri = format!("tcp://127.0.0.1:{}", support::free_port());
-    let hash = format!("{client_id}:{}", server_uri.trim_start_matches("tcp://"));
+    let hash = support::mqtt::store_hash(&client_id, &server_uri);
     plant_hostile_fields(&redis, &hash);
     // Creating the client runs Paho's restore: keys, then a get per key.
     let store = RedisPersistence::with_url(&redis.url()).expect("valid");

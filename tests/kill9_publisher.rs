@@ -206,7 +206,7 @@ fn run_once(test_name: &str, qos: i32, seed: u64, run: u64, broker: &Mosquitto, 
         qos,
         mode: "stream".to_owned(),
     };
-    let hash = format!("{}:{}", spec.client_id, broker.uri().trim_start_matches("tcp://"));
+    let hash = support::mqtt::store_hash(&spec.client_id, &broker.uri());
     let subscriber = Subscriber::start(&broker.uri(), &spec.topic);
 
     let mut child = spawn_child(test_name, &spec);
@@ -336,7 +336,7 @@ fn handoff_window(test_name: &str, qos: i32) {
         "the publisher accepted the message and died after removing its `c-` record: {:?}\n{stdout}",
         output.status
     );
-    let hash = format!("{}:{}", spec.client_id, broker.uri().trim_start_matches("tcp://"));
+    let hash = support::mqtt::store_hash(&spec.client_id, &broker.uri());
     let left: Vec<String> = redis.connection().hkeys(&hash).expect("HKEYS");
 
     let restored =

@@ -100,10 +100,6 @@ fn single_exchange(fields: &[String], with_pubrel: bool) -> Option<String> {
     (fields == expected.as_slice()).then(|| publish.clone())
 }
 
-fn hash_of(client_id: &str, server_uri: &str) -> String {
-    format!("{client_id}:{}", server_uri.trim_start_matches("tcp://"))
-}
-
 /// A broker, a Redis, and a subscriber on the topic a client id publishes to.
 /// (Fields drop in order: the subscriber disconnects before the broker dies.)
 struct Scene {
@@ -130,7 +126,7 @@ impl Scene {
 
     /// The store's hash for the real broker.
     fn hash(&self) -> String {
-        hash_of(&self.client_id, &self.broker.uri())
+        support::mqtt::store_hash(&self.client_id, &self.broker.uri())
     }
 
     /// Starts the client again from what the store holds, waits until Paho has
@@ -194,7 +190,7 @@ fn unacknowledged_publish_then_restart(naive_contains_key: bool) -> usize {
     let first = client(&black_hole.uri(), &scene.client_id, TestStore::new(&scene.redis.url()));
     connect(&first, persistent_session());
     let _token = first.publish(mqtt::Message::new(&scene.topic, "exactly once", 2));
-    let written_hash = hash_of(&scene.client_id, &black_hole.uri());
+    let written_hash = support::mqtt::store_hash(&scene.client_id, &black_hole.uri());
     assert!(
         support::wait_until(DELIVERY_TIMEOUT, || single_exchange(
             &fields(&scene.redis, &written_hash),

@@ -56,7 +56,7 @@ fn one_round(outage_at: usize, outage_len: usize) {
     let expected: Vec<String> = (0..MESSAGES).map(|n| format!("{n:04}")).collect();
     assert_eq!(distinct, expected, "every message arrives (outage at {outage_at})");
 
-    let hash = format!("{client_id}:{}", broker.uri().trim_start_matches("tcp://"));
+    let hash = support::mqtt::store_hash(&client_id, &broker.uri());
     let emptied = support::wait_until(TIMEOUT, || {
         redis.connection().hlen::<_, usize>(&hash).map(|n| n == 0).unwrap_or(false)
     });

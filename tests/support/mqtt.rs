@@ -122,3 +122,9 @@ pub fn payloads(messages: &[mqtt::Message]) -> Vec<String> {
     payloads.sort();
     payloads
 }
+
+/// The Redis hash of a store without a key prefix, as `open` names it: Paho
+/// passes the server URI without its `tcp://`.
+pub fn store_hash(client_id: &str, server_uri: &str) -> String {
+    paho_mqtt_redis::Config::default().hash_name(client_id, server_uri.trim_start_matches("tcp://"))
+}
