@@ -564,7 +564,7 @@ impl OpenStore {
                 resp::arg(packed, budget::WRITE_SCRIPT.as_bytes());
                 resp::arg(packed, b"1");
                 resp::arg(packed, self.hash.as_bytes());
-                resp::arg(packed, limit.to_string().as_bytes());
+                resp::arg_number(packed, limit);
                 resp::arg(packed, COUNTER_FIELD.as_bytes());
             }
         }

@@ -21,6 +21,16 @@ pub(crate) fn arg(buf: &mut BytesMut, bytes: &[u8]) {
     arg_from_parts(buf, &[bytes]);
 }
 
+/// Appends one argument: a number in decimal, formatted on the stack.
+pub(crate) fn arg_number(buf: &mut BytesMut, number: u64) {
+    let mut digits = [0u8; 20]; // u64::MAX has 20 digits
+    let mut free: &mut [u8] = &mut digits;
+    // Cannot fail: 20 bytes hold any u64.
+    let _ = std::io::Write::write_fmt(&mut free, format_args!("{number}"));
+    let written = 20usize.saturating_sub(free.len());
+    arg(buf, digits.get(..written).unwrap_or_default());
+}
+
 /// Appends one argument made of `parts` joined, without joining them first.
 pub(crate) fn arg_from_parts(buf: &mut BytesMut, parts: &[&[u8]]) {
     let len = parts.iter().map(|part| part.len()).fold(0, usize::saturating_add);
@@ -53,6 +63,14 @@ mod tests {
         arg(&mut buf, b"s-1");
         arg_from_parts(&mut buf, &[b"ab", b"", b"c"]);
         assert_eq!(&buf[..], b"*4\r\n$4\r\nHSET\r\n$1\r\nh\r\n$3\r\ns-1\r\n$3\r\nabc\r\n");
+    }
+
+    #[test]
+    fn encodes_numbers_in_decimal() {
+        let mut buf = BytesMut::new();
+        arg_number(&mut buf, 0);
+        arg_number(&mut buf, u64::MAX);
+        assert_eq!(&buf[..], b"$1\r\n0\r\n$20\r\n18446744073709551615\r\n");
     }
 
     #[test]
