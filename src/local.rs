@@ -8,8 +8,11 @@
 //! the command is sent a few milliseconds later, and that read is served here.
 
 use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
 
 use smallvec::SmallVec;
+
+use crate::stats::Counters;
 
 /// A hash field name. Paho's keys are at most 13 bytes (`c5-4294967295`), so
 /// they are stored inline: adding a key to the index does not allocate.
@@ -88,6 +91,8 @@ const SPARE_BUFFER_CAPACITY_MAX: usize = 64 * 1024;
 /// refused it) is never evicted: until it is written, this is its only copy.
 #[derive(Debug, Default)]
 pub(crate) struct CommandCache {
+    /// Where the count of records not in Redis is published (`Stats::unwritten_records`).
+    counters: Arc<Counters>,
     records: VecDeque<CachedRecord>,
     spare: Vec<Vec<u8>>,
     bytes: usize,
@@ -113,6 +118,16 @@ impl CachedRecord {
 }
 
 impl CommandCache {
+    /// An empty cache that publishes its count of unwritten records to `counters`.
+    pub(crate) fn new(counters: Arc<Counters>) -> Self {
+        Self { counters, records: VecDeque::new(), spare: Vec::new(), bytes: 0, not_in_redis: 0 }
+    }
+
+    fn set_not_in_redis(&mut self, records: usize) {
+        self.not_in_redis = records;
+        self.counters.set_unwritten_records(records);
+    }
+
     /// Keeps `key`'s value, given as the parts Paho passed to `put`.
     pub(crate) fn insert(&mut self, key: &str, value_parts: &[&[u8]], in_redis: bool) {
         self.remove(key);
@@ -124,7 +139,7 @@ impl CommandCache {
         }
         self.bytes = self.bytes.saturating_add(buffer.len());
         if !in_redis {
-            self.not_in_redis = self.not_in_redis.saturating_add(1);
+            self.set_not_in_redis(self.not_in_redis.saturating_add(1));
         }
         self.records.push_back(CachedRecord { key_and_value: buffer, key_len: key.len(), in_redis });
         self.evict();
@@ -144,7 +159,8 @@ impl CommandCache {
         match self.position(key).and_then(|at| self.records.get_mut(at)) {
             Some(record) if record.in_redis => {
                 record.in_redis = false;
-                self.not_in_redis = self.not_in_redis.saturating_add(1);
+                let not_in_redis = self.not_in_redis.saturating_add(1);
+                self.set_not_in_redis(not_in_redis);
                 true
             }
             _ => false,
@@ -174,7 +190,7 @@ impl CommandCache {
         for record in &mut self.records {
             record.in_redis = true;
         }
-        self.not_in_redis = 0;
+        self.set_not_in_redis(0);
         self.evict();
     }
 
@@ -203,13 +219,20 @@ impl CommandCache {
     fn recycle(&mut self, record: CachedRecord) {
         self.bytes = self.bytes.saturating_sub(record.key_and_value.len());
         if !record.in_redis {
-            self.not_in_redis = self.not_in_redis.saturating_sub(1);
+            self.set_not_in_redis(self.not_in_redis.saturating_sub(1));
         }
         if self.spare.len() < SPARE_BUFFERS_MAX
             && record.key_and_value.capacity() <= SPARE_BUFFER_CAPACITY_MAX
         {
             self.spare.push(record.key_and_value);
         }
+    }
+}
+
+impl Drop for CommandCache {
+    /// A closed (or reopened) store holds nothing in memory any more.
+    fn drop(&mut self) {
+        self.counters.set_unwritten_records(0);
     }
 }
 
@@ -261,6 +284,22 @@ mod tests {
         assert_eq!(cache.not_in_redis_count(), 2);
         cache.all_in_redis();
         assert_eq!(cache.not_in_redis_count(), 0);
+    }
+
+    #[test]
+    fn cache_publishes_its_unwritten_count_until_dropped() {
+        let counters = Arc::new(Counters::new());
+        let mut cache = CommandCache::new(Arc::clone(&counters));
+        cache.insert("c-1", &[b"a"], false);
+        cache.insert("c-2", &[b"b"], false);
+        assert_eq!(counters.snapshot().unwritten_records, 2);
+        cache.remove("c-1");
+        assert_eq!(counters.snapshot().unwritten_records, 1);
+        cache.all_in_redis();
+        assert_eq!(counters.snapshot().unwritten_records, 0);
+        cache.insert("c-3", &[b"c"], false);
+        drop(cache);
+        assert_eq!(counters.snapshot().unwritten_records, 0, "a dropped cache holds nothing");
     }
 
     #[test]

@@ -272,7 +272,7 @@ impl RedisPersistence {
             hash: hash.clone(),
             fields: FieldIndex::default(),
             restore_snapshot: HashMap::with_capacity(entries.len()),
-            commands: CommandCache::default(),
+            commands: CommandCache::new(Arc::clone(&self.counters)),
             removals_owed: Vec::new(),
             synced_generation: link.generation(),
             outcome_unknown: false,
@@ -330,7 +330,6 @@ impl RedisPersistence {
             Ok(replies) => replies.into_iter(),
             Err(error) if is_command_key(key) => {
                 store.keep_unwritten(key, buffers, &error);
-                self.counters.set_unwritten_records(store.commands.not_in_redis_count());
                 return Ok(());
             }
             Err(error) => {
@@ -374,7 +373,6 @@ impl RedisPersistence {
             }
         };
         store.resync_if_reconnected(link, &self.config, packed);
-        self.counters.set_unwritten_records(store.commands.not_in_redis_count());
         result
     }
 
@@ -409,7 +407,6 @@ impl RedisPersistence {
             self.counters.add_bytes_read(value.len());
         }
         store.resync_if_reconnected(link, &self.config, packed);
-        self.counters.set_unwritten_records(store.commands.not_in_redis_count());
         value.ok_or_else(|| Error::KeyNotFound { key: key.to_owned() })
     }
 
@@ -429,7 +426,6 @@ impl RedisPersistence {
             // Sent with the next write, after it: see the type's documentation
             // and `Builder::defer_qos1_removals`.
             store.removals_owed.push(owe);
-            self.counters.set_unwritten_records(store.commands.not_in_redis_count());
             return Ok(());
         }
         store.removals_owed.push(owe);
@@ -455,7 +451,6 @@ impl RedisPersistence {
             }
         }
         store.resync_if_reconnected(link, &self.config, packed);
-        self.counters.set_unwritten_records(store.commands.not_in_redis_count());
         Ok(())
     }
 
@@ -466,7 +461,6 @@ impl RedisPersistence {
         if store.outcome_unknown {
             // Best effort: if Redis is still unreachable, the index answers.
             store.resync(link, &self.config, packed);
-            self.counters.set_unwritten_records(store.commands.not_in_redis_count());
         }
         Ok(store.fields.keys())
     }
@@ -491,7 +485,6 @@ impl RedisPersistence {
         store.restore_snapshot = HashMap::new();
         store.synced_generation = link.generation();
         store.outcome_unknown = false;
-        self.counters.set_unwritten_records(0);
         Ok(())
     }
 
@@ -508,7 +501,6 @@ impl RedisPersistence {
                 );
             }
         }
-        self.counters.set_unwritten_records(0);
         link.disconnect();
         *store = None;
     }
