@@ -143,11 +143,7 @@ struct OpenStore {
     /// connection broke before the reply): Redis may still run it, so the
     /// index is checked against the hash at the next chance.
     outcome_unknown: bool,
-    /// `max_store_bytes`, if set: writes and removals then go through the
-    /// budget scripts.
-    budget: Option<u64>,
-    /// `defer_qos1_removals`, and the QoS 1 PUBLISH records it applies to.
-    defer_qos1: bool,
+    /// The QoS 1 PUBLISH records whose removal `defer_qos1_removals` defers.
     qos1_publishes: HashSet<FieldName>,
 }
 
@@ -276,8 +272,6 @@ impl RedisPersistence {
             removals_owed: Vec::new(),
             synced_generation: link.generation(),
             outcome_unknown: false,
-            budget: self.config.max_store_bytes(),
-            defer_qos1: self.config.defer_qos1_removals(),
             qos1_publishes: HashSet::new(),
         };
         for (field, value) in entries {
@@ -312,14 +306,14 @@ impl RedisPersistence {
         }
         // This write replaces the field, so an owed removal of it must not follow it.
         store.removals_owed.retain(|owed| owed.as_slice() != key.as_bytes());
-        let deferrable = store.defer_qos1 && is_qos1_publish(key, buffers);
+        let deferrable = self.config.defer_qos1_removals() && is_qos1_publish(key, buffers);
 
         packed.clear();
-        let owed_writes = store.encode_owed_writes(packed);
-        store.encode_write(packed, key, buffers);
+        let owed_writes = store.encode_owed_writes(&self.config, packed);
+        store.encode_write(&self.config, packed, key, buffers);
         // A QoS 1 PUBLISH record may leave its command record's removal owed
         // (see `Builder::defer_qos1_removals`); any other write takes it along.
-        let owed_removals = !deferrable && store.encode_owed_removals(packed);
+        let owed_removals = !deferrable && store.encode_owed_removals(&self.config, packed);
         let commands = usize::from(owed_writes) + 1 + usize::from(owed_removals);
 
         let exchanged = link.run(&self.config, "HSET", &store.hash, |conn| exchange(conn, packed, commands));
@@ -363,7 +357,7 @@ impl RedisPersistence {
                 Ok(())
             }
             Err(source) => {
-                let error = store.write_error(source);
+                let error = store.write_error(&self.config, source);
                 if is_command_key(key) {
                     store.keep_unwritten(key, buffers, &error);
                     Ok(())
@@ -430,7 +424,7 @@ impl RedisPersistence {
         }
         store.removals_owed.push(owe);
         packed.clear();
-        store.encode_owed_removals(packed);
+        store.encode_owed_removals(&self.config, packed);
         let exchanged = link.run(&self.config, "HDEL", &store.hash, |conn| exchange(conn, packed, 1));
         match exchanged {
             Ok(mut replies) => {
@@ -543,8 +537,8 @@ fn is_reply_error(error: &RedisError) -> bool {
 impl OpenStore {
     /// Appends the start of a write of `pairs` field/value pairs: `HSET`, or
     /// with a budget the write script; the pairs follow.
-    fn encode_write_start(&self, packed: &mut BytesMut, pairs: usize) {
-        match self.budget {
+    fn encode_write_start(&self, config: &Config, packed: &mut BytesMut, pairs: usize) {
+        match config.max_store_bytes() {
             None => {
                 resp::begin(packed, pairs.saturating_mul(2).saturating_add(2));
                 resp::arg(packed, b"HSET");
@@ -563,19 +557,19 @@ impl OpenStore {
     }
 
     /// Appends the write of one record, its value given as Paho's buffers.
-    fn encode_write(&self, packed: &mut BytesMut, key: &str, buffers: &[&[u8]]) {
-        self.encode_write_start(packed, 1);
+    fn encode_write(&self, config: &Config, packed: &mut BytesMut, key: &str, buffers: &[&[u8]]) {
+        self.encode_write_start(config, packed, 1);
         resp::arg(packed, key.as_bytes());
         resp::arg_from_parts(packed, buffers);
     }
 
     /// Appends one write of every command record Redis has not taken yet.
-    fn encode_owed_writes(&self, packed: &mut BytesMut) -> bool {
+    fn encode_owed_writes(&self, config: &Config, packed: &mut BytesMut) -> bool {
         let count = self.commands.not_in_redis_count();
         if count == 0 {
             return false;
         }
-        self.encode_write_start(packed, count);
+        self.encode_write_start(config, packed, count);
         for (key, value) in self.commands.not_in_redis() {
             resp::arg(packed, key);
             resp::arg(packed, value);
@@ -584,12 +578,12 @@ impl OpenStore {
     }
 
     /// Appends one removal (`HDEL`, or the budget's script) of every owed removal.
-    fn encode_owed_removals(&self, packed: &mut BytesMut) -> bool {
+    fn encode_owed_removals(&self, config: &Config, packed: &mut BytesMut) -> bool {
         if self.removals_owed.is_empty() {
             return false;
         }
         let fields = self.removals_owed.len();
-        if self.budget.is_some() {
+        if config.max_store_bytes().is_some() {
             resp::begin(packed, fields.saturating_add(5));
             resp::arg(packed, b"EVAL");
             resp::arg(packed, budget::REMOVE_SCRIPT.as_bytes());
@@ -608,8 +602,8 @@ impl OpenStore {
     }
 
     /// The error for a write Redis refused.
-    fn write_error(&self, source: RedisError) -> Error {
-        match (self.budget, source.code()) {
+    fn write_error(&self, config: &Config, source: RedisError) -> Error {
+        match (config.max_store_bytes(), source.code()) {
             (Some(limit), Some("STOREFULL")) => Error::StoreFull {
                 hash: self.hash.clone(),
                 limit,
@@ -664,8 +658,8 @@ impl OpenStore {
     /// Sends the owed writes and removals, if any; failures are logged.
     fn flush_owed(&mut self, link: &mut Link, config: &Config, packed: &mut BytesMut) {
         packed.clear();
-        let writes = self.encode_owed_writes(packed);
-        let removals = self.encode_owed_removals(packed);
+        let writes = self.encode_owed_writes(config, packed);
+        let removals = self.encode_owed_removals(config, packed);
         if !writes && !removals {
             return;
         }
