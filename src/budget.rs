@@ -10,24 +10,32 @@
 /// restore it, fail, and delete it); tools that read a store skip it.
 pub const COUNTER_FIELD: &str = "paho-mqtt-redis:bytes";
 
-/// `KEYS[1]` the hash; `ARGV` = limit, counter field, then field/value pairs.
-/// Writes all pairs or none; returns the new byte count, or the error reply
-/// `STOREFULL …`.
+/// `KEYS[1]` the hash; `ARGV` = limit, counter field, number of pairs, the
+/// field/value pairs, then fields to remove once the pairs are written.
+/// Writes all pairs and removes those fields, or changes nothing; returns the
+/// new byte count, or the error reply `STOREFULL …`. The removals ride here
+/// because they must not happen without the write: Paho removes a command
+/// record as it writes the same message's PUBLISH record.
 pub(crate) const WRITE_SCRIPT: &str = r"
 local hash, limit, counter = KEYS[1], tonumber(ARGV[1]), ARGV[2]
+local last_pair = 3 + 2 * tonumber(ARGV[3])
 local used = tonumber(redis.call('HGET', hash, counter))
 if not used then
   used = 0
   for _, value in ipairs(redis.call('HVALS', hash)) do used = used + #value end
 end
 local after = used
-for i = 3, #ARGV, 2 do
+for i = 4, last_pair, 2 do
   after = after - redis.call('HSTRLEN', hash, ARGV[i]) + #ARGV[i + 1]
+end
+for i = last_pair + 1, #ARGV do
+  after = after - redis.call('HSTRLEN', hash, ARGV[i])
 end
 if after > limit then
   return redis.error_reply('STOREFULL the store would hold ' .. after .. ' bytes')
 end
-for i = 3, #ARGV, 2 do redis.call('HSET', hash, ARGV[i], ARGV[i + 1]) end
+for i = 4, last_pair, 2 do redis.call('HSET', hash, ARGV[i], ARGV[i + 1]) end
+for i = last_pair + 1, #ARGV do redis.call('HDEL', hash, ARGV[i]) end
 redis.call('HSET', hash, counter, after)
 return after
 ";

@@ -3,9 +3,10 @@
 //! A store's hash has one writer, the client that opened it, so the store can
 //! keep the list of the hash's fields itself ([`FieldIndex`]) and answer
 //! `keys`, `contains_key` and the `remove` of a key that was never written
-//! without a round trip. It also keeps the last Paho command records it wrote
-//! ([`CommandCache`]): Paho writes each command record and reads it back when
-//! the command is sent a few milliseconds later, and that read is served here.
+//! without a round trip. It also keeps records in memory ([`RecordCache`]):
+//! the last Paho command records it wrote (Paho writes each command record and
+//! reads it back when the command is sent a few milliseconds later, and that
+//! read is served here), and every record Redis has not taken yet.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -62,10 +63,22 @@ impl FieldIndex {
 }
 
 /// Whether `key` names a Paho command record (`c-`/`c5-`): the only records
-/// Paho reads back while running, and the only ones whose failed `put` Paho
-/// C 1.3.16 cannot take (see [`crate::RedisPersistence`]'s documentation).
+/// Paho reads back while running.
 pub(crate) fn is_command_key(key: &str) -> bool {
     key.starts_with("c-") || key.starts_with("c5-")
+}
+
+/// Whether Paho C 1.3.16 carries on as if a failed `put` of `key` had
+/// succeeded, so that the store must keep the record until Redis takes it
+/// (see [`crate::RedisPersistence`]'s documentation):
+/// - command records (`c-`, `c5-`): the command stays queued and is sent;
+/// - PUBLISH and PUBREL records (`s-`, `s5-`, `sc-`, `sc5-`):
+///   `MQTTPacket_sends` and `MQTTPacket_send` overwrite the `put`'s result
+///   and send the packet anyway;
+/// - received QoS 2 PUBLISH records (`r-`, `r5-`): the packet is handled
+///   whatever `MQTTPacket_Factory` reports of its `put`.
+pub(crate) fn paho_carries_on_without(key: &str) -> bool {
+    ["c-", "c5-", "s-", "s5-", "sc-", "sc5-", "r-", "r5-"].iter().any(|prefix| key.starts_with(prefix))
 }
 
 /// Most command records kept once written to Redis. Paho reads a command
@@ -84,13 +97,14 @@ const SPARE_BUFFERS_MAX: usize = 16;
 /// A recycled buffer larger than this is freed instead of kept.
 const SPARE_BUFFER_CAPACITY_MAX: usize = 64 * 1024;
 
-/// The latest command records, oldest first, each in one buffer holding the
-/// key followed by the value.
+/// The latest command records and every record Redis has not taken yet,
+/// oldest first, each in one buffer holding the key followed by the value.
 ///
 /// A record Redis has not taken yet (`in_redis == false`: Redis was down or
 /// refused it) is never evicted: until it is written, this is its only copy.
+/// Once written, only command records stay (Paho reads no other back).
 #[derive(Debug, Default)]
-pub(crate) struct CommandCache {
+pub(crate) struct RecordCache {
     /// Where the count of records not in Redis is published (`Stats::unwritten_records`).
     counters: Arc<Counters>,
     records: VecDeque<CachedRecord>,
@@ -117,7 +131,7 @@ impl CachedRecord {
     }
 }
 
-impl CommandCache {
+impl RecordCache {
     /// An empty cache that publishes its count of unwritten records to `counters`.
     pub(crate) fn new(counters: Arc<Counters>) -> Self {
         Self { counters, records: VecDeque::new(), spare: Vec::new(), bytes: 0, not_in_redis: 0 }
@@ -185,12 +199,20 @@ impl CommandCache {
         self.not_in_redis
     }
 
-    /// Records that Redis has now taken every record: they may be evicted.
+    /// Records that Redis has now taken every record: command records may be
+    /// evicted from now on, the others were only kept until this.
     pub(crate) fn all_in_redis(&mut self) {
         for record in &mut self.records {
             record.in_redis = true;
         }
         self.set_not_in_redis(0);
+        for record in std::mem::take(&mut self.records) {
+            if std::str::from_utf8(record.key()).is_ok_and(is_command_key) {
+                self.records.push_back(record);
+            } else {
+                self.recycle(record);
+            }
+        }
         self.evict();
     }
 
@@ -229,7 +251,7 @@ impl CommandCache {
     }
 }
 
-impl Drop for CommandCache {
+impl Drop for RecordCache {
     /// A closed (or reopened) store holds nothing in memory any more.
     fn drop(&mut self) {
         self.counters.set_unwritten_records(0);
@@ -255,7 +277,7 @@ mod tests {
 
     #[test]
     fn cache_serves_the_latest_value_and_forgets_removed_records() {
-        let mut cache = CommandCache::default();
+        let mut cache = RecordCache::default();
         cache.insert("c-1", &[b"ab", b"c"], true);
         cache.insert("c-1", &[b"xyz"], true);
         assert_eq!(cache.get("c-1"), Some(&b"xyz"[..]));
@@ -266,7 +288,7 @@ mod tests {
 
     #[test]
     fn cache_evicts_only_records_redis_has() {
-        let mut cache = CommandCache::default();
+        let mut cache = RecordCache::default();
         cache.insert("c-0", &[b"only copy"], false);
         for n in 1..=CACHED_COMMANDS_MAX + 10 {
             cache.insert(&format!("c-{n}"), &[b"v"], true);
@@ -289,7 +311,7 @@ mod tests {
     #[test]
     fn cache_publishes_its_unwritten_count_until_dropped() {
         let counters = Arc::new(Counters::new());
-        let mut cache = CommandCache::new(Arc::clone(&counters));
+        let mut cache = RecordCache::new(Arc::clone(&counters));
         cache.insert("c-1", &[b"a"], false);
         cache.insert("c-2", &[b"b"], false);
         assert_eq!(counters.snapshot().unwritten_records, 2);
@@ -304,7 +326,7 @@ mod tests {
 
     #[test]
     fn cache_is_bounded_in_bytes() {
-        let mut cache = CommandCache::default();
+        let mut cache = RecordCache::default();
         let big = vec![7u8; 300 * 1024];
         for n in 0..5 {
             cache.insert(&format!("c-{n}"), &[&big], true);

@@ -11,7 +11,7 @@ use smallvec::SmallVec;
 use crate::budget::{self, COUNTER_FIELD};
 use crate::config::{Builder, Config};
 use crate::connection::Link;
-use crate::local::{is_command_key, CommandCache, FieldIndex, FieldName};
+use crate::local::{is_command_key, paho_carries_on_without, FieldIndex, FieldName, RecordCache};
 use crate::stats::{Counters, Operation};
 use crate::{resp, Error, Stats, StatsHandle};
 
@@ -75,7 +75,8 @@ const PUT_BUFFER_RETAINED_MAX: usize = 64 * 1024;
 /// connection is re-established once within the failing call, so the first
 /// call after a Redis restart succeeds.
 ///
-/// Two exceptions keep the client alive while Redis is unreachable:
+/// Exceptions follow what Paho C does with a failure, so that Redis ends up
+/// holding what Paho believes it holds:
 ///
 /// - A `put` of a command record (`c-`, written for every publish) does not
 ///   fail: when Redis cannot take it, it is kept in memory, served to Paho's
@@ -85,6 +86,14 @@ const PUT_BUFFER_RETAINED_MAX: usize = 64 * 1024;
 ///   failure: the process then crashes (a use after free). Such a message is
 ///   not crash-safe until Redis has taken it; [`RedisPersistence::unwritten`]
 ///   counts them.
+/// - A `put` of a PUBLISH, PUBREL or received-PUBLISH record (`s-`, `sc-`,
+///   `r-`) that cannot reach Redis, or times out, is kept the same way: Paho C
+///   ignores the result of those writes and sends (or handles) the packet
+///   anyway. Failing it and forgetting the record would, once the command
+///   record's removal went out, leave a message Paho has in flight in no
+///   record at all. A refusal by Redis (a full store, `WRONGTYPE`) still
+///   fails such a `put`; with a budget, the command record's removal then
+///   does not happen either (it runs inside the same script).
 /// - A `remove` that cannot reach Redis succeeds locally and is sent with the
 ///   next successful write. Paho ignores failed removes, and the index must
 ///   follow Paho.
@@ -133,8 +142,8 @@ struct OpenStore {
     fields: FieldIndex,
     /// The hash as `open` read it, until Paho's restore has read each record.
     restore_snapshot: HashMap<String, Vec<u8>>,
-    /// The latest command records, including any Redis has not taken yet.
-    commands: CommandCache,
+    /// The latest command records, and every record Redis has not taken yet.
+    cache: RecordCache,
     /// Fields removed locally whose `HDEL` has not been sent yet.
     removals_owed: Vec<FieldName>,
     /// The connection generation the index was last checked against.
@@ -234,10 +243,10 @@ impl RedisPersistence {
         StatsHandle::new(Arc::clone(&self.counters))
     }
 
-    /// How many command records Redis has not taken yet (it was unreachable
-    /// or refused them): those messages are in memory only until it does.
+    /// How many records Redis has not taken yet (it was unreachable, or it
+    /// refused a command record): they are in memory only until it does.
     pub fn unwritten(&self) -> usize {
-        self.lock().store.as_ref().map_or(0, |store| store.commands.not_in_redis_count())
+        self.lock().store.as_ref().map_or(0, |store| store.cache.not_in_redis_count())
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -268,7 +277,7 @@ impl RedisPersistence {
             hash: hash.clone(),
             fields: FieldIndex::default(),
             restore_snapshot: HashMap::with_capacity(entries.len()),
-            commands: CommandCache::new(Arc::clone(&self.counters)),
+            cache: RecordCache::new(Arc::clone(&self.counters)),
             removals_owed: Vec::new(),
             synced_generation: link.generation(),
             outcome_unknown: false,
@@ -310,10 +319,11 @@ impl RedisPersistence {
 
         packed.clear();
         let owed_writes = store.encode_owed_writes(&self.config, packed);
-        store.encode_write(&self.config, packed, key, buffers);
         // A QoS 1 PUBLISH record may leave its command record's removal owed
         // (see `Builder::defer_qos1_removals`); any other write takes it along.
-        let owed_removals = !deferrable && store.encode_owed_removals(&self.config, packed);
+        let removals_in_write = store.encode_write(&self.config, packed, key, buffers, !deferrable);
+        let owed_removals =
+            !deferrable && !removals_in_write && store.encode_owed_removals(&self.config, packed);
         let commands = usize::from(owed_writes) + 1 + usize::from(owed_removals);
 
         let exchanged = link.run(&self.config, "HSET", &store.hash, |conn| exchange(conn, packed, commands));
@@ -322,7 +332,10 @@ impl RedisPersistence {
         }
         let mut replies = match exchanged {
             Ok(replies) => replies.into_iter(),
-            Err(error) if is_command_key(key) => {
+            Err(error) if paho_carries_on_without(key) => {
+                // Paho acts as if the record were stored (for a PUBLISH record,
+                // while its command record's removal is owed): Redis must get it.
+                store.outcome_unknown = true;
                 store.keep_unwritten(key, buffers, &error);
                 return Ok(());
             }
@@ -345,11 +358,14 @@ impl RedisPersistence {
         }
         let result = match written {
             Ok(()) => {
+                if removals_in_write {
+                    store.removals_owed.clear();
+                }
                 self.counters
                     .add_bytes_written(buffers.iter().map(|b| b.len()).fold(0, usize::saturating_add));
                 store.fields.insert(key);
                 if is_command_key(key) {
-                    store.commands.insert(key, buffers, true);
+                    store.cache.insert(key, buffers, true);
                 }
                 if deferrable {
                     store.qos1_publishes.insert(FieldName::from_slice(key.as_bytes()));
@@ -380,12 +396,12 @@ impl RedisPersistence {
             }
             if is_command_key(key) {
                 // Paho reads a restored command record again when it sends it.
-                store.commands.insert(key, &[&value], true);
+                store.cache.insert(key, &[&value], true);
             }
             self.counters.add_snapshot_hit();
             return Ok(value);
         }
-        if let Some(value) = store.commands.get(key) {
+        if let Some(value) = store.cache.get(key) {
             self.counters.add_cache_hit();
             return Ok(value.to_vec());
         }
@@ -416,7 +432,9 @@ impl RedisPersistence {
         }
         let owe = FieldName::from_slice(key.as_bytes());
         let acknowledged_qos1 = store.qos1_publishes.remove(key.as_bytes());
-        if store.commands.remove(key) || acknowledged_qos1 {
+        // Only a command record's removal waits (an unwritten record of another kind is cached too).
+        let cached_command = store.cache.remove(key) && is_command_key(key);
+        if cached_command || acknowledged_qos1 {
             // Sent with the next write, after it: see the type's documentation
             // and `Builder::defer_qos1_removals`.
             store.removals_owed.push(owe);
@@ -473,7 +491,7 @@ impl RedisPersistence {
             return Err(error);
         }
         store.fields.clear();
-        store.commands.clear();
+        store.cache.clear();
         store.removals_owed.clear();
         store.qos1_publishes.clear();
         store.restore_snapshot = HashMap::new();
@@ -487,10 +505,10 @@ impl RedisPersistence {
         let State { link, store, packed } = &mut *state;
         if let Some(store) = store.as_mut() {
             store.flush_owed(link, &self.config, packed);
-            let unwritten = store.commands.not_in_redis_count();
+            let unwritten = store.cache.not_in_redis_count();
             if unwritten > 0 {
                 log::error!(
-                    "redis persistence: closing `{}` with {unwritten} command records Redis never took",
+                    "redis persistence: closing `{}` with {unwritten} records Redis never took",
                     store.hash
                 );
             }
@@ -536,8 +554,9 @@ fn is_reply_error(error: &RedisError) -> bool {
 
 impl OpenStore {
     /// Appends the start of a write of `pairs` field/value pairs: `HSET`, or
-    /// with a budget the write script; the pairs follow.
-    fn encode_write_start(&self, config: &Config, packed: &mut BytesMut, pairs: usize) {
+    /// with a budget the write script, which then also takes `removals`
+    /// fields after the pairs; the pairs (and those fields) follow.
+    fn encode_write_start(&self, config: &Config, packed: &mut BytesMut, pairs: usize, removals: usize) {
         match config.max_store_bytes() {
             None => {
                 resp::begin(packed, pairs.saturating_mul(2).saturating_add(2));
@@ -545,32 +564,51 @@ impl OpenStore {
                 resp::arg(packed, self.hash.as_bytes());
             }
             Some(limit) => {
-                resp::begin(packed, pairs.saturating_mul(2).saturating_add(6));
+                resp::begin(packed, pairs.saturating_mul(2).saturating_add(removals).saturating_add(7));
                 resp::arg(packed, b"EVAL");
                 resp::arg(packed, budget::WRITE_SCRIPT.as_bytes());
                 resp::arg(packed, b"1");
                 resp::arg(packed, self.hash.as_bytes());
                 resp::arg_number(packed, limit);
                 resp::arg(packed, COUNTER_FIELD.as_bytes());
+                resp::arg_number(packed, u64::try_from(pairs).unwrap_or(u64::MAX));
             }
         }
     }
 
     /// Appends the write of one record, its value given as Paho's buffers.
-    fn encode_write(&self, config: &Config, packed: &mut BytesMut, key: &str, buffers: &[&[u8]]) {
-        self.encode_write_start(config, packed, 1);
+    /// With a budget and `with_removals`, the owed removals ride inside the
+    /// write's script, so that a refused write removes nothing either, and
+    /// `true` is returned; otherwise the caller sends them after the write.
+    fn encode_write(
+        &self,
+        config: &Config,
+        packed: &mut BytesMut,
+        key: &str,
+        buffers: &[&[u8]],
+        with_removals: bool,
+    ) -> bool {
+        let inside = with_removals && config.max_store_bytes().is_some() && !self.removals_owed.is_empty();
+        let removals = if inside { self.removals_owed.len() } else { 0 };
+        self.encode_write_start(config, packed, 1, removals);
         resp::arg(packed, key.as_bytes());
         resp::arg_from_parts(packed, buffers);
+        if inside {
+            for field in &self.removals_owed {
+                resp::arg(packed, field);
+            }
+        }
+        inside
     }
 
     /// Appends one write of every command record Redis has not taken yet.
     fn encode_owed_writes(&self, config: &Config, packed: &mut BytesMut) -> bool {
-        let count = self.commands.not_in_redis_count();
+        let count = self.cache.not_in_redis_count();
         if count == 0 {
             return false;
         }
-        self.encode_write_start(config, packed, count);
-        for (key, value) in self.commands.not_in_redis() {
+        self.encode_write_start(config, packed, count, 0);
+        for (key, value) in self.cache.not_in_redis() {
             resp::arg(packed, key);
             resp::arg(packed, value);
         }
@@ -618,14 +656,14 @@ impl OpenStore {
             Some(Ok(())) => {
                 log::info!(
                     "redis persistence: wrote {} command records kept in memory to `{}`",
-                    self.commands.not_in_redis_count(),
+                    self.cache.not_in_redis_count(),
                     self.hash
                 );
-                self.commands.all_in_redis();
+                self.cache.all_in_redis();
             }
             Some(Err(error)) => log::warn!(
                 "redis persistence: {} command records of `{}` are still in memory only: {error}",
-                self.commands.not_in_redis_count(),
+                self.cache.not_in_redis_count(),
                 self.hash
             ),
             None => {}
@@ -644,14 +682,14 @@ impl OpenStore {
         }
     }
 
-    /// Keeps a command record Redis did not take, so Paho never sees its
-    /// `put` fail (see the type's documentation).
+    /// Keeps a record Redis did not take, for Paho carries on as if it had
+    /// (see the type's documentation); it is written with the next write.
     fn keep_unwritten(&mut self, key: &str, buffers: &[&[u8]], error: &Error) {
         self.fields.insert(key);
-        self.commands.insert(key, buffers, false);
+        self.cache.insert(key, buffers, false);
         log::warn!(
-            "redis persistence: keeping command record {key:?} in memory ({} not yet in Redis): {error}",
-            self.commands.not_in_redis_count()
+            "redis persistence: keeping record {key:?} in memory ({} not yet in Redis): {error}",
+            self.cache.not_in_redis_count()
         );
     }
 
@@ -710,9 +748,9 @@ impl OpenStore {
         let mut lost = Vec::new();
         let mut rewritten = 0usize;
         for key in missing {
-            if self.commands.mark_not_in_redis(&key) {
+            if self.cache.mark_not_in_redis(&key) {
                 rewritten = rewritten.saturating_add(1);
-            } else if !self.commands.contains(&key) {
+            } else if !self.cache.contains(&key) {
                 self.fields.remove(&key);
                 self.qos1_publishes.remove(key.as_bytes());
                 lost.push(key);

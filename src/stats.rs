@@ -51,7 +51,7 @@ pub struct Stats {
     pub index_hits: u64,
     /// Records served from the snapshot read when the store was opened, without a round trip.
     pub snapshot_hits: u64,
-    /// Not a count but the current number of command records (queued
+    /// Not a count but the current number of records (mostly queued
     /// publishes) held in memory only, because Redis could not take them
     /// (see `RedisPersistence::unwritten`). While it is above zero, those
     /// messages would not survive a crash: an application that prefers to
