@@ -26,8 +26,9 @@ fn failures_name_operation_key_and_cause_but_no_password() {
     store.open("dev", "broker:1883").expect("open");
     assert!(store.get("s-42").is_err(), "missing key");
     redis.kill();
-    assert!(store.put("s-7", vec![b"payload"]).is_err(), "Redis down");
-    store.put("c-8", vec![b"command"]).expect("a command record is kept in memory, never refused");
+    assert!(store.put("q-7", vec![b"payload"]).is_err(), "Redis down");
+    store.put("c-8", vec![b"command"]).expect("a command record is kept in memory");
+    store.put("s-9", vec![b"publish"]).expect("a PUBLISH record is kept in memory");
 
     let lines = support::log_capture::lines();
     let all = lines.join("\n");
@@ -35,6 +36,7 @@ fn failures_name_operation_key_and_cause_but_no_password() {
     let find = |needle: &str| lines.iter().any(|l| l.starts_with("WARN") && l.contains(needle));
     assert!(find("open failed") && find("authentication failed"), "open failure with its cause:\n{all}");
     assert!(find("get of key \"s-42\" failed") && find("not in the store"), "missing key:\n{all}");
-    assert!(find("put of key \"s-7\" failed"), "put failure with its key:\n{all}");
-    assert!(find("keeping command record \"c-8\" in memory"), "command record kept:\n{all}");
+    assert!(find("put of key \"q-7\" failed"), "put failure with its key:\n{all}");
+    assert!(find("keeping record \"c-8\" in memory"), "command record kept:\n{all}");
+    assert!(find("keeping record \"s-9\" in memory"), "PUBLISH record kept:\n{all}");
 }

@@ -66,7 +66,7 @@ fn every_call_returns_within_the_timeout_and_work_resumes_after_sigcont() {
     other.put("s-1", vec![b"cleared while hung"]).expect("put");
 
     let frozen = redis.freeze();
-    assert!(bounded("put", || main.put("s-3", vec![b"written while hung"])).is_err(), "put");
+    assert!(bounded("put", || main.put("q-3", vec![b"written while hung"])).is_err(), "put");
     assert!(bounded("get", || main.get("s-1")).is_err(), "get");
     assert!(bounded("clear", || other.clear()).is_err(), "clear");
     // What the store can answer or do without Redis, it does (see RedisPersistence's docs).
@@ -118,4 +118,38 @@ fn a_hung_redis_at_open_fails_open_within_the_timeout() {
     store.open("hung-open", SERVER).expect("open after SIGCONT");
     store.put("s-1", vec![b"x"]).expect("put after SIGCONT");
     assert_eq!(store.get("s-1").expect("get"), b"x");
+}
+
+/// Paho C's order when it sends a queued publish: remove the command record
+/// (`c-`), write the PUBLISH record (`s-`), send the packet, whatever that
+/// write returned. When the write times out, the message must still end up
+/// in Redis, under its PUBLISH record, and the command record must go.
+#[test]
+fn a_publish_record_whose_write_timed_out_still_reaches_redis() {
+    support::init_logging();
+    let redis = RedisServer::start();
+    let mut admin = redis.connection();
+    let mut store = store(&redis, "hung-handoff");
+    let hash = store.hash_name().expect("open");
+    store.put("c-1", vec![b"queued publish"]).expect("put");
+    store.remove("c-1").expect("Paho removes the command record first");
+
+    let frozen = redis.freeze();
+    bounded("put", || store.put("s-1", vec![b"in flight"]))
+        .expect("kept in memory: Paho sends the PUBLISH whatever the put returns");
+    frozen.thaw();
+    assert_eq!(store.unwritten(), 1, "the PUBLISH record waits for Redis");
+
+    store.put("c-2", vec![b"next publish"]).expect("the next write");
+    assert_eq!(store.unwritten(), 0, "the PUBLISH record went with the next write");
+    // The connection given up during the hang may still run its commands once
+    // Redis reads them; all of them converge on the same contents.
+    assert!(
+        support::wait_until(Duration::from_secs(10), || connected_clients(&mut admin) == 2),
+        "only the admin and the store's new connection remain"
+    );
+    let raw = raw_contents(&mut admin, &hash);
+    assert_eq!(raw.keys().collect::<Vec<_>>(), ["c-2", "s-1"], "the message is in Redis, once");
+    assert_eq!(raw.get("s-1").map(Vec::as_slice), Some(b"in flight".as_slice()));
+    assert_eq!(store.keys().expect("keys"), ["c-2", "s-1"], "the index agrees");
 }

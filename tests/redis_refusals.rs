@@ -82,6 +82,36 @@ fn a_command_record_beyond_the_budget_waits_in_memory() {
     assert_eq!(fields(&redis), ["c-1", "paho-mqtt-redis:bytes", "s-2"]);
 }
 
+/// Paho removes a message's command record (`c-`) and then writes its
+/// PUBLISH record (`s-`); the removal rides inside the write's script, so the
+/// budget counts the message once, and a refused write removes nothing.
+#[test]
+fn a_command_record_is_removed_only_with_the_write_that_replaces_it() {
+    let redis = RedisServer::start();
+    let mut store = budget_store(&redis, 100);
+    store.put("c-1", vec![&[1u8; 60][..]]).expect("60 of 100 bytes");
+    store.remove("c-1").expect("remove");
+    store.put("s-1", vec![&[2u8; 70][..]]).expect("70 of 100: the removed record no longer counts");
+    assert_eq!(fields(&redis), ["paho-mqtt-redis:bytes", "s-1"]);
+    let counted: u64 = redis.connection().hget(HASH, "paho-mqtt-redis:bytes").expect("counter");
+    assert_eq!(counted, 70);
+
+    store.put("c-2", vec![&[3u8; 20][..]]).expect("90 of 100 bytes");
+    store.remove("c-2").expect("remove");
+    assert!(store.put("s-2", vec![&[4u8; 40][..]]).is_err(), "70 + 40 > 100");
+    assert_eq!(
+        fields(&redis),
+        ["c-2", "paho-mqtt-redis:bytes", "s-1"],
+        "the refused write took nothing away: the message is still in Redis"
+    );
+    let counted: u64 = redis.connection().hget(HASH, "paho-mqtt-redis:bytes").expect("counter");
+    assert_eq!(counted, 90);
+    store.put("s-2", vec![&[4u8; 10][..]]).expect("90 - 20 + 10 = 80 of 100");
+    assert_eq!(fields(&redis), ["paho-mqtt-redis:bytes", "s-1", "s-2"], "the owed removal rode along");
+    let counted: u64 = redis.connection().hget(HASH, "paho-mqtt-redis:bytes").expect("counter");
+    assert_eq!(counted, 80);
+}
+
 /// Several stores on one Redis each stay within their own budget, even
 /// restored from what Redis holds (the count is rebuilt from the values).
 #[test]
