@@ -272,7 +272,10 @@ impl Builder {
     /// A write beyond the limit fails with [`Error::StoreFull`], except the
     /// write of a command record (`c-`, one per publish), which Paho C cannot
     /// take failing: that record is kept in memory and written once the store
-    /// has room (see [`RedisPersistence`]). To refuse publishes before the
+    /// has room (see [`RedisPersistence`]). Removals Paho asked for earlier
+    /// run inside the script of the next write, so a refused write removes
+    /// nothing either (Paho removes a message's command record just before it
+    /// writes the PUBLISH record that replaces it). To refuse publishes before the
     /// store fills, also bound Paho's queue with
     /// `CreateOptionsBuilder::max_buffered_messages`.
     pub fn max_store_bytes(mut self, bytes: u64) -> Self {

@@ -655,14 +655,14 @@ impl OpenStore {
         match reply {
             Some(Ok(())) => {
                 log::info!(
-                    "redis persistence: wrote {} command records kept in memory to `{}`",
+                    "redis persistence: wrote {} records kept in memory to `{}`",
                     self.cache.not_in_redis_count(),
                     self.hash
                 );
                 self.cache.all_in_redis();
             }
             Some(Err(error)) => log::warn!(
-                "redis persistence: {} command records of `{}` are still in memory only: {error}",
+                "redis persistence: {} records of `{}` are still in memory only: {error}",
                 self.cache.not_in_redis_count(),
                 self.hash
             ),
