@@ -248,6 +248,9 @@ fn run_once(test_name: &str, qos: i32, seed: u64, run: u64, broker: &Mosquitto, 
             *received.entry(id).or_default() += 1;
         }
     }
+    // Tells, when a message is missing, whether its record was still waiting in Redis.
+    let mut left_at_end: Vec<String> = redis.connection().hkeys(&hash).unwrap_or_default();
+    left_at_end.sort();
     let _ = restored.disconnect(None).wait_for(Duration::from_secs(5));
 
     let missing: Vec<u32> = accepted.iter().copied().filter(|id| !received.contains_key(id)).collect();
@@ -272,7 +275,8 @@ fn run_once(test_name: &str, qos: i32, seed: u64, run: u64, broker: &Mosquitto, 
     assert!(foreign.is_empty(), "{summary}; payloads that are no id: {foreign:?}");
     assert!(
         missing.is_empty(),
-        "{summary}; accepted but never delivered: {missing:?}; records at the kill: {left_sorted:?}"
+        "{summary}; accepted but never delivered: {missing:?}; records at the kill: {left_sorted:?}; \
+         records after the wait: {left_at_end:?}"
     );
     assert!(beyond.is_empty(), "{summary}; delivered but never published: {beyond:?}");
     assert!(store_empty, "{summary}; the restored client's store did not empty within 60 s");
