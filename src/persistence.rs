@@ -175,6 +175,33 @@ impl Default for RedisPersistence {
 /// reply. Inline, so that reading them does not allocate.
 type Replies = SmallVec<[RedisResult<()>; 4]>;
 
+/// What one write exchange carries: one write of the records kept in memory
+/// and of the new record, if any, and the owed removals.
+#[derive(Debug, Clone, Copy)]
+struct WritePlan {
+    write: bool,
+    /// Records kept in memory that the write carries.
+    owed_records: usize,
+    removals: Removals,
+}
+
+/// Where the owed removals go in a write exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Removals {
+    None,
+    /// Inside the budget's write script: they happen only with the write.
+    InsideWrite,
+    /// As their own command after the write.
+    AfterWrite,
+}
+
+impl WritePlan {
+    /// The replies to read.
+    fn commands(self) -> usize {
+        usize::from(self.write) + usize::from(self.removals == Removals::AfterWrite)
+    }
+}
+
 impl RedisPersistence {
     /// A store on the Redis at `127.0.0.1:6379`, database 0, with no key prefix.
     ///
@@ -318,14 +345,10 @@ impl RedisPersistence {
         let deferrable = self.config.defer_qos1_removals() && is_qos1_publish(key, buffers);
 
         packed.clear();
-        let owed_writes = store.encode_owed_writes(&self.config, packed);
         // A QoS 1 PUBLISH record may leave its command record's removal owed
         // (see `Builder::defer_qos1_removals`); any other write takes it along.
-        let removals_in_write = store.encode_write(&self.config, packed, key, buffers, !deferrable);
-        let owed_removals =
-            !deferrable && !removals_in_write && store.encode_owed_removals(&self.config, packed);
-        let commands = usize::from(owed_writes) + 1 + usize::from(owed_removals);
-
+        let plan = store.encode_writes(&self.config, packed, Some((key, buffers)), !deferrable);
+        let commands = plan.commands();
         let exchanged = link.run(&self.config, "HSET", &store.hash, |conn| exchange(conn, packed, commands));
         if packed.capacity() > PUT_BUFFER_RETAINED_MAX {
             *packed = BytesMut::with_capacity(PUT_BUFFER_INITIAL);
@@ -349,18 +372,13 @@ impl RedisPersistence {
                 return Err(error);
             }
         };
-        if owed_writes {
-            store.owed_writes_done(replies.next());
-        }
         let written = replies.next().unwrap_or(Ok(()));
-        if owed_removals {
+        store.writes_done(plan, &written);
+        if plan.removals == Removals::AfterWrite {
             store.owed_removals_done(replies.next());
         }
         let result = match written {
             Ok(()) => {
-                if removals_in_write {
-                    store.removals_owed.clear();
-                }
                 self.counters
                     .add_bytes_written(buffers.iter().map(|b| b.len()).fold(0, usize::saturating_add));
                 store.fields.insert(key);
@@ -576,43 +594,51 @@ impl OpenStore {
         }
     }
 
-    /// Appends the write of one record, its value given as Paho's buffers.
-    /// With a budget and `with_removals`, the owed removals ride inside the
-    /// write's script, so that a refused write removes nothing either, and
-    /// `true` is returned; otherwise the caller sends them after the write.
-    fn encode_write(
+    /// Appends one write (one `HSET`, or with a budget one script: all or
+    /// nothing) of the records Redis has not taken yet and of `record`, then
+    /// the owed removals if `with_removals`: inside the budget's script, so
+    /// that a refused write removes nothing either, or else as an `HDEL` after
+    /// the write.
+    fn encode_writes(
         &self,
         config: &Config,
         packed: &mut BytesMut,
-        key: &str,
-        buffers: &[&[u8]],
+        record: Option<(&str, &[&[u8]])>,
         with_removals: bool,
-    ) -> bool {
-        let inside = with_removals && config.max_store_bytes().is_some() && !self.removals_owed.is_empty();
-        let removals = if inside { self.removals_owed.len() } else { 0 };
-        self.encode_write_start(config, packed, 1, removals);
-        resp::arg(packed, key.as_bytes());
-        resp::arg_from_parts(packed, buffers);
-        if inside {
-            for field in &self.removals_owed {
-                resp::arg(packed, field);
+    ) -> WritePlan {
+        let new_key = record.map(|(key, _)| key.as_bytes());
+        // An older unwritten value of the key being written is superseded.
+        let owed = || self.cache.not_in_redis().filter(move |(key, _)| Some(*key) != new_key);
+        let owed_records = if self.cache.not_in_redis_count() == 0 { 0 } else { owed().count() };
+        let pairs = owed_records + usize::from(record.is_some());
+        let removals = match (with_removals && !self.removals_owed.is_empty(), config.max_store_bytes()) {
+            (false, _) => Removals::None,
+            (true, Some(_)) if pairs > 0 => Removals::InsideWrite,
+            (true, _) => Removals::AfterWrite,
+        };
+        if pairs > 0 {
+            let inside = if removals == Removals::InsideWrite { self.removals_owed.len() } else { 0 };
+            self.encode_write_start(config, packed, pairs, inside);
+            if owed_records > 0 {
+                for (key, value) in owed() {
+                    resp::arg(packed, key);
+                    resp::arg(packed, value);
+                }
+            }
+            if let Some((key, buffers)) = record {
+                resp::arg(packed, key.as_bytes());
+                resp::arg_from_parts(packed, buffers);
+            }
+            if inside > 0 {
+                for field in &self.removals_owed {
+                    resp::arg(packed, field);
+                }
             }
         }
-        inside
-    }
-
-    /// Appends one write of every command record Redis has not taken yet.
-    fn encode_owed_writes(&self, config: &Config, packed: &mut BytesMut) -> bool {
-        let count = self.cache.not_in_redis_count();
-        if count == 0 {
-            return false;
+        if removals == Removals::AfterWrite {
+            self.encode_owed_removals(config, packed);
         }
-        self.encode_write_start(config, packed, count, 0);
-        for (key, value) in self.cache.not_in_redis() {
-            resp::arg(packed, key);
-            resp::arg(packed, value);
-        }
-        true
+        WritePlan { write: pairs > 0, owed_records, removals }
     }
 
     /// Appends one removal (`HDEL`, or the budget's script) of every owed removal.
@@ -651,22 +677,28 @@ impl OpenStore {
         }
     }
 
-    fn owed_writes_done(&mut self, reply: Option<RedisResult<()>>) {
+    /// Takes in the reply to the write of `plan`.
+    fn writes_done(&mut self, plan: WritePlan, reply: &RedisResult<()>) {
         match reply {
-            Some(Ok(())) => {
-                log::info!(
-                    "redis persistence: wrote {} records kept in memory to `{}`",
-                    self.cache.not_in_redis_count(),
-                    self.hash
-                );
-                self.cache.all_in_redis();
+            Ok(()) => {
+                if plan.owed_records > 0 {
+                    log::info!(
+                        "redis persistence: wrote {} records kept in memory to `{}`",
+                        plan.owed_records,
+                        self.hash
+                    );
+                    self.cache.all_in_redis();
+                }
+                if plan.removals == Removals::InsideWrite {
+                    self.removals_owed.clear();
+                }
             }
-            Some(Err(error)) => log::warn!(
+            Err(error) if plan.owed_records > 0 => log::warn!(
                 "redis persistence: {} records of `{}` are still in memory only: {error}",
                 self.cache.not_in_redis_count(),
                 self.hash
             ),
-            None => {}
+            Err(_) => {}
         }
     }
 
@@ -696,19 +728,19 @@ impl OpenStore {
     /// Sends the owed writes and removals, if any; failures are logged.
     fn flush_owed(&mut self, link: &mut Link, config: &Config, packed: &mut BytesMut) {
         packed.clear();
-        let writes = self.encode_owed_writes(config, packed);
-        let removals = self.encode_owed_removals(config, packed);
-        if !writes && !removals {
+        let plan = self.encode_writes(config, packed, None, true);
+        let commands = plan.commands();
+        if commands == 0 {
             return;
         }
-        let commands = usize::from(writes) + usize::from(removals);
         match link.run(config, "HSET", &self.hash, |conn| exchange(conn, packed, commands)) {
             Ok(replies) => {
                 let mut replies = replies.into_iter();
-                if writes {
-                    self.owed_writes_done(replies.next());
+                if plan.write {
+                    let written = replies.next().unwrap_or(Ok(()));
+                    self.writes_done(plan, &written);
                 }
-                if removals {
+                if plan.removals == Removals::AfterWrite {
                     self.owed_removals_done(replies.next());
                 }
             }

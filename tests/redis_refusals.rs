@@ -82,6 +82,23 @@ fn a_command_record_beyond_the_budget_waits_in_memory() {
     assert_eq!(fields(&redis), ["c-1", "paho-mqtt-redis:bytes", "s-2"]);
 }
 
+/// A record waiting in memory and a newer write of the same key go to Redis
+/// as one value: the budget counts it once.
+#[test]
+fn a_newer_write_of_a_waiting_record_supersedes_it() {
+    let redis = RedisServer::start();
+    let mut store = budget_store(&redis, 100);
+    store.put("s-1", vec![&[1u8; 90][..]]).expect("90 of 100 bytes");
+    store.put("c-1", vec![&[2u8; 20][..]]).expect("kept in memory: 110 of 100");
+    assert_eq!(store.unwritten(), 1);
+    store.put("c-1", vec![&[3u8; 5][..]]).expect("95 of 100: only the newer value counts");
+    assert_eq!(store.unwritten(), 0);
+    let stored: Vec<u8> = redis.connection().hget(HASH, "c-1").expect("HGET");
+    assert_eq!(stored, [3u8; 5]);
+    let counted: u64 = redis.connection().hget(HASH, "paho-mqtt-redis:bytes").expect("counter");
+    assert_eq!(counted, 95);
+}
+
 /// Paho removes a message's command record (`c-`) and then writes its
 /// PUBLISH record (`s-`); the removal rides inside the write's script, so the
 /// budget counts the message once, and a refused write removes nothing.
