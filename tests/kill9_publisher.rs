@@ -96,16 +96,7 @@ impl ChildSpec {
     fn publish_until_killed(self) -> ! {
         let store = RedisPersistence::with_url(&self.redis_url).expect("valid URL");
         let publisher = client(&self.broker_uri, &self.client_id, store);
-        // Capped as a gateway would: with hundreds of QoS 2 messages in flight
-        // at the kill (seen under qemu on a loaded machine), Paho C 1.3.16's
-        // resend after the restart stopped part-way when the socket backed up
-        // and never resent the rest (its retry interval is 0), whatever the store.
-        let options = mqtt::ConnectOptionsBuilder::with_mqtt_version(support::mqtt::MQTT_VERSION)
-            .clean_session(false)
-            .connect_timeout(Duration::from_secs(5))
-            .max_inflight(MAX_INFLIGHT)
-            .finalize();
-        connect(&publisher, options);
+        connect(&publisher, gateway_session());
         let mut out = std::io::stdout().lock();
         writeln!(out, "\nconnected").and_then(|()| out.flush()).expect("stdout");
         for id in 0..STREAM_LENGTH {
@@ -123,6 +114,19 @@ impl ChildSpec {
         std::thread::sleep(Duration::from_secs(600));
         std::process::exit(3);
     }
+}
+
+/// The connect options of the stream publisher, and of its restart: capped as
+/// a gateway would. With hundreds of QoS 2 messages in flight at the kill
+/// (seen under qemu on a loaded machine), Paho C 1.3.16's resend after the
+/// restart stopped part-way when the socket backed up and never resent the
+/// rest (its retry interval is 0), whatever the store.
+fn gateway_session() -> mqtt::ConnectOptions {
+    mqtt::ConnectOptionsBuilder::with_mqtt_version(support::mqtt::MQTT_VERSION)
+        .clean_session(false)
+        .connect_timeout(Duration::from_secs(5))
+        .max_inflight(MAX_INFLIGHT)
+        .finalize()
 }
 
 /// The store of the `window` child: dies right after Paho removed a `c-` record.
@@ -226,7 +230,7 @@ fn run_once(test_name: &str, qos: i32, seed: u64, run: u64, broker: &Mosquitto, 
     let left: Vec<String> = redis.connection().hkeys(&hash).expect("HKEYS");
     let restored =
         client(&broker.uri(), &spec.client_id, RedisPersistence::with_url(&redis.url()).expect("url"));
-    connect(&restored, persistent_session());
+    connect(&restored, gateway_session());
 
     let mut received: BTreeMap<u32, usize> = BTreeMap::new();
     let mut foreign = Vec::new();
