@@ -450,8 +450,16 @@ impl RedisPersistence {
         }
         let owe = FieldName::from_slice(key.as_bytes());
         let acknowledged_qos1 = store.qos1_publishes.remove(key.as_bytes());
-        // Only a command record's removal waits (an unwritten record of another kind is cached too).
-        let cached_command = store.cache.remove(key) && is_command_key(key);
+        // Only a command record's removal waits. A record of another kind is
+        // in the cache only while it waits for Redis: look only then.
+        let cached_command = if is_command_key(key) {
+            store.cache.remove(key)
+        } else {
+            if store.cache.not_in_redis_count() > 0 {
+                store.cache.remove(key);
+            }
+            false
+        };
         if cached_command || acknowledged_qos1 {
             // Sent with the next write, after it: see the type's documentation
             // and `Builder::defer_qos1_removals`.
