@@ -384,6 +384,10 @@ impl RedisPersistence {
                 store.fields.insert(key);
                 if is_command_key(key) {
                     store.cache.insert(key, buffers, true);
+                } else if store.cache.not_in_redis_count() > 0 {
+                    // An older value of this record may still wait in memory:
+                    // it must not overwrite this one with the next write.
+                    store.cache.remove(key);
                 }
                 if deferrable {
                     store.qos1_publishes.insert(FieldName::from_slice(key.as_bytes()));

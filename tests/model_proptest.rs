@@ -1,7 +1,7 @@
 //! Model-based property test: random sequences of store operations, mixed
-//! with connection kills, close+open and Redis restarts that keep the data,
-//! run step by step against a real Redis and the reference model
-//! (`support::model`); every answer must agree.
+//! with connection kills, close+open, Redis restarts that keep the data and
+//! stretches with Redis down, run step by step against a real Redis and the
+//! reference model (`support::model`); every answer must agree.
 //!
 //! One redis-server serves the whole run (each case has its own client id).
 //! `PROPTEST_CASES` overrides the number of cases.
@@ -37,6 +37,16 @@ enum Step {
     Reopen,
     /// Redis killed and restarted; AOF with `appendfsync always` keeps the data.
     RestartRedis,
+    /// Redis killed; the steps until `RedisUp` run without it.
+    RedisDown,
+    /// Redis started again (with its data) after `RedisDown`.
+    RedisUp,
+}
+
+/// Whether a `put` of `key` succeeds while Redis is down: the store keeps
+/// every kind of record Paho carries on without (all of `KEYS` but `q-`).
+fn kept_while_redis_is_down(key: &str) -> bool {
+    !key.starts_with("q-")
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -54,6 +64,8 @@ fn step() -> impl Strategy<Value = Step> {
         4 => Just(Step::Reopen),
         // Rare: one restart costs more than a whole case of other steps.
         1 => Just(Step::RestartRedis),
+        1 => Just(Step::RedisDown),
+        3 => Just(Step::RedisUp),
     ]
 }
 
@@ -63,24 +75,38 @@ fn sorted(mut keys: Vec<String>) -> Vec<String> {
 }
 
 /// Runs `steps` on a fresh store and on the model, comparing every answer.
-fn run_case(redis: &Mutex<RedisServer>, steps: &[Step]) -> Result<(), TestCaseError> {
+fn run_case(redis: &Mutex<RedisServer>, budget: Option<u64>, steps: &[Step]) -> Result<(), TestCaseError> {
     let client_id = support::unique_id("model");
     let url = redis.lock().unwrap_or_else(|e| e.into_inner()).url();
-    let mut store = RedisPersistence::with_url(&url).expect("valid URL");
+    let builder = RedisPersistence::builder().url(url);
+    let builder = match budget {
+        Some(bytes) => builder.max_store_bytes(bytes),
+        None => builder,
+    };
+    let mut store = builder.build().expect("valid options");
     let mut model = ModelStore::default();
     store.open(&client_id, SERVER).expect("open");
     model.open(&client_id, SERVER).expect("open");
+    let mut redis_down = false;
     for (i, step) in steps.iter().enumerate() {
         let at = format!("step {i} {step:?}");
         match step {
             Step::Put(key, buffers) => {
                 let buffers: Vec<&[u8]> = buffers.iter().map(Vec::as_slice).collect();
-                prop_assert!(store.put(key, buffers.clone()).is_ok(), "{}: put failed", at);
-                model.put(key, buffers).expect("model put");
+                let put = store.put(key, buffers.clone());
+                if redis_down && !kept_while_redis_is_down(key) {
+                    prop_assert!(put.is_err(), "{}: put succeeded with Redis down", at);
+                } else {
+                    prop_assert!(put.is_ok(), "{}: put failed: {:?}", at, put);
+                    model.put(key, buffers).expect("model put");
+                }
             }
             Step::Get(key) => {
                 let (got, expected) = (store.get(key).ok(), model.get(key).ok());
-                prop_assert_eq!(got, expected, "{}", at);
+                // With Redis down, only what the store holds in memory can be read.
+                if !(redis_down && got.is_none()) {
+                    prop_assert_eq!(got, expected, "{}", at);
+                }
             }
             Step::Remove(key) => {
                 prop_assert!(store.remove(key).is_ok(), "{}: remove failed", at);
@@ -90,6 +116,7 @@ fn run_case(redis: &Mutex<RedisServer>, steps: &[Step]) -> Result<(), TestCaseEr
                 let got = sorted(store.keys().expect("keys"));
                 prop_assert_eq!(got, sorted(model.keys().expect("model keys")), "{}", at);
             }
+            Step::Clear if redis_down => prop_assert!(store.clear().is_err(), "{}: clear without Redis", at),
             Step::Clear => {
                 prop_assert!(store.clear().is_ok(), "{}: clear failed", at);
                 model.clear().expect("model clear");
@@ -101,6 +128,9 @@ fn run_case(redis: &Mutex<RedisServer>, steps: &[Step]) -> Result<(), TestCaseEr
                 let present = !model.contains_key(key); // the model answers inverted, like the store
                 prop_assert_eq!(store.contains(key).ok(), Some(present), "{}", at);
             }
+            // Without Redis there is no connection to kill, and a reopen would
+            // fail to read the hash (and drop what waits in memory).
+            Step::KillConnection | Step::Reopen | Step::RestartRedis if redis_down => {}
             Step::KillConnection => {
                 let server = redis.lock().unwrap_or_else(|e| e.into_inner());
                 let _killed: usize = redis::cmd("CLIENT")
@@ -115,7 +145,19 @@ fn run_case(redis: &Mutex<RedisServer>, steps: &[Step]) -> Result<(), TestCaseEr
                 model.open(&client_id, SERVER).expect("model open");
             }
             Step::RestartRedis => redis.lock().unwrap_or_else(|e| e.into_inner()).restart(),
+            Step::RedisDown => {
+                redis.lock().unwrap_or_else(|e| e.into_inner()).kill();
+                redis_down = true;
+            }
+            Step::RedisUp if redis_down => {
+                redis.lock().unwrap_or_else(|e| e.into_inner()).restart();
+                redis_down = false;
+            }
+            Step::RedisUp => {}
         }
+    }
+    if redis_down {
+        redis.lock().unwrap_or_else(|e| e.into_inner()).restart();
     }
     // Once the store is closed, the data in Redis is exactly the model's.
     // (While it is open, a removal may wait for the next write: see
@@ -123,7 +165,7 @@ fn run_case(redis: &Mutex<RedisServer>, steps: &[Step]) -> Result<(), TestCaseEr
     let hash = store.hash_name().expect("open");
     store.close().expect("close");
     let server = redis.lock().unwrap_or_else(|e| e.into_inner());
-    let raw: std::collections::BTreeMap<String, Vec<u8>> =
+    let mut raw: std::collections::BTreeMap<String, Vec<u8>> =
         redis::Commands::hgetall(&mut server.connection(), &hash).expect("HGETALL");
     let expected: std::collections::BTreeMap<String, Vec<u8>> = model
         .keys()
@@ -134,19 +176,38 @@ fn run_case(redis: &Mutex<RedisServer>, steps: &[Step]) -> Result<(), TestCaseEr
             (key, value)
         })
         .collect();
+    if budget.is_some() {
+        // The budget's byte count is the sum of the values, absent once empty.
+        let counted = raw.remove(paho_mqtt_redis::BUDGET_COUNTER_FIELD);
+        let sum: usize = raw.values().map(Vec::len).sum();
+        let expected_count = (!raw.is_empty()).then(|| sum.to_string().into_bytes());
+        prop_assert_eq!(counted, expected_count, "the budget's byte count");
+    }
     prop_assert_eq!(raw, expected, "Redis holds exactly the model's records");
     Ok(())
 }
 
-#[test]
-fn the_store_answers_like_the_reference_model_through_reconnects() {
+/// Runs the property on one redis-server, with the store built with `budget`.
+fn check_against_the_model(budget: Option<u64>) {
     support::init_logging();
     let cases = std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(DEFAULT_CASES);
     let redis = Mutex::new(RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]));
     let config = Config { cases, failure_persistence: None, ..Config::default() };
     let mut runner = TestRunner::new(config);
-    let result = runner.run(&prop::collection::vec(step(), 1..40), |steps| run_case(&redis, &steps));
+    let result = runner.run(&prop::collection::vec(step(), 1..40), |steps| run_case(&redis, budget, &steps));
     if let Err(error) = result {
         panic!("{error}");
     }
+}
+
+#[test]
+fn the_store_answers_like_the_reference_model_through_reconnects() {
+    check_against_the_model(None);
+}
+
+/// The same with a budget that is never reached: every write and removal then
+/// runs as a Lua script, which must keep the byte count exact.
+#[test]
+fn a_store_with_a_budget_answers_like_the_model_and_counts_its_bytes() {
+    check_against_the_model(Some(1 << 20));
 }
