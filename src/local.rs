@@ -181,8 +181,24 @@ impl RecordCache {
         }
     }
 
+    /// Notes that Redis now holds `value_parts` under `key`: a command record
+    /// is kept for Paho's read-back, an older value of another record that
+    /// was waiting for Redis is dropped (it must not overwrite this one).
+    pub(crate) fn in_redis(&mut self, key: &str, value_parts: &[&[u8]]) {
+        if is_command_key(key) {
+            self.insert(key, value_parts, true);
+        } else {
+            self.remove(key);
+        }
+    }
+
     /// Forgets `key`; returns whether it was there.
     pub(crate) fn remove(&mut self, key: &str) -> bool {
+        // Only command records stay once in Redis: another record is here only
+        // while records wait, so the common remove costs no search.
+        if self.not_in_redis == 0 && !is_command_key(key) {
+            return false;
+        }
         let Some(record) = self.position(key).and_then(|at| self.records.remove(at)) else {
             return false;
         };

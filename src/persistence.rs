@@ -382,13 +382,7 @@ impl RedisPersistence {
                 self.counters
                     .add_bytes_written(buffers.iter().map(|b| b.len()).fold(0, usize::saturating_add));
                 store.fields.insert(key);
-                if is_command_key(key) {
-                    store.cache.insert(key, buffers, true);
-                } else if store.cache.not_in_redis_count() > 0 {
-                    // An older value of this record may still wait in memory:
-                    // it must not overwrite this one with the next write.
-                    store.cache.remove(key);
-                }
+                store.cache.in_redis(key, buffers);
                 if deferrable {
                     store.qos1_publishes.insert(FieldName::from_slice(key.as_bytes()));
                 }
@@ -416,10 +410,8 @@ impl RedisPersistence {
             if store.restore_snapshot.is_empty() {
                 store.restore_snapshot = HashMap::new();
             }
-            if is_command_key(key) {
-                // Paho reads a restored command record again when it sends it.
-                store.cache.insert(key, &[&value], true);
-            }
+            // Paho reads a restored command record again when it sends it.
+            store.cache.in_redis(key, &[&value]);
             self.counters.add_snapshot_hit();
             return Ok(value);
         }
@@ -454,16 +446,9 @@ impl RedisPersistence {
         }
         let owe = FieldName::from_slice(key.as_bytes());
         let acknowledged_qos1 = store.qos1_publishes.remove(key.as_bytes());
-        // Only a command record's removal waits. A record of another kind is
-        // in the cache only while it waits for Redis: look only then.
-        let cached_command = if is_command_key(key) {
-            store.cache.remove(key)
-        } else {
-            if store.cache.not_in_redis_count() > 0 {
-                store.cache.remove(key);
-            }
-            false
-        };
+        // Only a command record's removal waits (a record of another kind is
+        // cached only while it waits for Redis itself).
+        let cached_command = store.cache.remove(key) && is_command_key(key);
         if cached_command || acknowledged_qos1 {
             // Sent with the next write, after it: see the type's documentation
             // and `Builder::defer_qos1_removals`.
