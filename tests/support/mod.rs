@@ -11,18 +11,34 @@ pub mod mosquitto;
 pub mod mqtt;
 pub mod redis_server;
 
+use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 pub use mosquitto::Mosquitto;
 pub use redis_server::RedisServer;
 
-/// A TCP port on 127.0.0.1 that nothing listened on a moment ago.
+/// A TCP port on 127.0.0.1 that nothing listened on a moment ago, and that no
+/// other test of this process was given. Tests run in parallel: two servers
+/// given the same port leave one test talking to the other's server, which
+/// fails it when the other test ends (our reading of one CI failure, where
+/// `open` failed in the middle of the contract suite on a healthy Redis).
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port on 127.0.0.1");
-    listener.local_addr().expect("local address of a bound listener").port()
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let mut given = GIVEN.lock().unwrap_or_else(PoisonError::into_inner);
+    // Held until a new port turns up, so that the kernel cannot offer them again meanwhile.
+    let mut held = Vec::new();
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port on 127.0.0.1");
+        let port = listener.local_addr().expect("local address of a bound listener").port();
+        if given.insert(port) {
+            return port;
+        }
+        held.push(listener);
+    }
 }
 
 /// The path of `name`, searched on PATH and in the sbin directories where

@@ -159,16 +159,18 @@ impl RedisServer {
         let url = self.url();
         let port = self.port;
         let tls = self.tls.is_some();
+        let pid = self.pid();
         let ready = wait_until(Duration::from_secs(10), || {
             if tls {
                 // Plain redis-rs cannot speak TLS here; a listening port is enough.
                 let addr = ([127, 0, 0, 1], port).into();
                 return std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok();
             }
+            // Ours, not another server on the same port: its process id is our child's.
             redis::Client::open(url.as_str())
                 .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
-                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
-                .is_ok()
+                .and_then(|mut c| redis::cmd("INFO").arg("server").query::<String>(&mut c))
+                .is_ok_and(|info| info.lines().any(|line| line == format!("process_id:{pid}")))
         });
         if !ready {
             let log = fs::read_to_string(&log).unwrap_or_default();
