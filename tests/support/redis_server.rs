@@ -166,10 +166,14 @@ impl RedisServer {
                 let addr = ([127, 0, 0, 1], port).into();
                 return std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok();
             }
-            // Ours, not another server on the same port: its process id is our child's.
+            // PING fails while Redis still loads its data; INFO tells that the
+            // server answering is ours, not another one on the same port.
             redis::Client::open(url.as_str())
                 .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
-                .and_then(|mut c| redis::cmd("INFO").arg("server").query::<String>(&mut c))
+                .and_then(|mut c| {
+                    redis::cmd("PING").query::<String>(&mut c)?;
+                    redis::cmd("INFO").arg("server").query::<String>(&mut c)
+                })
                 .is_ok_and(|info| info.lines().any(|line| line == format!("process_id:{pid}")))
         });
         if !ready {
