@@ -7,7 +7,7 @@ mod support;
 use paho_mqtt::ClientPersistence;
 use paho_mqtt_redis::RedisPersistence;
 use redis::Commands;
-use support::log_capture::logged;
+use support::log_capture::{lines_here, logged_here};
 use support::RedisServer;
 
 const HASH: &str = "dev:broker:1883";
@@ -32,8 +32,9 @@ fn a_put_beyond_the_budget_fails_clearly_and_writes_nothing() {
     let mut store = budget_store(&redis, 100);
     store.put("s-1", vec![&[1u8; 60][..]]).expect("60 of 100 bytes");
     assert!(store.put("s-2", vec![&[2u8; 30][..], &[3u8; 20][..]]).is_err(), "110 of 100 bytes");
+    // This test's lines only: other tests here log the very same refusal of `s-2`.
     assert!(
-        logged(
+        logged_here(
             "WARN",
             &[
                 "put of key \"s-2\"",
@@ -43,7 +44,7 @@ fn a_put_beyond_the_budget_fails_clearly_and_writes_nothing() {
             ]
         ),
         "a clear reason in the log: {:#?}",
-        support::log_capture::lines()
+        lines_here()
     );
     assert_eq!(fields(&redis), ["paho-mqtt-redis:bytes", "s-1"], "nothing half-written");
     assert_eq!(store.keys().expect("keys"), ["s-1"], "Paho never sees the byte count");
@@ -157,11 +158,7 @@ fn redis_at_maxmemory_refuses_a_put_clearly_and_keeps_what_it_had() {
     };
     assert!(written > 0, "something fits before the limit");
     assert!(matches!(refused, paho_mqtt::Error::PersistenceError), "{refused:?}");
-    assert!(
-        logged("WARN", &["put of key", "OOM"]),
-        "Redis's reason in the log: {:#?}",
-        support::log_capture::lines()
-    );
+    assert!(logged_here("WARN", &["put of key", "OOM"]), "Redis's reason in the log: {:#?}", lines_here());
     let stored: Vec<String> = redis.connection().hkeys(HASH).expect("HKEYS");
     assert_eq!(stored.len() as u32, written, "the refused put wrote nothing");
     assert_eq!(store.keys().expect("keys").len() as u32, written);
@@ -182,12 +179,9 @@ fn open_fails_clearly_when_the_hash_name_holds_another_type() {
     let mut store = RedisPersistence::with_url(&redis.url()).expect("valid");
     assert!(store.open("dev", "broker:1883").is_err(), "open on a string key");
     assert!(
-        support::log_capture::logged(
-            "WARN",
-            &["open failed", "`dev:broker:1883` holds a string, not a hash"]
-        ),
+        logged_here("WARN", &["open failed", "`dev:broker:1883` holds a string, not a hash"]),
         "a clear reason: {:#?}",
-        support::log_capture::lines()
+        lines_here()
     );
     assert!(store.put("s-1", vec![b"x"]).is_err(), "nothing works after a failed open");
     let kept: String = redis::cmd("GET").arg("dev:broker:1883").query(&mut redis.connection()).expect("GET");
@@ -206,9 +200,9 @@ fn a_record_larger_than_redis_takes_is_refused_before_anything_is_allocated() {
     let buffers: Vec<&[u8]> = vec![&mebibyte[..]; 513];
     assert!(store.put("s-1", buffers).is_err(), "513 MiB");
     assert!(
-        logged("WARN", &["put of key \"s-1\"", "larger than the 536870912 bytes"]),
+        logged_here("WARN", &["put of key \"s-1\"", "larger than the 536870912 bytes"]),
         "{:#?}",
-        support::log_capture::lines()
+        lines_here()
     );
     assert!(fields(&redis).is_empty());
     store.put("s-1", vec![&mebibyte[..]]).expect("1 MiB is fine");

@@ -1,9 +1,21 @@
 //! A logger that keeps every line, for tests that check what the crate logs.
 //! (A test binary has one logger: use this or `init_logging`, not both.)
+//!
+//! Tests of one binary run in parallel and share this logger, so a test that
+//! looks for its own line uses [`lines_here`] or [`logged_here`]: the store
+//! logs on the thread that called it, and libtest runs each test on a thread
+//! of its own, so another test's line with the same words cannot satisfy it.
 
 use std::sync::Mutex;
+use std::thread::{self, ThreadId};
 
-struct Capture(Mutex<Vec<String>>);
+/// One logged line and the thread that logged it.
+struct Line {
+    thread: ThreadId,
+    text: String,
+}
+
+struct Capture(Mutex<Vec<Line>>);
 
 static CAPTURE: Capture = Capture(Mutex::new(Vec::new()));
 
@@ -12,7 +24,8 @@ impl log::Log for Capture {
         true
     }
     fn log(&self, record: &log::Record) {
-        let line = format!("{} {}", record.level(), record.args());
+        let line =
+            Line { thread: thread::current().id(), text: format!("{} {}", record.level(), record.args()) };
         self.0.lock().unwrap_or_else(|e| e.into_inner()).push(line);
     }
     fn flush(&self) {}
@@ -25,12 +38,28 @@ pub fn install() {
     }
 }
 
-/// Every line logged so far, as `LEVEL message`.
+/// Every line logged so far by any thread, as `LEVEL message`.
 pub fn lines() -> Vec<String> {
-    CAPTURE.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    CAPTURE.0.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|line| line.text.clone()).collect()
 }
 
-/// Whether a line at `level` contains every one of `needles`.
+/// The lines logged so far by the current thread (the running test's calls), as `LEVEL message`.
+pub fn lines_here() -> Vec<String> {
+    let here = thread::current().id();
+    let captured = CAPTURE.0.lock().unwrap_or_else(|e| e.into_inner());
+    captured.iter().filter(|line| line.thread == here).map(|line| line.text.clone()).collect()
+}
+
+/// Whether some thread logged a line at `level` containing every one of `needles`.
 pub fn logged(level: &str, needles: &[&str]) -> bool {
-    lines().iter().any(|line| line.starts_with(level) && needles.iter().all(|needle| line.contains(needle)))
+    matches(&lines(), level, needles)
+}
+
+/// Whether the current thread logged a line at `level` containing every one of `needles`.
+pub fn logged_here(level: &str, needles: &[&str]) -> bool {
+    matches(&lines_here(), level, needles)
+}
+
+fn matches(lines: &[String], level: &str, needles: &[&str]) -> bool {
+    lines.iter().any(|line| line.starts_with(level) && needles.iter().all(|needle| line.contains(needle)))
 }
