@@ -8,6 +8,7 @@ use std::time::Duration;
 use paho_mqtt::ClientPersistence;
 use paho_mqtt_redis::RedisPersistence;
 use redis::Commands;
+use support::log_capture::{lines_here, logged_here};
 use support::RedisServer;
 
 fn plant_hostile_fields(redis: &RedisServer, hash: &str) {
@@ -19,7 +20,7 @@ fn plant_hostile_fields(redis: &RedisServer, hash: &str) {
 
 #[test]
 fn keys_skips_fields_paho_could_not_take() {
-    support::init_logging();
+    support::log_capture::install();
     let redis = RedisServer::start();
     plant_hostile_fields(&redis, "dev:broker:1883");
     let mut store = RedisPersistence::with_url(&redis.url()).expect("valid");
@@ -29,7 +30,7 @@ fn keys_skips_fields_paho_could_not_take() {
 
 #[test]
 fn a_paho_client_restores_past_hostile_fields_without_aborting() {
-    support::init_logging();
+    support::log_capture::install();
     let redis = RedisServer::start();
     let client_id = support::unique_id("hostile");
     let server_uri = format!("tcp://127.0.0.1:{}", support::free_port());
@@ -65,11 +66,13 @@ fn huge_and_empty_values_written_by_someone_else_are_returned_as_stored() {
     keys.sort();
     assert_eq!(keys, ["c-2", "s-1"]);
     assert!(store.get("s-1").expect("get of 8 MiB") == huge, "8 MiB come back byte for byte");
-    // The contract allows an empty value or an error here; what matters is a clear answer.
-    match store.get("c-2") {
-        Ok(value) => assert!(value.is_empty(), "an empty value comes back empty"),
-        Err(error) => assert!(matches!(error, paho_mqtt::Error::PersistenceError), "{error:?}"),
-    }
+    // A present key is never missing: an empty value is a value (as in the contract
+    // suite's `an_empty_value_is_a_value`); only a missing key is an error.
+    assert_eq!(store.get("c-2").expect("get of a stored empty value"), b"");
+    // Read again, past the snapshot `open` took: from Redis (`s-1`) and the command cache (`c-2`).
+    assert!(store.get("s-1").expect("second get of 8 MiB") == huge, "8 MiB again, byte for byte");
+    assert_eq!(store.get("c-2").expect("second get of a stored empty value"), b"");
+    assert!(store.get("c-3").is_err(), "a missing key is an error, not an empty value");
 }
 
 #[test]
@@ -131,7 +134,7 @@ const V5_KEYS: [&str; 4] = ["c5-5", "s5-6", "sc5-7", "r5-8"];
 
 #[test]
 fn a_paho_client_survives_empty_records() {
-    support::init_logging();
+    support::log_capture::install();
     let redis = RedisServer::start();
     let outcome = restore_with_a_real_client(&redis, |conn, hash| {
         for key in V3_KEYS {
@@ -143,7 +146,7 @@ fn a_paho_client_survives_empty_records() {
 
 #[test]
 fn a_paho_client_survives_garbage_records() {
-    support::init_logging();
+    support::log_capture::install();
     let redis = RedisServer::start();
     let outcome = restore_with_a_real_client(&redis, |conn, hash| {
         for (n, key) in V3_KEYS.iter().enumerate() {
@@ -162,7 +165,7 @@ fn a_paho_client_survives_garbage_records() {
 /// MQTT versions under one client id.
 #[test]
 fn mqtt5_records_in_a_v3_store_make_paho_refuse_the_client_without_aborting() {
-    support::init_logging();
+    support::log_capture::install();
     let redis = RedisServer::start();
     for key in V5_KEYS {
         let outcome = restore_with_a_real_client(&redis, |conn, hash| {
@@ -175,7 +178,7 @@ fn mqtt5_records_in_a_v3_store_make_paho_refuse_the_client_without_aborting() {
 
 #[test]
 fn a_paho_client_survives_a_huge_record() {
-    support::init_logging();
+    support::log_capture::install();
     let redis = RedisServer::start();
     let outcome = restore_with_a_real_client(&redis, |conn, hash| {
         let () = conn.hset(hash, "s-1", noise(HUGE, 7).as_slice()).expect("HSET");
@@ -186,39 +189,51 @@ fn a_paho_client_survives_a_huge_record() {
 
 #[test]
 fn a_store_on_a_key_of_the_wrong_type_fails_clearly() {
-    support::init_logging();
+    support::log_capture::install();
     let redis = RedisServer::start();
     let () = redis.connection().set("dev:broker:1883", "not a hash").expect("SET");
     let mut store = RedisPersistence::with_url(&redis.url()).expect("valid");
-    // Either `open` refuses the key, or every call fails; never a panic, never a wrong answer.
-    if store.open("dev", "broker:1883").is_ok() {
-        assert!(store.put("s-1", vec![b"x"]).is_err(), "put into a string");
-        assert!(store.get("s-1").is_err(), "get from a string");
-        assert!(store.keys().is_err(), "keys of a string");
-        assert!(store.remove("s-1").is_err(), "remove from a string");
-        let error = store.contains("s-1").expect_err("contains in a string");
-        assert!(error.to_string().contains("WRONGTYPE"), "the cause is named: {error}");
-    }
+    // `open` reads the hash, so it is the call that refuses the key.
+    let error = store.open("dev", "broker:1883").expect_err("open on a string key");
+    assert!(matches!(error, paho_mqtt::Error::PersistenceError), "{error:?}");
+    assert!(
+        logged_here("WARN", &["open failed", "`dev:broker:1883` holds a string, not a hash"]),
+        "the cause is named: {:#?}",
+        lines_here()
+    );
+    assert_eq!(store.hash_name(), None, "a failed open leaves the store closed");
+    // Every later call fails, none panics, none answers as if the store were empty.
+    assert!(store.put("s-1", vec![b"x"]).is_err(), "put after the failed open");
+    assert!(store.get("s-1").is_err(), "get after the failed open");
+    assert!(store.keys().is_err(), "keys after the failed open");
+    assert!(store.remove("s-1").is_err(), "remove after the failed open");
+    assert!(store.clear().is_err(), "clear after the failed open");
+    let contains = store.contains("s-1");
+    assert!(matches!(contains, Err(paho_mqtt_redis::Error::NotOpen)), "{contains:?}");
     let kept: String = redis.connection().get("dev:broker:1883").expect("GET");
     assert_eq!(kept, "not a hash", "someone else's key is left alone");
 }
 
 #[test]
 fn a_paho_client_survives_a_key_of_the_wrong_type() {
-    support::init_logging();
+    support::log_capture::install();
     let redis = RedisServer::start();
     let broker = support::Mosquitto::start();
     let client_id = support::unique_id("wrongtype");
     let hash = format!("{client_id}:127.0.0.1:{}", broker.port());
     let () = redis.connection().set(&hash, "not a hash").expect("SET");
     let store = RedisPersistence::with_url(&redis.url()).expect("valid");
-    // Paho may refuse to create the client (its `open` or restore failed); it must not abort.
+    // Paho opens the store while creating the client; our `open` fails, so
+    // Paho refuses to create the client, and the process does not abort.
     let created =
         paho_mqtt::AsyncClient::new(support::mqtt::create_options(&broker.uri(), &client_id, store));
-    if let Ok(client) = created {
-        let _ = client.connect(support::mqtt::persistent_session()).wait_for(Duration::from_secs(10));
-        let _ = client.disconnect(None).wait_for(Duration::from_secs(5));
-    }
+    let error = created.err().expect("Paho refuses a client whose store cannot open");
+    assert!(matches!(error, paho_mqtt::Error::PersistenceError), "{error:?}");
+    assert!(
+        logged_here("WARN", &["open failed", &format!("`{hash}` holds a string, not a hash")]),
+        "the cause is named: {:#?}",
+        lines_here()
+    );
     let kept: String = redis.connection().get(&hash).expect("GET");
     assert_eq!(kept, "not a hash", "someone else's key is left alone");
 }
