@@ -1,6 +1,6 @@
-//! A wrong or missing password fails clearly: `open` (or the first call)
-//! fails, the log says it is about authentication and where, and the password
-//! itself appears nowhere.
+//! A wrong or missing password fails clearly: `open` fails (it is the first
+//! command sent), the log says it is about authentication and where, and the
+//! password itself appears nowhere.
 
 mod support;
 
@@ -84,22 +84,24 @@ fn a_wrong_acl_password_fails_open_with_a_clear_log_line() {
 }
 
 #[test]
-fn a_missing_password_fails_no_later_than_the_first_call() {
+fn a_missing_password_fails_open_with_noauth_in_the_log() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     support::log_capture::install();
     let redis = redis_with_password();
     let mut store = RedisPersistence::with_url(&redis.url()).expect("valid");
+    // Connecting sends nothing without a password, but `open` reads the hash:
+    // that first command is the one Redis refuses.
     let lines = lines_logged_by(|| {
-        // Connecting sends nothing without a password, so Redis may only refuse the first command.
-        if store.open("dev", "broker:1883").is_ok() {
-            assert!(store.put("s-1", vec![b"x"]).is_err(), "put without a password");
-            let error = store.contains("s-1").expect_err("contains without a password");
-            assert!(error.to_string().contains("NOAUTH"), "the cause is named: {error}");
-        }
+        let error = store.open("dev", "broker:1883").expect_err("open without a password");
+        assert!(matches!(error, paho_mqtt::Error::PersistenceError), "{error:?}");
     });
     let all = lines.join("\n");
     assert!(
-        lines.iter().any(|l| l.starts_with("WARN") && l.contains("NOAUTH")),
-        "a WARN line says Redis wants authentication:\n{all}"
+        lines.iter().any(|l| l.starts_with("WARN") && l.contains("open failed") && l.contains("NOAUTH")),
+        "a WARN line says open failed because Redis wants authentication:\n{all}"
     );
+    assert_eq!(store.hash_name(), None, "a failed open leaves the store closed");
+    assert!(store.put("s-1", vec![b"x"]).is_err(), "put after the failed open");
+    let contains = store.contains("s-1");
+    assert!(matches!(contains, Err(paho_mqtt_redis::Error::NotOpen)), "{contains:?}");
 }
