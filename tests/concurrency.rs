@@ -9,11 +9,20 @@ use std::time::Duration;
 use paho_mqtt as mqtt;
 use paho_mqtt_redis::RedisPersistence;
 use redis::Commands;
-use support::mqtt::{client, connect, payloads, persistent_session, Subscriber};
+use support::mqtt::{assert_delivered, client, connect, persistent_session, Subscriber};
 use support::{Mosquitto, RedisServer};
 
 const THREADS: usize = 4;
 const PER_THREAD: usize = 100;
+
+/// The QoS of each thread's message `i`: QoS 1 and 2 alternate.
+fn qos_of(i: usize) -> i32 {
+    if i.is_multiple_of(2) {
+        1
+    } else {
+        2
+    }
+}
 
 #[test]
 fn publishing_from_several_threads_delivers_everything_and_empties_the_store() {
@@ -32,7 +41,7 @@ fn publishing_from_several_threads_delivers_everything_and_empties_the_store() {
             scope.spawn(move || {
                 let tokens: Vec<_> = (0..PER_THREAD)
                     .map(|i| {
-                        let qos = if i % 2 == 0 { 1 } else { 2 };
+                        let qos = qos_of(i);
                         publisher.publish(mqtt::Message::new(&topic, format!("t{thread}-{i:03}"), qos))
                     })
                     .collect();
@@ -43,11 +52,11 @@ fn publishing_from_several_threads_delivers_everything_and_empties_the_store() {
         }
     });
 
-    let expected = THREADS * PER_THREAD;
-    let received = subscriber.collect(expected, Duration::from_secs(30), Duration::from_millis(300));
-    let mut unique = payloads(&received);
-    unique.dedup();
-    assert_eq!(unique.len(), expected, "every message delivered");
+    let expected: Vec<(String, i32)> = (0..THREADS)
+        .flat_map(|thread| (0..PER_THREAD).map(move |i| (format!("t{thread}-{i:03}"), qos_of(i))))
+        .collect();
+    let received = subscriber.collect(expected.len(), Duration::from_secs(30), Duration::from_millis(300));
+    assert_delivered(&received, &expected, "every message delivered, QoS 2 exactly once");
     let hash = support::mqtt::store_hash(&client_id, &broker.uri());
     let left: usize = redis.connection().hlen(&hash).expect("HLEN");
     assert_eq!(left, 0, "every acknowledged message's records were removed");

@@ -1,6 +1,7 @@
 //! Paho clients as the tests use them: MQTT 3.1.1, publishing allowed before the first connect.
 
 use paho_mqtt::sync_channel::RecvTimeoutError;
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use paho_mqtt as mqtt;
@@ -121,6 +122,51 @@ pub fn payloads(messages: &[mqtt::Message]) -> Vec<String> {
     let mut payloads: Vec<String> = messages.iter().map(|m| m.payload_str().into_owned()).collect();
     payloads.sort();
     payloads
+}
+
+/// How many times each payload arrived: duplicates are counted, not hidden.
+pub fn payload_counts(messages: &[mqtt::Message]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for message in messages {
+        *counts.entry(message.payload_str().into_owned()).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Checks what a subscriber `received` against the `expected` payloads, each
+/// with the QoS it was published at: a QoS 2 message arrives exactly once, a
+/// QoS 1 message at least once, nothing else arrives. Panics naming `what`,
+/// the missing, the unexpected and every duplicate. Returns how many extra
+/// QoS 1 deliveries (duplicates, allowed) arrived; the failure message counts
+/// them too.
+pub fn assert_delivered(received: &[mqtt::Message], expected: &[(String, i32)], what: &str) -> usize {
+    let mut counts = payload_counts(received);
+    let (mut missing, mut qos2_duplicates, mut qos1_duplicates) = (Vec::new(), Vec::new(), Vec::new());
+    let mut qos1_extra = 0;
+    for (payload, qos) in expected {
+        match (counts.remove(payload).unwrap_or(0), qos) {
+            (0, _) => missing.push(payload.as_str()),
+            (1, _) => {}
+            (n, 2) => qos2_duplicates.push(format!("{payload} x{n}")),
+            (n, _) => {
+                qos1_extra += n - 1;
+                qos1_duplicates.push(format!("{payload} x{n}"));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty() && qos2_duplicates.is_empty() && counts.is_empty(),
+        "{what}: {} of {} messages arrived, in {} deliveries; missing: {missing:?}; \
+         QoS 2 duplicates (must be none): {qos2_duplicates:?}; unexpected: {counts:?}; \
+         {qos1_extra} QoS 1 duplicates (allowed): {qos1_duplicates:?}",
+        expected.len() - missing.len(),
+        expected.len(),
+        received.len(),
+    );
+    if qos1_extra > 0 {
+        println!("{what}: {qos1_extra} QoS 1 duplicates (allowed): {qos1_duplicates:?}");
+    }
+    qos1_extra
 }
 
 /// The Redis hash of a store without a key prefix, as `open` names it: Paho
