@@ -51,7 +51,7 @@ impl Mosquitto {
         // with reason code 151 "quota exceeded", which an MQTT 3.1.1 PUBACK or
         // PUBREC cannot carry: the publisher sees a plain ack. Paho's window
         // (`max_inflight`) defaults to 65535, kill9_publisher.rs uses 32. Measured
-        // with tests/concurrency.rs at the default: 242 to 339 of 400 messages
+        // with tests/concurrency.rs at the default: 242 to 360 of 400 messages
         // arrived (QoS 2 only: 141 to 225), one rc151 ack in the broker's log per
         // missing message; none missing with QoS 1 only, or with the publisher's
         // max_inflight at 20 or 10.

@@ -139,6 +139,7 @@ pub fn payload_counts(messages: &[mqtt::Message]) -> BTreeMap<String, usize> {
 /// the missing, the unexpected and every duplicate. Returns how many extra
 /// QoS 1 deliveries (duplicates, allowed) arrived; the failure message counts
 /// them too.
+#[track_caller]
 pub fn assert_delivered(received: &[mqtt::Message], expected: &[(String, i32)], what: &str) -> usize {
     let mut counts = payload_counts(received);
     let (mut missing, mut qos2_duplicates, mut qos1_duplicates) = (Vec::new(), Vec::new(), Vec::new());
