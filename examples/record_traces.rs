@@ -609,14 +609,16 @@ impl Env {
         sc.require(buffered == 5, &format!("5 c- records left, found {buffered}"))?;
         sc.connect(&client, false, false)?;
         // The deleted messages' tokens never complete: wait for the 5 kept ones only.
+        // The oldest 5 tokens live until the client is gone, in case Paho still completes them.
         let kept = tokens.split_off(5);
-        drop(tokens);
         sc.wait_all(kept)?;
         let kept_payloads = sc.sent[5..].to_vec();
         subscriber.wait_for(&sc, &kept_payloads)?;
         sc.trace.wait_without(&[&sc.key("c"), &sc.key("s")])?;
         sc.disconnect(&client)?;
         sc.destroy(client);
+        // Held until the client is gone, in case Paho still completes them.
+        drop(tokens);
         let got = subscriber.got();
         subscriber.stop();
         let dropped: Vec<&String> = sc.sent[..5].iter().filter(|payload| got.contains(payload)).collect();
