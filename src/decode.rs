@@ -44,84 +44,12 @@ pub const PREVIEW_CHARS: usize = 40;
 /// The MQTT packet type numbers Paho stores.
 const PUBLISH: u8 = 3;
 const PUBREL: u8 = 6;
-/// Paho C's command type numbers are the packet type numbers.
-const PUBLISH_COMMAND: i32 = 3;
-const SUBSCRIBE_COMMAND: i32 = 8;
-const UNSUBSCRIBE_COMMAND: i32 = 10;
+use crate::paho::{PUBLISH_COMMAND, SUBSCRIBE_COMMAND, UNSUBSCRIBE_COMMAND};
 /// Size of Paho C's `MQTTSubscribe_options` in a `c5-` subscribe record:
 /// `char[4]` eyecatcher, `int` version, three `unsigned char`s, padded to 12.
 const SUBSCRIBE_OPTIONS_SIZE: usize = 12;
 
-/// What kind of record a key names, from its prefix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Kind {
-    /// `s-` / `s5-`: an outbound PUBLISH not yet acknowledged (PUBACK or PUBREC).
-    PublishSent,
-    /// `sc-` / `sc5-`: an outbound PUBREL not yet completed (PUBCOMP).
-    PubrelSent,
-    /// `r-` / `r5-`: an inbound QoS 2 PUBLISH whose PUBREL has not arrived.
-    PublishReceived,
-    /// `c-` / `c5-`: a command queued by the async client and not yet sent.
-    Command,
-    /// `q-` / `q5-`: an inbound message queued for the application and not yet delivered.
-    QueuedMessage,
-}
-
-impl Kind {
-    /// The key prefix of this kind for `version`, such as `sc5-`.
-    pub fn prefix(self, version: Version) -> &'static str {
-        match (self, version) {
-            (Kind::PublishSent, Version::V3) => "s-",
-            (Kind::PublishSent, Version::V5) => "s5-",
-            (Kind::PubrelSent, Version::V3) => "sc-",
-            (Kind::PubrelSent, Version::V5) => "sc5-",
-            (Kind::PublishReceived, Version::V3) => "r-",
-            (Kind::PublishReceived, Version::V5) => "r5-",
-            (Kind::Command, Version::V3) => "c-",
-            (Kind::Command, Version::V5) => "c5-",
-            (Kind::QueuedMessage, Version::V3) => "q-",
-            (Kind::QueuedMessage, Version::V5) => "q5-",
-        }
-    }
-}
-
-/// Which MQTT version wrote a record, from its key prefix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Version {
-    /// MQTT 3.1 or 3.1.1 (Paho uses the same keys for both).
-    V3,
-    /// MQTT 5: packets and serialized commands carry properties.
-    V5,
-}
-
-/// Every key prefix. Each ends with `-`, so no prefix is a prefix of another.
-const PREFIXES: [(&str, Kind, Version); 10] = [
-    ("sc5-", Kind::PubrelSent, Version::V5),
-    ("sc-", Kind::PubrelSent, Version::V3),
-    ("s5-", Kind::PublishSent, Version::V5),
-    ("s-", Kind::PublishSent, Version::V3),
-    ("r5-", Kind::PublishReceived, Version::V5),
-    ("r-", Kind::PublishReceived, Version::V3),
-    ("c5-", Kind::Command, Version::V5),
-    ("c-", Kind::Command, Version::V3),
-    ("q5-", Kind::QueuedMessage, Version::V5),
-    ("q-", Kind::QueuedMessage, Version::V3),
-];
-
-/// Splits a Paho key into its kind, version and number, or says why it is not one.
-pub fn parse_key(key: &str) -> Result<(Kind, Version, u32), String> {
-    let (rest, kind, version) = PREFIXES
-        .iter()
-        .find_map(|&(prefix, kind, version)| key.strip_prefix(prefix).map(|rest| (rest, kind, version)))
-        .ok_or_else(|| {
-            "the key has none of Paho's prefixes (s-, sc-, r-, c-, q-, or their 5 forms)".to_owned()
-        })?;
-    if rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!("the key's number {rest:?} is not a decimal number"));
-    }
-    let number = rest.parse::<u32>().map_err(|_| format!("the key's number {rest:?} is out of range"))?;
-    Ok((kind, version, number))
-}
+pub use crate::paho::{parse_key, Kind, Version};
 
 /// One decoded record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -922,7 +850,7 @@ mod tests {
                 kind.prefix(version)
             })
             .collect();
-        let all: BTreeSet<&str> = PREFIXES.iter().map(|(prefix, _, _)| *prefix).collect();
+        let all: BTreeSet<&str> = crate::paho::PREFIXES.iter().map(|(prefix, _, _)| *prefix).collect();
         assert_eq!(prefixes, all);
     }
 

@@ -51,17 +51,16 @@
     )
 )]
 
-mod budget;
 mod config;
-mod connection;
+mod core;
 pub mod decode;
 mod error;
-mod local;
+mod paho;
 mod persistence;
-mod resp;
 mod stats;
+mod transport;
 
-pub use budget::COUNTER_FIELD as BUDGET_COUNTER_FIELD;
+pub use crate::core::BYTE_COUNT_FIELD as BUDGET_COUNTER_FIELD;
 pub use config::{Builder, Config, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IO_TIMEOUT, DEFAULT_PORT};
 pub use error::Error;
 pub use persistence::RedisPersistence;

@@ -63,7 +63,8 @@ fn the_store_budget_works_under_the_documented_acl() {
         .expect("valid options");
     store.open("dev", "broker:1883").expect("open");
     store.put("s-1", vec![b"12345"]).expect("put within the budget");
-    assert!(store.put("s-2", vec![b"123456"]).is_err(), "beyond the budget");
+    // A queue record's put is the one whose failure Paho acts on.
+    assert!(store.put("q-2", vec![b"123456"]).is_err(), "beyond the budget");
     store.remove("s-1").expect("remove");
     assert!(store.keys().expect("keys").is_empty());
 }

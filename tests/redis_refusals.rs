@@ -31,13 +31,15 @@ fn a_put_beyond_the_budget_fails_clearly_and_writes_nothing() {
     let redis = RedisServer::start();
     let mut store = budget_store(&redis, 100);
     store.put("s-1", vec![&[1u8; 60][..]]).expect("60 of 100 bytes");
-    assert!(store.put("s-2", vec![&[2u8; 30][..], &[3u8; 20][..]]).is_err(), "110 of 100 bytes");
-    // This test's lines only: other tests here log the very same refusal of `s-2`.
+    // Paho acts on the result of a queue record's put (and ignores a PUBLISH
+    // record's: see the next tests).
+    assert!(store.put("q-2", vec![&[2u8; 30][..], &[3u8; 20][..]]).is_err(), "110 of 100 bytes");
+    // This test's lines only: other tests here log the very same refusal of `q-2`.
     assert!(
         logged_here(
             "WARN",
             &[
-                "put of key \"s-2\"",
+                "put of key \"q-2\"",
                 "store `dev:broker:1883` is full",
                 "would hold 110 bytes",
                 "max_store_bytes is 100"
@@ -100,34 +102,56 @@ fn a_newer_write_of_a_waiting_record_supersedes_it() {
     assert_eq!(counted, 95);
 }
 
+/// A PUBLISH command record as `MQTTAsync_persistCommand` writes it, padded to `len` bytes.
+fn publish_command(token: i32, qos: i32, len: usize) -> Vec<u8> {
+    let mut record = Vec::new();
+    record.extend_from_slice(&3i32.to_ne_bytes());
+    record.extend_from_slice(&token.to_ne_bytes());
+    record.extend_from_slice(b"t\0");
+    let payload = len - 22;
+    record.extend_from_slice(&i32::try_from(payload).unwrap().to_ne_bytes());
+    record.extend(std::iter::repeat_n(b'p', payload));
+    record.extend_from_slice(&qos.to_ne_bytes());
+    record.extend_from_slice(&0i32.to_ne_bytes());
+    assert_eq!(record.len(), len);
+    record
+}
+
 /// Paho removes a message's command record (`c-`) and then writes its
 /// PUBLISH record (`s-`); the removal rides inside the write's script, so the
-/// budget counts the message once, and a refused write removes nothing.
+/// budget counts the message once, and a refused write removes nothing: the
+/// PUBLISH record waits in memory (Paho ignores the result and sends it) and
+/// goes with the next write that fits.
 #[test]
 fn a_command_record_is_removed_only_with_the_write_that_replaces_it() {
     let redis = RedisServer::start();
     let mut store = budget_store(&redis, 100);
-    store.put("c-1", vec![&[1u8; 60][..]]).expect("60 of 100 bytes");
+    store.put("c-1", vec![&publish_command(1, 1, 60)[..]]).expect("60 of 100 bytes");
+    store.get("c-1").expect("Paho reads the command back");
     store.remove("c-1").expect("remove");
     store.put("s-1", vec![&[2u8; 70][..]]).expect("70 of 100: the removed record no longer counts");
     assert_eq!(fields(&redis), ["paho-mqtt-redis:bytes", "s-1"]);
     let counted: u64 = redis.connection().hget(HASH, "paho-mqtt-redis:bytes").expect("counter");
     assert_eq!(counted, 70);
 
-    store.put("c-2", vec![&[3u8; 20][..]]).expect("90 of 100 bytes");
+    store.put("c-2", vec![&publish_command(2, 1, 25)[..]]).expect("95 of 100 bytes");
+    store.get("c-2").expect("Paho reads the command back");
     store.remove("c-2").expect("remove");
-    assert!(store.put("s-2", vec![&[4u8; 40][..]]).is_err(), "70 + 40 > 100");
+    store.put("s-2", vec![&[4u8; 40][..]]).expect("Paho ignores this result: the record is kept");
+    assert_eq!(store.unwritten(), 1, "70 + 40 > 100: s-2 waits in memory");
     assert_eq!(
         fields(&redis),
         ["c-2", "paho-mqtt-redis:bytes", "s-1"],
         "the refused write took nothing away: the message is still in Redis"
     );
     let counted: u64 = redis.connection().hget(HASH, "paho-mqtt-redis:bytes").expect("counter");
-    assert_eq!(counted, 90);
-    store.put("s-2", vec![&[4u8; 10][..]]).expect("90 - 20 + 10 = 80 of 100");
-    assert_eq!(fields(&redis), ["paho-mqtt-redis:bytes", "s-1", "s-2"], "the owed removal rode along");
+    assert_eq!(counted, 95);
+    store.remove("s-1").expect("the first message is acknowledged");
+    store.put("c-3", vec![&publish_command(3, 1, 25)[..]]).expect("put");
+    assert_eq!(store.unwritten(), 0, "s-2 went with the next write");
+    assert_eq!(fields(&redis), ["c-3", "paho-mqtt-redis:bytes", "s-2"], "the owed removal rode along");
     let counted: u64 = redis.connection().hget(HASH, "paho-mqtt-redis:bytes").expect("counter");
-    assert_eq!(counted, 80);
+    assert_eq!(counted, 65);
 }
 
 /// Several stores on one Redis each stay within their own budget, even
@@ -137,8 +161,8 @@ fn the_budget_counts_records_written_before_it_was_set() {
     let redis = RedisServer::start();
     let () = redis.connection().hset(HASH, "s-1", vec![0u8; 70]).expect("HSET");
     let mut store = budget_store(&redis, 100);
-    assert!(store.put("s-2", vec![&[0u8; 40][..]]).is_err(), "70 + 40 > 100");
-    store.put("s-2", vec![&[0u8; 30][..]]).expect("70 + 30 = 100");
+    assert!(store.put("q-2", vec![&[0u8; 40][..]]).is_err(), "70 + 40 > 100");
+    store.put("q-2", vec![&[0u8; 30][..]]).expect("70 + 30 = 100");
 }
 
 #[test]
@@ -150,7 +174,8 @@ fn redis_at_maxmemory_refuses_a_put_clearly_and_keeps_what_it_had() {
     let value = vec![7u8; 64 * 1024];
     let mut written = 0u32;
     let refused = loop {
-        match store.put(&format!("s-{}", written + 1), vec![&value[..]]) {
+        // Queue records: Paho acts on their put's result.
+        match store.put(&format!("q-{}", written + 1), vec![&value[..]]) {
             Ok(()) => written += 1,
             Err(error) => break error,
         }
@@ -163,7 +188,7 @@ fn redis_at_maxmemory_refuses_a_put_clearly_and_keeps_what_it_had() {
     assert_eq!(stored.len() as u32, written, "the refused put wrote nothing");
     assert_eq!(store.keys().expect("keys").len() as u32, written);
     for n in 1..=written {
-        assert_eq!(store.get(&format!("s-{n}")).expect("every accepted record is intact"), value);
+        assert_eq!(store.get(&format!("q-{n}")).expect("every accepted record is intact"), value);
     }
 }
 

@@ -70,8 +70,8 @@ fn records_lost_with_redis_are_logged_and_written_again_from_memory() {
     assert_eq!(lost_delivered, LOST, "the queued messages are delivered too: {received:?}\nlog:\n{all}");
     assert!(
         all.lines().any(|l| l.starts_with("ERROR")
-            && l.contains("gone from Redis")
-            && l.contains("command records are written again from memory")
+            && l.contains("differs from what Paho stored")
+            && l.contains("records are written again from memory")
             && l.contains("0 messages are lost")),
         "the loss and the repair are logged:\n{all}"
     );

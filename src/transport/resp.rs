@@ -1,10 +1,10 @@
 //! Encoding Redis commands (RESP) straight into a reused buffer.
 //!
 //! redis-rs's `Cmd` allocates its argument list and then a second buffer for
-//! the encoded command on every call. The hot path here (one HSET per `put`)
+//! the encoded command on every call. The hot path here (one write per `put`)
 //! instead writes the command, with Paho's scatter buffers joined in place as
-//! its last argument, into the store's one put buffer: a steady-state `put`
-//! allocates nothing to talk to Redis.
+//! its last argument, into the transport's one reused buffer. Replies are
+//! parsed by redis-rs.
 
 use std::fmt::Write as _;
 
@@ -18,7 +18,7 @@ pub(crate) fn begin(buf: &mut BytesMut, argc: usize) {
 
 /// Appends one argument.
 pub(crate) fn arg(buf: &mut BytesMut, bytes: &[u8]) {
-    arg_from_parts(buf, &[bytes]);
+    arg_from_parts(buf, bytes.len(), [bytes]);
 }
 
 /// Appends one argument: a number in decimal, formatted on the stack.
@@ -31,9 +31,9 @@ pub(crate) fn arg_number(buf: &mut BytesMut, number: u64) {
     arg(buf, digits.get(..written).unwrap_or_default());
 }
 
-/// Appends one argument made of `parts` joined, without joining them first.
-pub(crate) fn arg_from_parts(buf: &mut BytesMut, parts: &[&[u8]]) {
-    let len = parts.iter().map(|part| part.len()).fold(0, usize::saturating_add);
+/// Appends one argument of `len` bytes made of `parts` joined, without
+/// joining them first.
+pub(crate) fn arg_from_parts<'a>(buf: &mut BytesMut, len: usize, parts: impl IntoIterator<Item = &'a [u8]>) {
     buf.reserve(len.saturating_add(16));
     let _ = write!(buf, "${len}\r\n");
     for part in parts {
@@ -61,7 +61,7 @@ mod tests {
         arg(&mut buf, b"HSET");
         arg(&mut buf, b"h");
         arg(&mut buf, b"s-1");
-        arg_from_parts(&mut buf, &[b"ab", b"", b"c"]);
+        arg_from_parts(&mut buf, 3, [&b"ab"[..], b"", b"c"]);
         assert_eq!(&buf[..], b"*4\r\n$4\r\nHSET\r\n$1\r\nh\r\n$3\r\ns-1\r\n$3\r\nabc\r\n");
     }
 

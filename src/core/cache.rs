@@ -1,95 +1,35 @@
-//! What the store knows without asking Redis.
+//! Records kept in memory: the latest command records written, and every
+//! record Redis has not taken yet.
 //!
-//! A store's hash has one writer, the client that opened it, so the store can
-//! keep the list of the hash's fields itself ([`FieldIndex`]) and answer
-//! `keys`, `contains_key` and the `remove` of a key that was never written
-//! without a round trip. It also keeps records in memory ([`RecordCache`]):
-//! the last Paho command records it wrote (Paho writes each command record and
-//! reads it back when the command is sent a few milliseconds later, and that
-//! read is served here), and every record Redis has not taken yet.
+//! Paho writes each command record and reads it back when the command is sent,
+//! usually milliseconds later (`MQTTAsync_processCommand`); that read is served
+//! here. A record Redis has not taken (it was unreachable, or refused it) is
+//! kept here until it does, for Paho carries on without it (see
+//! [`crate::paho::put_failure_ignored`]).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
-use smallvec::SmallVec;
-
+use crate::paho::is_command_key;
 use crate::stats::Counters;
 
-/// A hash field name. Paho's keys are at most 13 bytes (`c5-4294967295`), so
-/// they are stored inline: adding a key to the index does not allocate.
-pub(crate) type FieldName = SmallVec<[u8; 16]>;
-
-/// The fields of the hash, as Paho last wrote or removed them.
-#[derive(Debug, Default)]
-pub(crate) struct FieldIndex {
-    fields: HashSet<FieldName>,
+/// How much of the written command records the cache keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CacheLimits {
+    /// Most command records kept once written to Redis. A record evicted
+    /// before Paho reads it back (a long burst, or records queued while
+    /// offline) is read from Redis instead.
+    pub(crate) records: usize,
+    /// Most bytes of written command records kept: the memory this cache may
+    /// cost (Paho frees its own copy of a message once its record is written).
+    pub(crate) bytes: usize,
 }
 
-impl FieldIndex {
-    pub(crate) fn insert(&mut self, key: &str) {
-        // Inline for Paho's keys: building the name to insert costs no allocation.
-        self.fields.insert(FieldName::from_slice(key.as_bytes()));
-    }
-
-    /// Removes `key`; returns whether it was there.
-    pub(crate) fn remove(&mut self, key: &str) -> bool {
-        self.fields.remove(key.as_bytes())
-    }
-
-    pub(crate) fn contains(&self, key: &str) -> bool {
-        self.fields.contains(key.as_bytes())
-    }
-
-    pub(crate) fn clear(&mut self) {
-        self.fields.clear();
-    }
-
-    /// The fields as Paho keys, sorted so that a restore always happens in the
-    /// same order (`s-N` before `sc-N`, as Redis lists a small hash). Only
-    /// valid UTF-8 without NUL ever enters the index, so every field converts.
-    pub(crate) fn keys(&self) -> Vec<String> {
-        let mut keys: Vec<String> = self
-            .fields
-            .iter()
-            .filter_map(|field| std::str::from_utf8(field).ok().map(str::to_owned))
-            .collect();
-        keys.sort_unstable();
-        keys
-    }
-
-    pub(crate) fn iter(&self) -> impl Iterator<Item = &[u8]> {
-        self.fields.iter().map(|field| field.as_slice())
+impl Default for CacheLimits {
+    fn default() -> Self {
+        Self { records: 4096, bytes: 1024 * 1024 }
     }
 }
-
-/// Whether `key` names a Paho command record (`c-`/`c5-`): the only records
-/// Paho reads back while running.
-pub(crate) fn is_command_key(key: &str) -> bool {
-    key.starts_with("c-") || key.starts_with("c5-")
-}
-
-/// Whether Paho C 1.3.16 carries on as if a failed `put` of `key` had
-/// succeeded, so that the store must keep the record until Redis takes it
-/// (see [`crate::RedisPersistence`]'s documentation):
-/// - command records (`c-`, `c5-`): the command stays queued and is sent;
-/// - PUBLISH and PUBREL records (`s-`, `s5-`, `sc-`, `sc5-`):
-///   `MQTTPacket_sends` and `MQTTPacket_send` overwrite the `put`'s result
-///   and send the packet anyway;
-/// - received QoS 2 PUBLISH records (`r-`, `r5-`): the packet is handled
-///   whatever `MQTTPacket_Factory` reports of its `put`.
-pub(crate) fn paho_carries_on_without(key: &str) -> bool {
-    ["c-", "c5-", "s-", "s5-", "sc-", "sc5-", "r-", "r5-"].iter().any(|prefix| key.starts_with(prefix))
-}
-
-/// Most command records kept once written to Redis. Paho reads a command
-/// record back when it sends the command, usually milliseconds later; a
-/// record evicted before that (a long burst, or records queued while
-/// offline) is read from Redis instead.
-const CACHED_COMMANDS_MAX: usize = 4096;
-
-/// Most bytes of written command records kept: the memory this cache may
-/// cost (Paho frees its own copy of a message once its record is written).
-const CACHED_BYTES_MAX: usize = 1024 * 1024;
 
 /// Recycled record buffers kept, so that caching a record does not allocate.
 const SPARE_BUFFERS_MAX: usize = 16;
@@ -103,7 +43,7 @@ const SPARE_BUFFER_CAPACITY_MAX: usize = 64 * 1024;
 /// A record Redis has not taken yet (`in_redis == false`: Redis was down or
 /// refused it) is never evicted: until it is written, this is its only copy.
 /// Once written, only command records stay (Paho reads no other back).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct RecordCache {
     /// Where the count of records not in Redis is published (`Stats::unwritten_records`).
     counters: Arc<Counters>,
@@ -112,6 +52,7 @@ pub(crate) struct RecordCache {
     bytes: usize,
     /// How many records have `in_redis == false`, kept so that asking costs nothing.
     not_in_redis: usize,
+    limits: CacheLimits,
 }
 
 #[derive(Debug)]
@@ -133,8 +74,8 @@ impl CachedRecord {
 
 impl RecordCache {
     /// An empty cache that publishes its count of unwritten records to `counters`.
-    pub(crate) fn new(counters: Arc<Counters>) -> Self {
-        Self { counters, records: VecDeque::new(), spare: Vec::new(), bytes: 0, not_in_redis: 0 }
+    pub(crate) fn new(counters: Arc<Counters>, limits: CacheLimits) -> Self {
+        Self { counters, records: VecDeque::new(), spare: Vec::new(), bytes: 0, not_in_redis: 0, limits }
     }
 
     fn set_not_in_redis(&mut self, records: usize) {
@@ -192,6 +133,23 @@ impl RecordCache {
         }
     }
 
+    /// Notes that Redis took the record kept under `key`: a command record
+    /// stays for Paho's read-back, any other is dropped.
+    pub(crate) fn written(&mut self, key: &str) {
+        if !is_command_key(key) {
+            self.remove(key);
+            return;
+        }
+        if let Some(record) = self.position(key).and_then(|at| self.records.get_mut(at)) {
+            if !record.in_redis {
+                record.in_redis = true;
+                let not_in_redis = self.not_in_redis.saturating_sub(1);
+                self.set_not_in_redis(not_in_redis);
+                self.evict();
+            }
+        }
+    }
+
     /// Forgets `key`; returns whether it was there.
     pub(crate) fn remove(&mut self, key: &str) -> bool {
         // Only command records stay once in Redis: another record is here only
@@ -244,7 +202,7 @@ impl RecordCache {
     }
 
     fn evict(&mut self) {
-        while self.records.len() > CACHED_COMMANDS_MAX || self.bytes > CACHED_BYTES_MAX {
+        while self.records.len() > self.limits.records || self.bytes > self.limits.bytes {
             let Some(oldest_in_redis) = self.records.iter().position(|record| record.in_redis) else {
                 return;
             };
@@ -279,21 +237,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn index_tracks_inserts_and_removes() {
-        let mut index = FieldIndex::default();
-        index.insert("s-1");
-        index.insert("s-1");
-        index.insert("c-2");
-        assert_eq!(index.keys().len(), 2);
-        assert!(index.contains("s-1"));
-        assert!(index.remove("s-1"));
-        assert!(!index.remove("s-1"));
-        assert_eq!(index.keys(), vec!["c-2".to_owned()]);
-    }
-
-    #[test]
     fn cache_serves_the_latest_value_and_forgets_removed_records() {
-        let mut cache = RecordCache::default();
+        let mut cache = RecordCache::new(Arc::default(), CacheLimits::default());
         cache.insert("c-1", &[b"ab", b"c"], true);
         cache.insert("c-1", &[b"xyz"], true);
         assert_eq!(cache.get("c-1"), Some(&b"xyz"[..]));
@@ -304,12 +249,12 @@ mod tests {
 
     #[test]
     fn cache_evicts_only_records_redis_has() {
-        let mut cache = RecordCache::default();
+        let mut cache = RecordCache::new(Arc::default(), CacheLimits::default());
         cache.insert("c-0", &[b"only copy"], false);
-        for n in 1..=CACHED_COMMANDS_MAX + 10 {
+        for n in 1..=CacheLimits::default().records + 10 {
             cache.insert(&format!("c-{n}"), &[b"v"], true);
         }
-        assert_eq!(cache.records.len(), CACHED_COMMANDS_MAX);
+        assert_eq!(cache.records.len(), CacheLimits::default().records);
         assert_eq!(cache.get("c-0"), Some(&b"only copy"[..]), "an unwritten record was evicted");
         assert_eq!(cache.get("c-1"), None, "the oldest written record stays");
         assert_eq!(cache.not_in_redis().count(), 1);
@@ -317,7 +262,7 @@ mod tests {
         assert!(cache.remove("c-0"));
         assert_eq!(cache.not_in_redis_count(), 0);
         cache.insert("c-0", &[b"only copy"], false);
-        assert!(cache.mark_not_in_redis(&format!("c-{}", CACHED_COMMANDS_MAX + 10)));
+        assert!(cache.mark_not_in_redis(&format!("c-{}", CacheLimits::default().records + 10)));
         assert_eq!(cache.not_in_redis().count(), 2);
         assert_eq!(cache.not_in_redis_count(), 2);
         cache.all_in_redis();
@@ -327,7 +272,7 @@ mod tests {
     #[test]
     fn cache_publishes_its_unwritten_count_until_dropped() {
         let counters = Arc::new(Counters::new());
-        let mut cache = RecordCache::new(Arc::clone(&counters));
+        let mut cache = RecordCache::new(Arc::clone(&counters), CacheLimits::default());
         cache.insert("c-1", &[b"a"], false);
         cache.insert("c-2", &[b"b"], false);
         assert_eq!(counters.snapshot().unwritten_records, 2);
@@ -342,20 +287,12 @@ mod tests {
 
     #[test]
     fn cache_is_bounded_in_bytes() {
-        let mut cache = RecordCache::default();
+        let mut cache = RecordCache::new(Arc::default(), CacheLimits::default());
         let big = vec![7u8; 300 * 1024];
         for n in 0..5 {
             cache.insert(&format!("c-{n}"), &[&big], true);
         }
-        assert!(cache.bytes <= CACHED_BYTES_MAX, "{} bytes cached", cache.bytes);
+        assert!(cache.bytes <= CacheLimits::default().bytes, "{} bytes cached", cache.bytes);
         assert_eq!(cache.get("c-4").map(<[u8]>::len), Some(big.len()));
-    }
-
-    #[test]
-    fn command_keys_are_recognised() {
-        assert!(is_command_key("c-1"));
-        assert!(is_command_key("c5-1"));
-        assert!(!is_command_key("sc-1"));
-        assert!(!is_command_key("s-1"));
     }
 }

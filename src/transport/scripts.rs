@@ -1,21 +1,31 @@
-//! `max_store_bytes`: the store's byte budget, enforced inside Redis.
+//! The Lua scripts a plan's writes run as, where one `HSET` or `HDEL` would
+//! not do.
 //!
-//! With a budget, writes and removals are Lua scripts that keep the store's
-//! byte count (the sum of its values) in one field of the hash and refuse a
-//! write that would exceed the budget. Redis runs a script atomically, so the
-//! check and the write cannot be separated by a crash or another client.
+//! Redis runs a script atomically, and refuses a script's first write when it
+//! is out of memory (`maxmemory`) before anything changed: a write that also
+//! removes fields is therefore all or nothing, which `MULTI`/`EXEC` gives too
+//! but with three more commands.
+//!
+//! With `max_store_bytes`, writes and removals keep the store's byte count
+//! (the sum of its values) in one field of the hash
+//! ([`crate::BUDGET_COUNTER_FIELD`]) and a write that would exceed the budget
+//! is refused.
 
-/// The hash field in which a store with `max_store_bytes` keeps its byte
-/// count. Never a Paho key, and never shown to Paho (which would try to
-/// restore it, fail, and delete it); tools that read a store skip it.
-pub const COUNTER_FIELD: &str = "paho-mqtt-redis:bytes";
+/// `KEYS[1]` the hash; `ARGV` = number of pairs, the field/value pairs, then
+/// fields to remove once the pairs are written. The removals ride here because
+/// they must not happen without the write: Paho removes a command record just
+/// before it writes the same message's PUBLISH record.
+pub(crate) const WRITE_AND_REMOVE_SCRIPT: &str = r"
+local hash, last_pair = KEYS[1], 1 + 2 * tonumber(ARGV[1])
+for i = 2, last_pair, 2 do redis.call('HSET', hash, ARGV[i], ARGV[i + 1]) end
+for i = last_pair + 1, #ARGV do redis.call('HDEL', hash, ARGV[i]) end
+return 1
+";
 
 /// `KEYS[1]` the hash; `ARGV` = limit, counter field, number of pairs, the
 /// field/value pairs, then fields to remove once the pairs are written.
 /// Writes all pairs and removes those fields, or changes nothing; returns the
-/// new byte count, or the error reply `STOREFULL …`. The removals ride here
-/// because they must not happen without the write: Paho removes a command
-/// record as it writes the same message's PUBLISH record.
+/// new byte count, or the error reply `STOREFULL …`.
 pub(crate) const WRITE_SCRIPT: &str = r"
 local hash, limit, counter = KEYS[1], tonumber(ARGV[1]), ARGV[2]
 local last_pair = 3 + 2 * tonumber(ARGV[3])

@@ -1,0 +1,444 @@
+//! The crash-point checker: real Paho call sequences replayed into the core,
+//! against a simulated Redis that fails, hangs, refuses and restarts empty;
+//! after every call, what Redis holds is taken as the state a crash would
+//! leave, and checked against what Paho needs.
+//!
+//! The traces (`tests/fixtures/traces`, recorded by
+//! `examples/record_traces.rs` with real Paho against mosquitto and fake
+//! brokers) give, call by call, what Paho's own store holds: a map in memory.
+//! A restarted client may safely restore exactly that map, with one change:
+//! between `MQTTAsync_processCommand`'s removal of a QoS ≥ 1 message's
+//! command record and its write of the PUBLISH record, Paho's map holds the
+//! message in no record (a crash there loses it), and Redis must still hold
+//! the command record. Per key and instant, with Redis answering:
+//! - every record of the map is in Redis, with its value (nothing Paho still
+//!   needs is missing: a QoS 1 message until acknowledged, a QoS 2 PUBLISH
+//!   until PUBREC and its PUBREL until PUBCOMP);
+//! - Redis holds nothing else (a sent QoS 0 message, a SUBSCRIBE, a message
+//!   Paho dropped, a completed exchange is never restorable), except the
+//!   command record of a message in the window above;
+//! - never a message's command record and its PUBLISH record at once (it
+//!   would be sent twice).
+//!
+//! Where Paho itself gives no guarantee, or Redis cannot be told, the
+//! checker allows, and the README names: records Paho changed while Redis was
+//! unreachable, hung or refusing writes may differ from the map until the
+//! store's next write reaches Redis (kept records are written, owed removals
+//! run, late writes are undone); records a Redis restart without persistence
+//! lost may stay lost unless the store still had them in memory.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
+
+use super::drive;
+use super::sim::{Mode, SimRedis};
+use super::{CacheLimits, Core, Settings};
+use crate::paho;
+use crate::stats::Counters;
+
+/// One recorded Paho call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Call {
+    Open(String),
+    Close,
+    Put(String, Vec<u8>),
+    Get(String, Option<Vec<u8>>),
+    Remove(String),
+    Keys(Vec<String>),
+    Contains(String, bool),
+    Clear,
+}
+
+#[derive(Debug)]
+struct Trace {
+    name: String,
+    calls: Vec<Call>,
+}
+
+fn hex(text: &str) -> Vec<u8> {
+    (0..text.len() / 2)
+        .map(|at| u8::from_str_radix(&text[2 * at..2 * at + 2], 16).expect("a hex byte"))
+        .collect()
+}
+
+fn parse(name: &str, text: &str) -> Trace {
+    let calls = text
+        .lines()
+        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+        .map(|line| {
+            let words: Vec<&str> = line.split(' ').collect();
+            match words.as_slice() {
+                ["open", client, uri] => Call::Open(format!("{client}:{uri}")),
+                ["close"] => Call::Close,
+                ["clear"] => Call::Clear,
+                ["put", key, value] => Call::Put((*key).to_owned(), hex(value)),
+                ["put", key] => Call::Put((*key).to_owned(), Vec::new()),
+                ["get", key, "!"] => Call::Get((*key).to_owned(), None),
+                ["get", key, value] => Call::Get((*key).to_owned(), Some(hex(value))),
+                ["get", key] => Call::Get((*key).to_owned(), Some(Vec::new())),
+                ["remove", key] => Call::Remove((*key).to_owned()),
+                ["keys", keys @ ..] => Call::Keys(keys.iter().map(|key| (*key).to_owned()).collect()),
+                ["contains", key, answer] => Call::Contains((*key).to_owned(), *answer == "yes"),
+                _ => panic!("{name}: cannot read the trace line {line:?}"),
+            }
+        })
+        .collect();
+    Trace { name: name.to_owned(), calls }
+}
+
+fn traces() -> Vec<Trace> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/traces");
+    let mut traces: Vec<Trace> = std::fs::read_dir(&dir)
+        .expect("tests/fixtures/traces")
+        .map(|entry| entry.expect("a directory entry").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "trace"))
+        .map(|path| {
+            let name = path.file_stem().expect("a file name").to_string_lossy().into_owned();
+            parse(&name, &std::fs::read_to_string(&path).expect("a readable trace"))
+        })
+        .collect();
+    traces.sort_by(|a, b| a.name.cmp(&b.name));
+    traces
+}
+
+/// What happens to the simulated Redis before a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// Redis turns to `mode` for `calls` calls.
+    Mode(Mode, usize),
+    /// Redis restarts without its data.
+    RestartEmpty,
+}
+
+/// Faults by the index of the call they come before.
+type Schedule = BTreeMap<usize, Fault>;
+
+/// Small enough that the offline traces outgrow the record cache.
+const SMALL_CACHE: CacheLimits = CacheLimits { records: 8, bytes: 2048 };
+
+/// The command record's key and its PUBLISH record's key, if `value` is a
+/// QoS ≥ 1 PUBLISH command.
+fn publish_record_of(key: &str, value: &[u8]) -> Option<String> {
+    paho::Command::read(value).publish_record_key(key)
+}
+
+/// Whether the removal of command record `key` at `at` is Paho sending it:
+/// the first call after it that is not about another command record (which
+/// `MQTTAsync_addCommand` may make meanwhile) writes its PUBLISH record.
+fn is_sent(calls: &[Call], at: usize, publish: &str) -> bool {
+    let command_call = |call: &&Call| match call {
+        Call::Put(key, _) | Call::Remove(key) => paho::is_command_key(key),
+        _ => false,
+    };
+    let next = calls.iter().skip(at + 1).find(|call| !command_call(call));
+    matches!(next, Some(Call::Put(key, _)) if key == publish)
+}
+
+/// Counts of what a replay checked.
+#[derive(Debug, Default, Clone, Copy)]
+struct Checked {
+    calls: usize,
+    crash_points: usize,
+}
+
+/// Replays `trace` with `schedule`; returns what it checked or the first violation.
+fn replay(trace: &Trace, schedule: &Schedule) -> Result<Checked, String> {
+    replay_with(trace, schedule, Settings { cache: SMALL_CACHE, ..Settings::default() })
+}
+
+fn replay_with(trace: &Trace, schedule: &Schedule, settings: Settings) -> Result<Checked, String> {
+    let mut redis = SimRedis::default();
+    let mut core: Option<Core> = None;
+    let mut model: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    // Keys whose record in Redis may differ from the model: Paho changed
+    // them while Redis could not be told.
+    let mut unsettled: BTreeSet<String> = BTreeSet::new();
+    // Keys a restart without persistence may have lost for good.
+    let mut lost: BTreeSet<String> = BTreeSet::new();
+    // Command records in `MQTTAsync_processCommand`'s window, with their PUBLISH record's key.
+    let mut in_window: BTreeMap<String, String> = BTreeMap::new();
+    let mut fault_left = 0usize;
+    let mut checked = Checked::default();
+    for (at, call) in trace.calls.iter().enumerate() {
+        let here = || format!("{} call {at} {call:?}", trace.name);
+        match schedule.get(&at) {
+            Some(Fault::Mode(mode, calls)) => {
+                redis.mode = *mode;
+                fault_left = *calls;
+            }
+            Some(Fault::RestartEmpty) => {
+                redis.restart_empty();
+                lost.extend(model.keys().cloned());
+            }
+            None => {}
+        }
+        if fault_left == 0 {
+            redis.mode = Mode::Up;
+        } else {
+            fault_left -= 1;
+        }
+        let up = redis.mode == Mode::Up;
+        redis.begin_call();
+        match call {
+            Call::Open(hash) => {
+                let mut opened = Core::new(hash.clone(), settings, Arc::new(Counters::new()));
+                if drive::open(&mut opened, &mut redis).is_ok() {
+                    core = Some(opened);
+                } else {
+                    // Paho gives up creating the client; the trace goes on as
+                    // recorded, so replay it on a store opened once Redis is back.
+                    redis.mode = Mode::Up;
+                    fault_left = 0;
+                    redis.begin_call();
+                    drive::open(&mut opened, &mut redis).map_err(|e| format!("{}: open: {e}", here()))?;
+                    core = Some(opened);
+                }
+            }
+            Call::Close => {
+                if let Some(mut closing) = core.take() {
+                    drive::close(&mut closing, &mut redis);
+                    if closing.owes() {
+                        // What Redis never took is lost with the process (the
+                        // store logs it); from here on the recorded restore is
+                        // not what this store's restart would see.
+                        checked.calls += 1;
+                        return Ok(checked);
+                    }
+                }
+            }
+            Call::Put(key, value) => {
+                let store = core.as_mut().ok_or_else(|| format!("{}: not open", here()))?;
+                let result = drive::put(store, &mut redis, key, &[value]);
+                match result {
+                    Ok(()) => {
+                        model.insert(key.clone(), value.clone());
+                    }
+                    Err(error) if paho::put_failure_ignored(key) => {
+                        return Err(format!("{}: a put Paho ignores failed: {error}", here()));
+                    }
+                    Err(_) if up => return Err(format!("{}: put failed with Redis up", here())),
+                    // Paho acts on it (`q-`): the store must be unchanged.
+                    Err(_) => {}
+                }
+                if !up {
+                    // Redis cannot take the PUBLISH record: the message stays
+                    // restorable as its command record (a duplicate after a
+                    // crash) until it can.
+                    unsettled.extend(
+                        in_window.iter().filter(|(_, publish)| *publish == key).map(|(c, _)| c.clone()),
+                    );
+                }
+                in_window.retain(|_, publish| publish != key);
+                lost.remove(key);
+                if up {
+                    unsettled.clear();
+                } else {
+                    unsettled.insert(key.clone());
+                }
+            }
+            Call::Get(key, recorded) => {
+                let store = core.as_mut().ok_or_else(|| format!("{}: not open", here()))?;
+                let got = drive::get(store, &mut redis, key).ok().map(|(value, _)| value);
+                let knowable = up && !lost.contains(key) && !unsettled.contains(key);
+                if knowable && got != *recorded && model.get(key) == recorded.as_ref() {
+                    return Err(format!("{}: get answered {got:?}", here()));
+                }
+            }
+            Call::Remove(key) => {
+                let store = core.as_mut().ok_or_else(|| format!("{}: not open", here()))?;
+                let value = model.remove(key);
+                drive::remove(store, &mut redis, key).map_err(|e| format!("{}: remove: {e}", here()))?;
+                if let Some(publish) = value.as_deref().and_then(|value| publish_record_of(key, value)) {
+                    if is_sent(&trace.calls, at, &publish) {
+                        in_window.insert(key.clone(), publish);
+                    }
+                }
+                let was_unsettled = unsettled.contains(key);
+                if !up {
+                    unsettled.insert(key.clone());
+                } else if value.is_some() && !lost.contains(key) {
+                    // Owed removals and records kept in memory go with this one.
+                    unsettled.clear();
+                    if was_unsettled && in_window.contains_key(key) {
+                        // Never durable: Redis need not hold it in the window either.
+                        unsettled.insert(key.clone());
+                    }
+                }
+            }
+            Call::Keys(recorded) => {
+                let store = core.as_mut().ok_or_else(|| format!("{}: not open", here()))?;
+                let keys = drive::keys(store, &mut redis);
+                let expected: Vec<String> = model.keys().cloned().collect();
+                if lost.is_empty() && keys != expected {
+                    return Err(format!(
+                        "{}: keys answered {keys:?}, Paho's store holds {expected:?}",
+                        here()
+                    ));
+                }
+                if !lost.is_empty() && !keys.iter().all(|key| model.contains_key(key)) {
+                    return Err(format!("{}: keys answered {keys:?}, more than Paho's store", here()));
+                }
+                if *recorded != expected {
+                    return Err(format!("{}: the trace disagrees with its own calls: {expected:?}", here()));
+                }
+            }
+            Call::Contains(key, recorded) => {
+                let store = core.as_ref().ok_or_else(|| format!("{}: not open", here()))?;
+                if store.contains(key) != *recorded && !lost.contains(key) {
+                    return Err(format!("{}: contains answered {}", here(), store.contains(key)));
+                }
+            }
+            Call::Clear => {
+                let store = core.as_mut().ok_or_else(|| format!("{}: not open", here()))?;
+                if drive::clear(store, &mut redis).is_ok() {
+                    model.clear();
+                    in_window.clear();
+                    lost.clear();
+                } else if up {
+                    return Err(format!("{}: clear failed with Redis up", here()));
+                }
+                unsettled.extend(model.keys().cloned());
+            }
+        }
+        checked.calls += 1;
+        check_crash_state(&redis, &model, &unsettled, &lost, &in_window)
+            .map_err(|e| format!("{}: {e}", here()))?;
+        checked.crash_points += 1;
+    }
+    Ok(checked)
+}
+
+/// What a crash right now would restore, against what Paho needs.
+fn check_crash_state(
+    redis: &SimRedis,
+    model: &BTreeMap<String, Vec<u8>>,
+    unsettled: &BTreeSet<String>,
+    lost: &BTreeSet<String>,
+    in_window: &BTreeMap<String, String>,
+) -> Result<(), String> {
+    let held: BTreeMap<String, &Vec<u8>> = redis
+        .keys()
+        .into_iter()
+        .filter_map(|key| redis.hash.get(key.as_bytes()).map(|value| (key, value)))
+        .collect();
+    for (key, value) in model {
+        let excused = unsettled.contains(key) || lost.contains(key);
+        match held.get(key) {
+            None if !excused => return Err(format!("Paho still needs {key}, Redis lacks it")),
+            Some(held) if *held != value && !excused => {
+                return Err(format!("Redis holds another value of {key}"));
+            }
+            _ => {}
+        }
+    }
+    for command in in_window.keys() {
+        if !held.contains_key(command) && !unsettled.contains(command) && !lost.contains(command) {
+            return Err(format!("{command} is being sent: Redis must hold it until its PUBLISH record"));
+        }
+    }
+    for key in held.keys() {
+        if !model.contains_key(key) && !in_window.contains_key(key) && !unsettled.contains(key) {
+            return Err(format!("Redis holds {key}, which Paho has acted on: a crash would restore it"));
+        }
+    }
+    for (key, value) in &held {
+        if let Some(publish) = publish_record_of(key, value) {
+            if held.contains_key(&publish) {
+                return Err(format!("Redis holds both {key} and {publish}: a crash would send it twice"));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn the_traces_cover_what_the_checker_is_for() {
+    let traces = traces();
+    let names: Vec<&str> = traces.iter().map(|trace| trace.name.as_str()).collect();
+    for wanted in
+        ["qos0", "qos1", "qos2", "offline", "delete-oldest", "subscribe", "reconnect", "pubrel", "restart"]
+    {
+        for version in ["v311-", "v5-"] {
+            assert!(
+                names.iter().any(|name| name.starts_with(version) && name.contains(wanted)),
+                "no {version}{wanted} trace in {names:?}"
+            );
+        }
+    }
+    let offline = traces.iter().find(|trace| trace.name == "v311-offline-buffer").expect("offline trace");
+    let queued = offline
+        .calls
+        .iter()
+        .filter(|call| matches!(call, Call::Put(key, _) if key.starts_with("c-")))
+        .count();
+    assert!(queued > SMALL_CACHE.records * 4, "the offline trace outgrows the cache: {queued} commands");
+}
+
+#[test]
+fn every_crash_point_of_every_trace_is_safe_with_redis_answering() {
+    let mut total = Checked::default();
+    for trace in traces() {
+        let checked = replay(&trace, &Schedule::new()).unwrap_or_else(|violation| panic!("{violation}"));
+        total.calls += checked.calls;
+        total.crash_points += checked.crash_points;
+    }
+    println!("checked {} calls, {} crash points, no faults", total.calls, total.crash_points);
+    assert!(total.crash_points > 3000, "{total:?}");
+}
+
+/// The checker finds what it is for: with 0.4's rule (every command record's
+/// removal waits for the next write), a sent QoS 0 message, a sent SUBSCRIBE
+/// and a message Paho dropped stay restorable.
+#[test]
+fn the_checker_fails_the_04_rule_for_command_records() {
+    let settings = Settings { cache: SMALL_CACHE, legacy_command_removals: true, ..Settings::default() };
+    for name in
+        ["v311-qos0-online", "v5-qos0-online", "v311-subscribe", "v311-delete-oldest", "v5-delete-oldest"]
+    {
+        let trace = traces().into_iter().find(|trace| trace.name == name).expect("a trace");
+        let verdict = replay_with(&trace, &Schedule::new(), settings);
+        assert!(
+            verdict.as_ref().is_err_and(|violation| violation.contains("acted on")),
+            "{name}: the checker must catch it: {verdict:?}"
+        );
+    }
+}
+
+fn fault() -> impl Strategy<Value = Fault> {
+    let mode = prop_oneof![Just(Mode::Down), Just(Mode::Hung), Just(Mode::Full)];
+    prop_oneof![
+        6 => (mode, 1usize..30).prop_map(|(mode, calls)| Fault::Mode(mode, calls)),
+        1 => Just(Fault::RestartEmpty),
+    ]
+}
+
+/// Cases per trace; `PMR_CHECKER_CASES` overrides.
+const CASES_PER_TRACE: u32 = 150;
+
+#[test]
+fn every_crash_point_stays_safe_through_failures_hangs_refusals_and_restarts() {
+    let cases =
+        std::env::var("PMR_CHECKER_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(CASES_PER_TRACE);
+    let crash_points = std::cell::Cell::new(0usize);
+    let interleavings = std::cell::Cell::new(0usize);
+    for trace in traces() {
+        let len = trace.calls.len();
+        let schedule = prop::collection::btree_map(0..len, fault(), 1..6);
+        let config = Config { cases, failure_persistence: None, ..Config::default() };
+        let mut runner = TestRunner::new(config);
+        let result = runner.run(&schedule, |schedule| {
+            let checked = replay(&trace, &schedule).map_err(TestCaseError::fail)?;
+            crash_points.set(crash_points.get() + checked.crash_points);
+            interleavings.set(interleavings.get() + 1);
+            Ok(())
+        });
+        if let Err(error) = result {
+            panic!("{}: {error}", trace.name);
+        }
+    }
+    println!("checked {} crash points in {} fault interleavings", crash_points.get(), interleavings.get());
+}

@@ -1,0 +1,78 @@
+//! The fields of the store's hash, as Paho last wrote or removed them.
+//!
+//! A store's hash has one writer, the client that opened it, so the core can
+//! keep the list of its fields and answer `keys`, `contains_key` and the
+//! `remove` of a key that was never written without asking Redis.
+
+use std::collections::HashSet;
+
+use smallvec::SmallVec;
+
+/// A hash field name. Paho's keys are at most 13 bytes (`c5-4294967295`), so
+/// they are stored inline: adding a key to the index does not allocate.
+pub(crate) type FieldName = SmallVec<[u8; 16]>;
+
+/// The fields of the hash, as Paho last wrote or removed them.
+#[derive(Debug, Default)]
+pub(crate) struct FieldIndex {
+    fields: HashSet<FieldName>,
+}
+
+impl FieldIndex {
+    pub(crate) fn insert(&mut self, key: &str) {
+        // Inline for Paho's keys: building the name to insert costs no allocation.
+        self.fields.insert(FieldName::from_slice(key.as_bytes()));
+    }
+
+    /// Removes `key`; returns whether it was there.
+    pub(crate) fn remove(&mut self, key: &str) -> bool {
+        self.fields.remove(key.as_bytes())
+    }
+
+    pub(crate) fn contains(&self, key: &str) -> bool {
+        self.contains_bytes(key.as_bytes())
+    }
+
+    pub(crate) fn contains_bytes(&self, field: &[u8]) -> bool {
+        self.fields.contains(field)
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.fields.clear();
+    }
+
+    /// The fields as Paho keys, sorted so that a restore always happens in the
+    /// same order (`s-N` before `sc-N`, as Redis lists a small hash). Only
+    /// valid UTF-8 without NUL ever enters the index, so every field converts.
+    pub(crate) fn keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .fields
+            .iter()
+            .filter_map(|field| std::str::from_utf8(field).ok().map(str::to_owned))
+            .collect();
+        keys.sort_unstable();
+        keys
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        self.fields.iter().map(|field| field.as_slice())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_tracks_inserts_and_removes() {
+        let mut index = FieldIndex::default();
+        index.insert("s-1");
+        index.insert("s-1");
+        index.insert("c-2");
+        assert_eq!(index.keys().len(), 2);
+        assert!(index.contains("s-1"));
+        assert!(index.remove("s-1"));
+        assert!(!index.remove("s-1"));
+        assert_eq!(index.keys(), vec!["c-2".to_owned()]);
+    }
+}

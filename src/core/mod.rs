@@ -1,0 +1,796 @@
+//! The store's core: what the store knows and decides, without a socket.
+//!
+//! Each Paho call goes in as a method call; what must happen in Redis comes
+//! out as a [`Plan`] (commands as data), and what became of it goes back in
+//! as an [`Exchange`] through [`Core::complete`]. After each call the caller
+//! asks [`Core::follow_up`] for what the core wants done next (a check of the
+//! hash after a reconnect, removals owed). Nothing here blocks or does I/O, so
+//! every decision is tested in microseconds, and the crash-point checker
+//! (`checker`, in tests) replays recorded Paho call sequences against a
+//! simulated Redis that fails, hangs, refuses and restarts.
+//!
+//! The promise kept here: at every instant, what Redis holds is what a
+//! restarted client may safely restore. Paho's own order of calls has one
+//! crash window, which the core closes: `MQTTAsync_processCommand` removes a
+//! command record before it writes the PUBLISH record of the same message, so
+//! the removal waits for that write and runs inside it, atomically (see
+//! [`crate::paho::CommandRemoval`] for how the core tells that removal from
+//! Paho dropping a message).
+
+mod cache;
+pub(crate) mod drive;
+mod index;
+mod plan;
+
+#[cfg(test)]
+mod checker;
+#[cfg(test)]
+mod sim;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use redis::RedisError;
+
+pub(crate) use cache::{CacheLimits, RecordCache};
+pub(crate) use index::{FieldIndex, FieldName};
+pub(crate) use plan::{Command, Exchange, Failure, Plan, Records, Reply};
+
+use crate::paho::{self, CommandRemoval, PreviousCall};
+use crate::stats::Counters;
+use crate::Error;
+
+/// The hash field in which a store with `max_store_bytes` keeps its byte
+/// count. Never a Paho key, and never shown to Paho (which would try to
+/// restore it, fail, and delete it); tools that read a store skip it.
+pub const BYTE_COUNT_FIELD: &str = "paho-mqtt-redis:bytes";
+
+/// What the core is told of the store's configuration.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Settings {
+    /// `max_store_bytes`.
+    pub(crate) budget: Option<u64>,
+    /// `defer_qos1_removals`.
+    pub(crate) defer_qos1_removals: bool,
+    pub(crate) cache: CacheLimits,
+    /// 0.4's rule, for the checker to show it catches it: every command
+    /// record's removal waits for the next write.
+    #[cfg(test)]
+    pub(crate) legacy_command_removals: bool,
+}
+
+/// What a completed call gives back to Paho.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Answer {
+    Done,
+    Value(Vec<u8>),
+}
+
+/// A removal that waits for the write of its message's PUBLISH record.
+#[derive(Debug, Clone)]
+struct Handoff {
+    command: FieldName,
+    publish: String,
+}
+
+/// What the core waits to hear of, one entry per plan handed out, oldest first.
+#[derive(Debug)]
+enum Pending {
+    Open,
+    KeyType,
+    Put(PendingPut),
+    Get { key: String },
+    Remove { removals: usize, key: FieldName },
+    Flush { removals: usize, kept: bool },
+    Resync,
+    Clear,
+    ByteCount,
+}
+
+#[derive(Debug)]
+struct PendingPut {
+    /// Inline: a `put` allocates nothing for the core's bookkeeping.
+    key: FieldName,
+    /// The write also carries the records kept in memory.
+    kept: bool,
+    /// How many of the owed removals ride inside the write.
+    removals: usize,
+    /// The record is kept in memory whatever Redis says (Paho ignores the
+    /// `put`'s result), until Redis has taken it.
+    keep: bool,
+    was_indexed: bool,
+    /// The write took the place of an owed removal of the same field, which
+    /// is owed again if the write fails (Paho was told the put failed).
+    superseded_removal: bool,
+    qos1: bool,
+}
+
+/// The core of one open store.
+#[derive(Debug)]
+pub(crate) struct Core {
+    hash: String,
+    settings: Settings,
+    /// The fields as Paho wrote them: a removed field leaves at once, even
+    /// while its removal waits.
+    fields: FieldIndex,
+    /// The hash as `open` read it, until Paho's restore has read each record.
+    snapshot: HashMap<String, Vec<u8>>,
+    cache: RecordCache,
+    /// The command records of QoS ≥ 1 PUBLISH commands: what each will be sent as.
+    publishes: HashMap<FieldName, paho::Command>,
+    /// Fields removed locally whose removal has not reached Redis yet.
+    removals_owed: Vec<FieldName>,
+    handoff: Option<Handoff>,
+    /// The QoS 1 PUBLISH records whose removal `defer_qos1_removals` defers.
+    qos1_publishes: HashSet<FieldName>,
+    previous: PreviousCall,
+    /// The connection generation the index was last checked against.
+    synced_generation: u64,
+    /// A command may have run late (it timed out, or the connection broke
+    /// after it was sent): the hash is checked at the next chance.
+    outcome_unknown: bool,
+    /// The owed removals (and kept records) should go out now, not with the next write.
+    flush_due: bool,
+    /// `open` found a byte count to repair: the value to set, or `None` to drop it.
+    byte_count_repair: Option<Option<u64>>,
+    pending: VecDeque<Pending>,
+}
+
+impl Core {
+    /// A core for the store in `hash`, before `open` has read it.
+    pub(crate) fn new(hash: String, settings: Settings, counters: Arc<Counters>) -> Self {
+        Self {
+            hash,
+            settings,
+            fields: FieldIndex::default(),
+            snapshot: HashMap::new(),
+            cache: RecordCache::new(counters, settings.cache),
+            publishes: HashMap::new(),
+            removals_owed: Vec::new(),
+            handoff: None,
+            qos1_publishes: HashSet::new(),
+            previous: PreviousCall::Other,
+            synced_generation: 0,
+            outcome_unknown: false,
+            flush_due: false,
+            byte_count_repair: None,
+            pending: VecDeque::new(),
+        }
+    }
+
+    pub(crate) fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    /// Whether Paho's `key` is in the store.
+    pub(crate) fn contains(&self, key: &str) -> bool {
+        self.fields.contains(key)
+    }
+
+    /// How many records Redis has not taken yet.
+    pub(crate) fn unwritten(&self) -> usize {
+        self.cache.not_in_redis_count()
+    }
+
+    /// The store's keys, as Paho's restore lists them.
+    pub(crate) fn keys(&mut self) -> Vec<String> {
+        self.before_call();
+        self.previous = PreviousCall::Other;
+        self.fields.keys()
+    }
+
+    fn plan<'a>(&'a self, commands: impl IntoIterator<Item = Command<'a>>) -> Plan<'a> {
+        Plan { hash: &self.hash, budget: self.settings.budget, commands: commands.into_iter().collect() }
+    }
+
+    /// `open`: read the whole hash.
+    pub(crate) fn open(&mut self) -> Plan<'_> {
+        self.pending.push_back(Pending::Open);
+        self.plan([Command::ReadAll])
+    }
+
+    /// After `open` found the key is not a hash: ask what it is.
+    pub(crate) fn key_type(&mut self) -> Plan<'_> {
+        self.pending.push_back(Pending::KeyType);
+        self.plan([Command::KeyType])
+    }
+
+    /// `put`: writes the record, with the records kept in memory and the
+    /// owed removals, in one command.
+    pub(crate) fn put<'a>(&'a mut self, key: &'a str, parts: &'a [&'a [u8]]) -> Plan<'a> {
+        // Paho writes only after its restore is over; what it did not read by
+        // then it never will.
+        if !self.snapshot.is_empty() {
+            self.snapshot = HashMap::new();
+        }
+        let command_record = paho::is_command_key(key);
+        match &self.handoff {
+            Some(handoff) if handoff.publish == key => {
+                // The write that ends the handoff carries its removal.
+                if let Some(handoff) = self.handoff.take() {
+                    self.removals_owed.push(handoff.command);
+                }
+            }
+            // `MQTTAsync_addCommand` may queue a command between the removal
+            // and the PUBLISH record's write (it takes only `mqttcommand_mutex`).
+            Some(_) if command_record => {}
+            Some(_) => self.end_handoff(),
+            None => {}
+        }
+        // This write replaces the field, so an owed removal of it must not follow it.
+        let owed_before = self.removals_owed.len();
+        self.removals_owed.retain(|owed| owed.as_slice() != key.as_bytes());
+        let superseded_removal = self.removals_owed.len() < owed_before;
+        let first_byte = parts.iter().find_map(|part| part.first().copied());
+        let qos1 = paho::is_qos1_publish(key, first_byte);
+        // A QoS 1 PUBLISH record may leave removals owed (see
+        // `Builder::defer_qos1_removals`): a crash then restores a duplicate.
+        let removals = if self.settings.defer_qos1_removals && qos1 { 0 } else { self.removals_owed.len() };
+        if removals == self.removals_owed.len() {
+            self.flush_due = false;
+        }
+        let keep = paho::put_failure_ignored(key);
+        if keep {
+            self.cache.insert(key, parts, false);
+        }
+        if command_record {
+            let command = self.cache.get(key).map_or(paho::Command::Other, paho::Command::read);
+            let field = FieldName::from_slice(key.as_bytes());
+            if command.publish_record_key(key).is_some() {
+                self.publishes.insert(field, command);
+            } else {
+                self.publishes.remove(&field);
+            }
+        }
+        let kept = self.cache.not_in_redis_count() > usize::from(keep);
+        self.pending.push_back(Pending::Put(PendingPut {
+            key: FieldName::from_slice(key.as_bytes()),
+            kept,
+            removals,
+            keep,
+            was_indexed: self.fields.contains(key),
+            superseded_removal,
+            qos1,
+        }));
+        self.previous = if command_record {
+            PreviousCall::PutCommand(FieldName::from_slice(key.as_bytes()))
+        } else {
+            PreviousCall::Other
+        };
+        let this: &'a Self = self;
+        let records = Records { kept: kept.then_some(&this.cache), new: Some((key, parts)) };
+        let owed = this.removals_owed.get(..removals).unwrap_or_default();
+        this.plan([Command::Write { records, removals: owed }])
+    }
+
+    /// `get`: answered from memory when the core has the record, else a plan
+    /// to read it.
+    pub(crate) fn get<'a>(&'a mut self, key: &'a str) -> Result<Result<Vec<u8>, Plan<'a>>, Error> {
+        self.before_call();
+        self.previous = PreviousCall::Other;
+        if let Some(value) = self.snapshot.remove(key) {
+            if self.snapshot.is_empty() {
+                self.snapshot = HashMap::new();
+            }
+            // Paho reads a restored command record again when it sends it.
+            self.cache.in_redis(key, &[&value]);
+            return Ok(Ok(value));
+        }
+        if let Some(value) = self.cache.get(key) {
+            return Ok(Ok(value.to_vec()));
+        }
+        if !self.fields.contains(key) {
+            return Err(Error::KeyNotFound { key: key.to_owned() });
+        }
+        self.pending.push_back(Pending::Get { key: key.to_owned() });
+        Ok(Err(self.plan([Command::Read(key)])))
+    }
+
+    /// Where a `get` of `key` would be answered from memory, if it would.
+    pub(crate) fn in_memory(&self, key: &str) -> Option<drive::Served> {
+        if self.snapshot.contains_key(key) {
+            Some(drive::Served::Snapshot)
+        } else if self.cache.contains(key) {
+            Some(drive::Served::Cache)
+        } else {
+            None
+        }
+    }
+
+    /// `remove`: the plan is empty when the removal waits (or when the key
+    /// was never written).
+    pub(crate) fn remove(&mut self, key: &str) -> Plan<'_> {
+        self.snapshot.remove(key);
+        let command_record = paho::is_command_key(key);
+        let how = command_record.then(|| CommandRemoval::of(key, &self.previous));
+        // A command dropped by `MQTTAsync_addCommand` may come between a
+        // removal and its PUBLISH record's write; anything else means Paho
+        // did not write it.
+        if how != Some(CommandRemoval::Dropped) {
+            self.end_handoff();
+        }
+        self.previous = PreviousCall::Other;
+        let field = FieldName::from_slice(key.as_bytes());
+        let publish = self.publishes.remove(&field);
+        self.cache.remove(key);
+        let acknowledged_qos1 = self.qos1_publishes.remove(key.as_bytes());
+        if !self.fields.remove(key) {
+            // Never written (Paho removes every key a message might have used).
+            return self.flush_if_due();
+        }
+        #[cfg(test)]
+        if self.settings.legacy_command_removals && command_record {
+            self.removals_owed.push(field);
+            return self.plan([]);
+        }
+        if how == Some(CommandRemoval::Sending) {
+            if let Some(publish) = publish.and_then(|command| command.publish_record_key(key)) {
+                self.handoff = Some(Handoff { command: field, publish });
+                // Records waiting in memory go now, without the waiting removal.
+                self.flush_due |= self.cache.not_in_redis_count() > 0;
+                return self.flush_if_due();
+            }
+        }
+        self.removals_owed.push(field);
+        if acknowledged_qos1 && self.settings.defer_qos1_removals {
+            return self.flush_if_due();
+        }
+        if self.cache.not_in_redis_count() > 0 {
+            // Records wait in memory: they go first, in the same command.
+            return self.flush_plan();
+        }
+        self.flush_due = false;
+        let removals = self.removals_owed.len();
+        self.pending.push_back(Pending::Remove { removals, key: FieldName::from_slice(key.as_bytes()) });
+        self.plan([Command::Remove(&self.removals_owed)])
+    }
+
+    /// `clear`: deletes the hash.
+    pub(crate) fn clear(&mut self) -> Plan<'_> {
+        self.pending.push_back(Pending::Clear);
+        self.plan([Command::DeleteAll])
+    }
+
+    /// `close`: what is still owed, sent now.
+    pub(crate) fn close(&mut self) -> Plan<'_> {
+        self.end_handoff();
+        self.flush_plan()
+    }
+
+    /// Every call but the ones that may come between a command record's
+    /// removal and its PUBLISH record's write ends a waiting handoff.
+    fn before_call(&mut self) {
+        self.end_handoff();
+    }
+
+    /// The waiting removal goes out now: Paho is not writing that PUBLISH
+    /// record (it failed to send the command, or the invariant
+    /// `CommandRemoval` relies on no longer holds).
+    fn end_handoff(&mut self) {
+        if let Some(handoff) = self.handoff.take() {
+            log::debug!(
+                "redis persistence: {:?} was removed but {} was not written next; removing it now",
+                String::from_utf8_lossy(&handoff.command),
+                handoff.publish
+            );
+            self.removals_owed.push(handoff.command);
+            self.flush_due = true;
+        }
+    }
+
+    fn flush_if_due(&mut self) -> Plan<'_> {
+        if !self.flush_due {
+            return self.plan([]);
+        }
+        self.flush_plan()
+    }
+
+    /// One command with every kept record and owed removal, or an empty plan.
+    fn flush_plan(&mut self) -> Plan<'_> {
+        self.flush_due = false;
+        let kept = self.cache.not_in_redis_count() > 0;
+        let removals = self.removals_owed.len();
+        if !kept && removals == 0 {
+            return self.plan([]);
+        }
+        self.pending.push_back(Pending::Flush { removals, kept });
+        let command = if kept {
+            Command::Write {
+                records: Records { kept: Some(&self.cache), new: None },
+                removals: &self.removals_owed,
+            }
+        } else {
+            Command::Remove(&self.removals_owed)
+        };
+        self.plan([command])
+    }
+
+    /// What the core wants done after a call: a check of the hash after a
+    /// reconnect or a command that may have run late, the owed removals, a
+    /// byte count repair. `None` when nothing is wanted.
+    pub(crate) fn follow_up(&mut self, generation: u64) -> Option<Plan<'_>> {
+        if self.synced_generation != generation || self.outcome_unknown {
+            self.pending.push_back(Pending::Resync);
+            return Some(self.plan([Command::ListFields]));
+        }
+        if let Some(repair) = self.byte_count_repair.take() {
+            self.pending.push_back(Pending::ByteCount);
+            let command = repair.map_or(Command::DropByteCount, Command::SetByteCount);
+            return Some(self.plan([command]));
+        }
+        if self.flush_due {
+            let plan = self.flush_plan();
+            return (!plan.is_empty()).then_some(plan);
+        }
+        None
+    }
+
+    /// Takes in what became of the oldest plan handed out.
+    pub(crate) fn complete(&mut self, exchange: Exchange) -> Result<Answer, Error> {
+        let Exchange { replies, failure, generation } = exchange;
+        let mut replies = replies.into_iter();
+        let outcome = match replies.next() {
+            Some(reply) => Outcome::Replied(reply),
+            None => Outcome::Failed(
+                failure.unwrap_or_else(|| Failure { error: Error::NotOpen, may_run_late: false }),
+            ),
+        };
+        if let Outcome::Failed(failure) = &outcome {
+            self.outcome_unknown |= failure.may_run_late;
+        }
+        let Some(pending) = self.pending.pop_front() else {
+            return Err(Error::NotOpen);
+        };
+        match pending {
+            Pending::Open => self.opened(outcome, generation),
+            Pending::KeyType => match outcome {
+                Outcome::Replied(Ok(Reply::Type(found))) => {
+                    Err(Error::NotAHash { hash: self.hash.clone(), found })
+                }
+                _ => Err(Error::NotAHash {
+                    hash: self.hash.clone(),
+                    found: "value of another type".to_owned(),
+                }),
+            },
+            Pending::Put(put) => self.put_done(put, outcome),
+            Pending::Get { key } => match outcome {
+                Outcome::Replied(Ok(Reply::Value(Some(value)))) => Ok(Answer::Value(value)),
+                Outcome::Replied(Ok(_)) => Err(Error::KeyNotFound { key }),
+                Outcome::Replied(Err(source)) => Err(self.command_error("HGET", source)),
+                Outcome::Failed(failure) => Err(failure.error),
+            },
+            Pending::Remove { removals, key } => self.removed(removals, key, outcome),
+            Pending::Flush { removals, kept } => {
+                self.flushed(removals, kept, outcome);
+                Ok(Answer::Done)
+            }
+            Pending::Resync => {
+                self.resynced(outcome, generation);
+                Ok(Answer::Done)
+            }
+            Pending::Clear => match outcome {
+                Outcome::Replied(Ok(_)) => {
+                    self.cleared(generation);
+                    Ok(Answer::Done)
+                }
+                Outcome::Replied(Err(source)) => Err(self.command_error("DEL", source)),
+                Outcome::Failed(failure) => {
+                    // A DEL that timed out may still run once Redis answers again.
+                    self.outcome_unknown = true;
+                    Err(failure.error)
+                }
+            },
+            Pending::ByteCount => {
+                match outcome {
+                    Outcome::Replied(Ok(_)) => {}
+                    Outcome::Replied(Err(error)) => {
+                        log::warn!(
+                            "redis persistence: cannot repair the byte count of `{}`: {error}",
+                            self.hash
+                        )
+                    }
+                    Outcome::Failed(failure) => log::warn!(
+                        "redis persistence: cannot repair the byte count of `{}`: {}",
+                        self.hash,
+                        failure.error
+                    ),
+                }
+                Ok(Answer::Done)
+            }
+        }
+    }
+
+    fn command_error(&self, command: &'static str, source: RedisError) -> Error {
+        Error::Command { command, hash: self.hash.clone(), source }
+    }
+
+    fn opened(&mut self, outcome: Outcome, generation: u64) -> Result<Answer, Error> {
+        let entries = match outcome {
+            Outcome::Replied(Ok(Reply::Entries(entries))) => entries,
+            Outcome::Replied(Ok(_)) => Vec::new(),
+            Outcome::Replied(Err(source)) if source.code() == Some("WRONGTYPE") => {
+                return Err(Error::NotAHash { hash: self.hash.clone(), found: String::new() })
+            }
+            Outcome::Replied(Err(source)) => return Err(self.command_error("HGETALL", source)),
+            Outcome::Failed(failure) => return Err(failure.error),
+        };
+        self.synced_generation = generation;
+        self.snapshot = HashMap::with_capacity(entries.len());
+        let mut byte_count = None;
+        let mut bytes = 0u64;
+        for (field, value) in entries {
+            if field == BYTE_COUNT_FIELD.as_bytes() {
+                byte_count = Some(String::from_utf8_lossy(&value).trim().parse::<u64>().ok());
+                continue;
+            }
+            bytes = bytes.saturating_add(u64::try_from(value.len()).unwrap_or(u64::MAX));
+            let Some(key) = paho_key(field) else { continue };
+            if paho::is_command_key(&key) {
+                let command = paho::Command::read(&value);
+                if command.publish_record_key(&key).is_some() {
+                    self.publishes.insert(FieldName::from_slice(key.as_bytes()), command);
+                }
+            }
+            self.fields.insert(&key);
+            self.snapshot.insert(key, value);
+        }
+        // A byte count is trusted only if it is the sum of the values: one
+        // left by an earlier run without a budget is stale.
+        self.byte_count_repair = match (self.settings.budget, byte_count) {
+            (Some(_), Some(count)) if count != Some(bytes) => Some(Some(bytes)),
+            (None, Some(_)) => Some(None),
+            _ => None,
+        };
+        Ok(Answer::Done)
+    }
+
+    fn put_done(&mut self, put: PendingPut, outcome: Outcome) -> Result<Answer, Error> {
+        let PendingPut { key: field, kept, removals, keep, was_indexed, superseded_removal, qos1 } = put;
+        // Built from a `&str` by `put`.
+        let key = std::str::from_utf8(&field).unwrap_or_default();
+        match outcome {
+            Outcome::Replied(Ok(_)) => {
+                if kept {
+                    log::info!(
+                        "redis persistence: wrote {} records kept in memory to `{}`",
+                        self.cache.not_in_redis_count().saturating_sub(usize::from(keep)),
+                        self.hash
+                    );
+                    self.cache.all_in_redis();
+                }
+                self.cache.written(key);
+                self.removals_owed.drain(..removals.min(self.removals_owed.len()));
+                self.fields.insert(key);
+                if qos1 {
+                    self.qos1_publishes.insert(FieldName::from_slice(key.as_bytes()));
+                }
+                Ok(Answer::Done)
+            }
+            Outcome::Replied(Err(source)) => {
+                let error = self.write_error(removals > 0 || kept, source);
+                if keep {
+                    self.keep(key, &error);
+                    Ok(Answer::Done)
+                } else {
+                    if superseded_removal {
+                        self.removals_owed.push(field);
+                    }
+                    Err(error)
+                }
+            }
+            Outcome::Failed(failure) => {
+                if keep {
+                    // Paho acts as if the record were stored: Redis must get it.
+                    self.outcome_unknown = true;
+                    self.keep(key, &failure.error);
+                    Ok(Answer::Done)
+                } else {
+                    if superseded_removal || (failure.may_run_late && !was_indexed) {
+                        // The write may still reach Redis (a hung Redis runs it
+                        // once it resumes). Paho was told it failed: it must not stay.
+                        self.removals_owed.push(field);
+                    }
+                    self.outcome_unknown = true;
+                    Err(failure.error)
+                }
+            }
+        }
+    }
+
+    /// Keeps a record Redis did not take (Paho carries on as if it had); it
+    /// goes with the next write.
+    fn keep(&mut self, key: &str, error: &Error) {
+        self.fields.insert(key);
+        log::warn!(
+            "redis persistence: keeping record {key:?} in memory ({} not yet in Redis): {error}",
+            self.cache.not_in_redis_count()
+        );
+    }
+
+    /// The error for a write Redis refused.
+    fn write_error(&self, scripted: bool, source: RedisError) -> Error {
+        match (self.settings.budget, source.code()) {
+            (Some(limit), Some("STOREFULL")) => Error::StoreFull {
+                hash: self.hash.clone(),
+                limit,
+                detail: source.detail().unwrap_or("no room").to_owned(),
+            },
+            _ => {
+                let command = if scripted || self.settings.budget.is_some() { "EVAL" } else { "HSET" };
+                self.command_error(command, source)
+            }
+        }
+    }
+
+    fn removed(&mut self, removals: usize, key: FieldName, outcome: Outcome) -> Result<Answer, Error> {
+        match outcome {
+            Outcome::Replied(Ok(_)) => {
+                self.removals_owed.drain(..removals.min(self.removals_owed.len()));
+                Ok(Answer::Done)
+            }
+            Outcome::Replied(Err(source)) => {
+                // An error reply: nothing was removed; the field is back.
+                self.removals_owed.retain(|owed| *owed != key);
+                self.fields.insert(std::str::from_utf8(&key).unwrap_or_default());
+                let command = if self.settings.budget.is_some() { "EVAL" } else { "HDEL" };
+                Err(self.command_error(command, source))
+            }
+            Outcome::Failed(failure) => {
+                log::warn!(
+                    "redis persistence: remove of key {:?} is owed to Redis, which is unreachable: {}",
+                    String::from_utf8_lossy(&key),
+                    failure.error
+                );
+                self.outcome_unknown = true;
+                Ok(Answer::Done)
+            }
+        }
+    }
+
+    fn flushed(&mut self, removals: usize, kept: bool, outcome: Outcome) {
+        match outcome {
+            Outcome::Replied(Ok(_)) => {
+                if kept {
+                    log::info!(
+                        "redis persistence: wrote {} records kept in memory to `{}`",
+                        self.cache.not_in_redis_count(),
+                        self.hash
+                    );
+                    self.cache.all_in_redis();
+                }
+                self.removals_owed.drain(..removals.min(self.removals_owed.len()));
+            }
+            Outcome::Replied(Err(error)) => log::warn!(
+                "redis persistence: {} records and {} removals owed to `{}` failed, will retry: {error}",
+                self.cache.not_in_redis_count(),
+                self.removals_owed.len(),
+                self.hash
+            ),
+            Outcome::Failed(failure) => {
+                self.outcome_unknown = true;
+                log::warn!(
+                    "redis persistence: cannot send owed writes to `{}`: {}",
+                    self.hash,
+                    failure.error
+                );
+            }
+        }
+    }
+
+    /// Compares the index with the hash: records Redis lost are written again
+    /// from memory where the core has them and reported lost otherwise;
+    /// fields Redis has that Paho removed (a write that ran late) are removed.
+    fn resynced(&mut self, outcome: Outcome, generation: u64) {
+        let present = match outcome {
+            Outcome::Replied(Ok(Reply::Fields(present))) => present,
+            Outcome::Replied(Ok(_)) => Vec::new(),
+            Outcome::Replied(Err(error)) => {
+                log::warn!("redis persistence: cannot check `{}` after reconnecting: {error}", self.hash);
+                return;
+            }
+            Outcome::Failed(failure) => {
+                log::warn!(
+                    "redis persistence: cannot check `{}` after reconnecting: {}",
+                    self.hash,
+                    failure.error
+                );
+                return;
+            }
+        };
+        let present: HashSet<&[u8]> = present.iter().map(Vec::as_slice).collect();
+        let missing: Vec<String> = self
+            .fields
+            .iter()
+            .filter(|field| !present.contains(field))
+            .map(|field| String::from_utf8_lossy(field).into_owned())
+            .collect();
+        let mut lost = Vec::new();
+        let mut rewritten = 0usize;
+        for key in missing {
+            if self.cache.mark_not_in_redis(&key) {
+                rewritten = rewritten.saturating_add(1);
+            } else if self.cache.contains(&key) {
+                // Kept in memory already: it goes with the next write.
+            } else if let Some(value) = self.snapshot.get(&key) {
+                self.cache.insert(&key, &[value], false);
+                rewritten = rewritten.saturating_add(1);
+            } else {
+                self.fields.remove(&key);
+                self.qos1_publishes.remove(key.as_bytes());
+                self.publishes.remove(key.as_bytes());
+                lost.push(key);
+            }
+        }
+        let mut stale = Vec::new();
+        for field in present {
+            // A removal waiting for its PUBLISH record is Paho's, not a late write's.
+            let owed = self.removals_owed.iter().any(|owed| owed.as_slice() == field)
+                || self.handoff.as_ref().is_some_and(|handoff| handoff.command.as_slice() == field);
+            if field != BYTE_COUNT_FIELD.as_bytes() && !owed && !self.fields.contains_bytes(field) {
+                stale.push(String::from_utf8_lossy(field).into_owned());
+                self.removals_owed.push(FieldName::from_slice(field));
+            }
+        }
+        if lost.is_empty() && rewritten == 0 && stale.is_empty() {
+            log::info!("redis persistence: `{}` is intact after reconnecting", self.hash);
+        } else {
+            log::error!(
+                "redis persistence: `{}` differs from what Paho stored (Redis restarted without its data, \
+                 or a timed-out write ran late): {rewritten} records are written again from memory; \
+                 {} fields Paho had removed are removed: {stale:?}; {} messages are lost: {lost:?}",
+                self.hash,
+                stale.len(),
+                lost.len(),
+            );
+        }
+        self.synced_generation = generation;
+        self.outcome_unknown = false;
+        self.flush_due = self.cache.not_in_redis_count() > 0 || !self.removals_owed.is_empty();
+    }
+
+    fn cleared(&mut self, generation: u64) {
+        self.fields.clear();
+        self.cache.clear();
+        self.removals_owed.clear();
+        self.handoff = None;
+        self.publishes.clear();
+        self.qos1_publishes.clear();
+        self.snapshot = HashMap::new();
+        self.synced_generation = generation;
+        self.outcome_unknown = false;
+        self.flush_due = false;
+    }
+
+    /// Whether anything is still owed to Redis (kept records or removals).
+    pub(crate) fn owes(&self) -> bool {
+        self.cache.not_in_redis_count() > 0 || !self.removals_owed.is_empty() || self.handoff.is_some()
+    }
+}
+
+/// The first reply of an exchange, or why there is none.
+enum Outcome {
+    Replied(Result<Reply, RedisError>),
+    Failed(Failure),
+}
+
+/// A hash field as a key Paho can take, or `None` for a field someone else
+/// wrote that Paho never would: paho-mqtt 0.14 aborts the process on a key with
+/// a NUL byte, and Paho's keys are always ASCII.
+fn paho_key(field: Vec<u8>) -> Option<String> {
+    match String::from_utf8(field) {
+        Ok(key) if !key.contains('\0') => Some(key),
+        Ok(key) => {
+            log::warn!("redis persistence: skipping field {key:?}: it contains a NUL byte");
+            None
+        }
+        Err(e) => {
+            log::warn!(
+                "redis persistence: skipping field {:?}: not UTF-8",
+                String::from_utf8_lossy(e.as_bytes())
+            );
+            None
+        }
+    }
+}

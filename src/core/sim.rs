@@ -1,0 +1,277 @@
+//! A simulated Redis for the core's tests: runs plans on a map in memory, and
+//! fails the ways a real one does.
+//!
+//! What it models of a real Redis (and was seen there): an error reply changes
+//! nothing (a refused `HSET`, a script refused at its first write under
+//! `maxmemory`); a command that timed out was still sent, so a hung Redis runs
+//! it when it resumes, before anything a later connection sends (its bytes
+//! were queued first); a restart without persistence empties the hash and is
+//! seen as a new connection.
+
+use std::collections::BTreeMap;
+use std::io;
+
+use redis::RedisError;
+use smallvec::SmallVec;
+
+use super::drive::Runner;
+use super::{Command, Exchange, Failure, Plan, Reply, BYTE_COUNT_FIELD};
+use crate::Error;
+
+/// How the simulated Redis answers the next exchanges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Answers everything.
+    Up,
+    /// Refuses connections: nothing is sent.
+    Down,
+    /// Takes the commands and never answers in time: each exchange times out,
+    /// and its writes run when Redis resumes.
+    Hung,
+    /// Out of memory: refuses writes (`-OOM`), runs removals and reads.
+    Full,
+}
+
+/// A command of a plan, owned, so that a hung Redis can run it later.
+#[derive(Debug, Clone)]
+enum Owned {
+    Write { pairs: Vec<(Vec<u8>, Vec<u8>)>, removals: Vec<Vec<u8>>, budget: Option<u64> },
+    Remove(Vec<Vec<u8>>),
+    DeleteAll,
+    SetByteCount(u64),
+    DropByteCount,
+    ReadAll,
+    KeyType,
+    Read(Vec<u8>),
+    ListFields,
+}
+
+#[derive(Debug)]
+pub(crate) struct SimRedis {
+    /// The store's hash: what a crash right now leaves for a restarted client.
+    pub(crate) hash: BTreeMap<Vec<u8>, Vec<u8>>,
+    pub(crate) mode: Mode,
+    generation: u64,
+    /// The connection broke (a timeout, a restart): the next exchange reconnects.
+    broken: bool,
+    /// Writes sent to a hung Redis, run when it answers again.
+    late: Vec<Owned>,
+    /// Exchanges run, for tests that count them.
+    pub(crate) exchanges: usize,
+    /// An exchange of the current call failed: it does not wait again.
+    failed_in_call: bool,
+}
+
+impl Default for SimRedis {
+    fn default() -> Self {
+        Self {
+            hash: BTreeMap::new(),
+            mode: Mode::Up,
+            generation: 1,
+            broken: false,
+            late: Vec::new(),
+            exchanges: 0,
+            failed_in_call: false,
+        }
+    }
+}
+
+impl SimRedis {
+    /// Redis restarts without its data.
+    pub(crate) fn restart_empty(&mut self) {
+        self.hash.clear();
+        self.late.clear();
+        self.broken = true;
+    }
+
+    /// The hash's Paho keys, without the byte count.
+    pub(crate) fn keys(&self) -> Vec<String> {
+        self.hash
+            .keys()
+            .filter(|field| field.as_slice() != BYTE_COUNT_FIELD.as_bytes())
+            .map(|field| String::from_utf8_lossy(field).into_owned())
+            .collect()
+    }
+
+    /// Starts a Paho call (see [`Runner::may_wait`]).
+    pub(crate) fn begin_call(&mut self) {
+        self.failed_in_call = false;
+    }
+
+    /// Runs `plan` as the current mode says.
+    pub(crate) fn exchange(&mut self, plan: &Plan<'_>) -> Exchange {
+        self.exchanges += 1;
+        if matches!(self.mode, Mode::Down | Mode::Hung) {
+            self.failed_in_call = true;
+        }
+        let commands: Vec<Owned> = plan.commands.iter().map(|command| owned(plan, command)).collect();
+        match self.mode {
+            Mode::Down => {
+                self.broken = true;
+                return Exchange {
+                    replies: SmallVec::new(),
+                    failure: Some(Failure {
+                        error: Error::Connect {
+                            addr: "simulated".to_owned(),
+                            source: io::Error::new(io::ErrorKind::ConnectionRefused, "refused").into(),
+                        },
+                        may_run_late: false,
+                    }),
+                    generation: self.generation,
+                };
+            }
+            Mode::Hung => {
+                self.reconnect_if_broken();
+                self.late.extend(commands);
+                self.broken = true;
+                return Exchange {
+                    replies: SmallVec::new(),
+                    failure: Some(Failure {
+                        error: Error::Command {
+                            command: "simulated",
+                            hash: plan.hash.to_owned(),
+                            source: io::Error::new(io::ErrorKind::TimedOut, "timed out").into(),
+                        },
+                        may_run_late: true,
+                    }),
+                    generation: self.generation,
+                };
+            }
+            Mode::Up | Mode::Full => {}
+        }
+        self.reconnect_if_broken();
+        let replies = commands.iter().map(|command| self.execute(command)).collect();
+        Exchange { replies, failure: None, generation: self.generation }
+    }
+
+    fn reconnect_if_broken(&mut self) {
+        if self.broken {
+            self.broken = false;
+            self.generation += 1;
+            // What a hung Redis was sent runs before a new connection's commands.
+            for command in std::mem::take(&mut self.late) {
+                let _ = self.execute(&command);
+            }
+        }
+    }
+
+    fn execute(&mut self, command: &Owned) -> Result<Reply, RedisError> {
+        match command {
+            Owned::ReadAll => {
+                Ok(Reply::Entries(self.hash.iter().map(|(k, v)| (k.clone(), v.clone())).collect()))
+            }
+            Owned::KeyType => Ok(Reply::Type("hash".to_owned())),
+            Owned::Read(field) => Ok(Reply::Value(self.hash.get(field).cloned())),
+            Owned::ListFields => Ok(Reply::Fields(self.hash.keys().cloned().collect())),
+            Owned::DeleteAll => {
+                self.hash.clear();
+                Ok(Reply::Done)
+            }
+            Owned::Write { pairs, removals, budget } => {
+                if self.mode == Mode::Full {
+                    return Err(refusal("OOM", "command not allowed when used memory > 'maxmemory'"));
+                }
+                if let Some(limit) = budget {
+                    let mut after = self.value_bytes();
+                    for (field, value) in pairs {
+                        after = after - self.hash.get(field).map_or(0, Vec::len) as u64 + value.len() as u64;
+                    }
+                    for field in removals {
+                        after -= self.hash.get(field).map_or(0, Vec::len) as u64;
+                    }
+                    if after > *limit {
+                        return Err(refusal("STOREFULL", "the store would hold too many bytes"));
+                    }
+                    for (field, value) in pairs {
+                        self.hash.insert(field.clone(), value.clone());
+                    }
+                    for field in removals {
+                        self.hash.remove(field);
+                    }
+                    self.hash.insert(BYTE_COUNT_FIELD.as_bytes().to_vec(), after.to_string().into_bytes());
+                    return Ok(Reply::Done);
+                }
+                for (field, value) in pairs {
+                    self.hash.insert(field.clone(), value.clone());
+                }
+                for field in removals {
+                    self.hash.remove(field);
+                }
+                Ok(Reply::Done)
+            }
+            Owned::Remove(fields) => {
+                for field in fields {
+                    self.hash.remove(field);
+                }
+                if self.hash.contains_key(BYTE_COUNT_FIELD.as_bytes()) {
+                    if self.hash.len() == 1 {
+                        self.hash.clear();
+                    } else {
+                        let used = self.value_bytes();
+                        self.hash.insert(BYTE_COUNT_FIELD.as_bytes().to_vec(), used.to_string().into_bytes());
+                    }
+                }
+                Ok(Reply::Done)
+            }
+            Owned::SetByteCount(bytes) => {
+                if self.mode == Mode::Full {
+                    return Err(refusal("OOM", "command not allowed when used memory > 'maxmemory'"));
+                }
+                self.hash.insert(BYTE_COUNT_FIELD.as_bytes().to_vec(), bytes.to_string().into_bytes());
+                Ok(Reply::Done)
+            }
+            Owned::DropByteCount => {
+                self.hash.remove(BYTE_COUNT_FIELD.as_bytes());
+                Ok(Reply::Done)
+            }
+        }
+    }
+
+    /// The sum of the values' lengths, as the budget counts it.
+    pub(crate) fn value_bytes(&self) -> u64 {
+        self.hash
+            .iter()
+            .filter(|(field, _)| field.as_slice() != BYTE_COUNT_FIELD.as_bytes())
+            .map(|(_, value)| value.len() as u64)
+            .sum()
+    }
+}
+
+impl Runner for SimRedis {
+    fn run(&mut self, plan: &Plan<'_>) -> Exchange {
+        self.exchange(plan)
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    fn may_wait(&self) -> bool {
+        !self.failed_in_call
+    }
+}
+
+fn refusal(code: &str, detail: &str) -> RedisError {
+    redis::make_extension_error(code.to_owned(), Some(detail.to_owned()))
+}
+
+fn owned(plan: &Plan<'_>, command: &Command<'_>) -> Owned {
+    match command {
+        Command::ReadAll => Owned::ReadAll,
+        Command::KeyType => Owned::KeyType,
+        Command::Read(key) => Owned::Read(key.as_bytes().to_vec()),
+        Command::ListFields => Owned::ListFields,
+        Command::DeleteAll => Owned::DeleteAll,
+        Command::Write { records, removals } => Owned::Write {
+            pairs: records
+                .pairs()
+                .map(|(field, value)| (field.to_vec(), value.slices().collect::<Vec<_>>().concat()))
+                .collect(),
+            removals: removals.iter().map(|field| field.to_vec()).collect(),
+            budget: plan.budget,
+        },
+        Command::Remove(fields) => Owned::Remove(fields.iter().map(|field| field.to_vec()).collect()),
+        Command::SetByteCount(bytes) => Owned::SetByteCount(*bytes),
+        Command::DropByteCount => Owned::DropByteCount,
+    }
+}

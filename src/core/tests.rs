@@ -1,0 +1,260 @@
+//! The core's decisions, one Paho rule each, against the simulated Redis.
+//!
+//! Each test states the Paho C behaviour it relies on (see `crate::paho`), so
+//! that a change of Paho that breaks a deferral fails here, and the recorded
+//! traces (`checker`) show the rule holds for the calls real Paho makes.
+
+use std::sync::Arc;
+
+use super::drive;
+use super::sim::{Mode, SimRedis};
+use super::{CacheLimits, Core, Settings};
+use crate::stats::Counters;
+
+/// A core on a simulated Redis, driven as the store drives its transport.
+struct Store {
+    core: Core,
+    redis: SimRedis,
+}
+
+impl Store {
+    fn new(settings: Settings) -> Self {
+        Self::on(SimRedis::default(), settings)
+    }
+
+    fn on(mut redis: SimRedis, settings: Settings) -> Self {
+        let mut core = Core::new("h".to_owned(), settings, Arc::new(Counters::new()));
+        redis.begin_call();
+        drive::open(&mut core, &mut redis).expect("open");
+        Self { core, redis }
+    }
+
+    fn put(&mut self, key: &str, value: &[u8]) -> Result<(), crate::Error> {
+        self.redis.begin_call();
+        drive::put(&mut self.core, &mut self.redis, key, &[value])
+    }
+
+    fn get(&mut self, key: &str) -> Result<Vec<u8>, crate::Error> {
+        self.redis.begin_call();
+        drive::get(&mut self.core, &mut self.redis, key).map(|(value, _)| value)
+    }
+
+    fn remove(&mut self, key: &str) {
+        self.redis.begin_call();
+        drive::remove(&mut self.core, &mut self.redis, key).expect("remove");
+    }
+
+    fn keys(&mut self) -> Vec<String> {
+        self.redis.begin_call();
+        drive::keys(&mut self.core, &mut self.redis)
+    }
+
+    /// What a crash now leaves in Redis.
+    fn in_redis(&self) -> Vec<String> {
+        self.redis.keys()
+    }
+
+    /// Paho sending a queued command: it reads the record back, removes it
+    /// (`MQTTAsync_processCommand`).
+    fn take_command(&mut self, key: &str) {
+        self.get(key).expect("read back");
+        self.remove(key);
+    }
+}
+
+/// A PUBLISH command record as `MQTTAsync_persistCommand` writes it.
+fn publish_command(token: i32, qos: i32) -> Vec<u8> {
+    let mut record = Vec::new();
+    record.extend_from_slice(&crate::paho::PUBLISH_COMMAND.to_ne_bytes());
+    record.extend_from_slice(&token.to_ne_bytes());
+    record.extend_from_slice(b"topic\0");
+    record.extend_from_slice(&4i32.to_ne_bytes());
+    record.extend_from_slice(b"data");
+    record.extend_from_slice(&qos.to_ne_bytes());
+    record.extend_from_slice(&0i32.to_ne_bytes());
+    record
+}
+
+fn subscribe_command(token: i32) -> Vec<u8> {
+    let mut record = crate::paho::SUBSCRIBE_COMMAND.to_ne_bytes().to_vec();
+    record.extend_from_slice(&token.to_ne_bytes());
+    record.extend_from_slice(&1i32.to_ne_bytes());
+    record.extend_from_slice(b"t/#\0");
+    record.extend_from_slice(&1i32.to_ne_bytes());
+    record
+}
+
+/// A QoS 1 PUBLISH packet (fixed header 0x32).
+const QOS1_PACKET: &[u8] = b"\x32\x09\x00\x01tpayload";
+
+#[test]
+fn a_sent_qos0_message_leaves_no_record() {
+    // `MQTTAsync_processCommand` removes the command record of every QoS and
+    // writes no PUBLISH record for QoS 0: nothing follows the removal.
+    let mut store = Store::new(Settings::default());
+    store.put("c-1", &publish_command(0, 0)).unwrap();
+    store.take_command("c-1");
+    assert_eq!(store.in_redis(), Vec::<String>::new());
+}
+
+#[test]
+fn a_sent_subscribe_leaves_no_record() {
+    let mut store = Store::new(Settings::default());
+    store.put("c-1", &subscribe_command(3)).unwrap();
+    store.take_command("c-1");
+    assert_eq!(store.in_redis(), Vec::<String>::new());
+}
+
+#[test]
+fn a_qos1_message_moves_from_its_command_record_to_its_publish_record_in_one_write() {
+    let mut store = Store::new(Settings::default());
+    store.put("c-1", &publish_command(7, 1)).unwrap();
+    store.take_command("c-1");
+    // Paho's own order has the message in no record here.
+    assert_eq!(store.in_redis(), ["c-1"], "the removal waits for the PUBLISH record");
+    store.put("s-7", QOS1_PACKET).unwrap();
+    assert_eq!(store.in_redis(), ["s-7"]);
+    store.remove("s-7");
+    assert_eq!(store.in_redis(), Vec::<String>::new());
+}
+
+#[test]
+fn an_application_publish_between_removal_and_publish_record_does_not_end_the_wait() {
+    // `MQTTAsync_addCommand` takes only `mqttcommand_mutex`, which
+    // `MQTTAsync_processCommand` releases before it writes the PUBLISH record.
+    let mut store = Store::new(Settings::default());
+    store.put("c-1", &publish_command(7, 2)).unwrap();
+    store.take_command("c-1");
+    store.put("c-2", &publish_command(8, 2)).unwrap();
+    assert_eq!(store.in_redis(), ["c-1", "c-2"]);
+    store.put("s-7", b"\x34\x09\x00\x07tpayload").unwrap();
+    assert_eq!(store.in_redis(), ["c-2", "s-7"]);
+}
+
+#[test]
+fn a_message_paho_drops_for_a_full_buffer_is_gone_at_once() {
+    // `MQTTAsync_addCommand` with deleteOldestMessages writes the new command
+    // record, then removes the oldest one, with no read-back in between.
+    let mut store = Store::new(Settings::default());
+    for n in 1..=5 {
+        store.put(&format!("c-{n}"), &publish_command(n, 1)).unwrap();
+    }
+    store.put("c-6", &publish_command(6, 1)).unwrap();
+    store.remove("c-1");
+    assert_eq!(store.in_redis(), ["c-2", "c-3", "c-4", "c-5", "c-6"]);
+}
+
+#[test]
+fn another_call_ends_the_wait_when_paho_writes_no_publish_record() {
+    let mut store = Store::new(Settings::default());
+    store.put("c-1", &publish_command(7, 1)).unwrap();
+    store.put("s-3", QOS1_PACKET).unwrap();
+    store.take_command("c-1");
+    store.remove("s-3");
+    assert_eq!(store.in_redis(), Vec::<String>::new());
+}
+
+#[test]
+fn a_command_record_evicted_from_the_cache_still_moves_in_one_write() {
+    let settings = Settings { cache: CacheLimits { records: 2, bytes: 1 << 20 }, ..Settings::default() };
+    let mut store = Store::new(settings);
+    for n in 1..=5 {
+        store.put(&format!("c-{n}"), &publish_command(n, 1)).unwrap();
+    }
+    let exchanges = store.redis.exchanges;
+    store.take_command("c-1");
+    assert_eq!(store.redis.exchanges, exchanges + 1, "the read-back of an evicted record goes to Redis");
+    assert!(store.in_redis().contains(&"c-1".to_owned()));
+    store.put("s-1", QOS1_PACKET).unwrap();
+    assert_eq!(store.in_redis(), ["c-2", "c-3", "c-4", "c-5", "s-1"]);
+}
+
+#[test]
+fn a_refused_publish_record_removes_nothing_and_goes_with_the_next_write() {
+    let mut store = Store::new(Settings::default());
+    store.put("c-1", &publish_command(7, 1)).unwrap();
+    store.take_command("c-1");
+    store.redis.mode = Mode::Full;
+    // Paho ignores this result (`MQTTPacket_sends`); the record is kept.
+    store.put("s-7", QOS1_PACKET).unwrap();
+    assert_eq!(store.in_redis(), ["c-1"], "an -OOM write must not run its removal");
+    assert_eq!(store.core.unwritten(), 1);
+    store.redis.mode = Mode::Up;
+    store.put("c-2", &publish_command(8, 1)).unwrap();
+    assert_eq!(store.in_redis(), ["c-2", "s-7"]);
+    assert_eq!(store.core.unwritten(), 0);
+}
+
+#[test]
+fn a_refused_queue_record_fails_and_leaves_the_store_unchanged() {
+    let mut store = Store::new(Settings::default());
+    store.redis.mode = Mode::Full;
+    assert!(store.put("q-1", b"message").is_err());
+    assert!(!store.core.contains("q-1"));
+    assert_eq!(store.core.unwritten(), 0);
+}
+
+#[test]
+fn a_timed_out_write_that_runs_late_is_undone_after_reconnecting() {
+    let mut store = Store::new(Settings::default());
+    store.redis.mode = Mode::Hung;
+    // Paho acts on a failed `q-` put (`MQTTPersistence_persistQueueEntry`):
+    // it must not stay in Redis once Redis runs it late.
+    assert!(store.put("q-1", b"message").is_err());
+    store.redis.mode = Mode::Up;
+    assert_eq!(store.keys(), Vec::<String>::new());
+    assert_eq!(store.in_redis(), Vec::<String>::new());
+}
+
+#[test]
+fn a_late_command_write_after_paho_removed_it_is_undone() {
+    let mut store = Store::new(Settings::default());
+    store.redis.mode = Mode::Hung;
+    store.put("c-1", &publish_command(1, 0)).unwrap();
+    store.take_command("c-1");
+    store.redis.mode = Mode::Up;
+    store.put("c-2", &publish_command(2, 0)).unwrap();
+    assert_eq!(store.in_redis(), ["c-2"], "the sent QoS 0 message must not come back");
+}
+
+#[test]
+fn records_redis_lost_are_written_again_from_the_snapshot() {
+    let mut redis = SimRedis::default();
+    redis.hash.insert(b"s-1".to_vec(), QOS1_PACKET.to_vec());
+    redis.hash.insert(b"sc-2".to_vec(), b"\x62\x02\x00\x02".to_vec());
+    let mut store = Store::on(redis, Settings::default());
+    store.redis.restart_empty();
+    // Redis restarts during Paho's restore, which discards a record it cannot
+    // use (`MQTTPersistence_restorePackets`): the first exchange after the
+    // restart finds the hash empty, while `sc-2` is still in the snapshot.
+    store.remove("s-1");
+    assert_eq!(store.in_redis(), ["sc-2"], "the snapshot's copy is written again");
+    assert_eq!(store.get("sc-2").unwrap(), b"\x62\x02\x00\x02");
+}
+
+#[test]
+fn a_byte_count_left_by_a_run_without_budget_is_repaired() {
+    let mut redis = SimRedis::default();
+    redis.hash.insert(b"s-1".to_vec(), vec![0; 10]);
+    redis.hash.insert(super::BYTE_COUNT_FIELD.as_bytes().to_vec(), b"3".to_vec());
+    let store = Store::on(redis, Settings { budget: Some(100), ..Settings::default() });
+    assert_eq!(store.redis.hash.get(super::BYTE_COUNT_FIELD.as_bytes()).map(Vec::as_slice), Some(&b"10"[..]));
+    let mut redis = SimRedis::default();
+    redis.hash.insert(b"s-1".to_vec(), vec![0; 10]);
+    redis.hash.insert(super::BYTE_COUNT_FIELD.as_bytes().to_vec(), b"10".to_vec());
+    let store = Store::on(redis, Settings::default());
+    assert!(
+        !store.redis.hash.contains_key(super::BYTE_COUNT_FIELD.as_bytes()),
+        "writes without a budget do not keep the count: it is dropped"
+    );
+}
+
+#[test]
+fn a_budget_refusal_removes_nothing() {
+    let mut store = Store::new(Settings { budget: Some(60), ..Settings::default() });
+    store.put("c-1", &publish_command(7, 1)).unwrap();
+    store.take_command("c-1");
+    store.put("s-7", &[0x32; 70]).unwrap();
+    assert_eq!(store.in_redis(), ["c-1"]);
+    assert_eq!(store.core.unwritten(), 1);
+}

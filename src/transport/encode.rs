@@ -1,0 +1,122 @@
+//! A plan's commands as RESP, written into the transport's one reused buffer.
+
+use bytes::BytesMut;
+
+use super::resp;
+use super::scripts::{REMOVE_SCRIPT, WRITE_AND_REMOVE_SCRIPT, WRITE_SCRIPT};
+use crate::core::{Command, Plan, BYTE_COUNT_FIELD};
+
+/// The Redis commands (and so the replies to read) each plan command becomes.
+pub(super) fn wire_commands(command: &Command<'_>) -> usize {
+    match command {
+        // MULTI, DEL, EXEC: the design keeps `clear` a transaction.
+        Command::DeleteAll => 3,
+        _ => 1,
+    }
+}
+
+/// The name of the Redis command a plan command becomes, for errors and logs.
+pub(super) fn name(plan: &Plan<'_>, command: &Command<'_>) -> &'static str {
+    match command {
+        Command::ReadAll => "HGETALL",
+        Command::KeyType => "TYPE",
+        Command::Read(_) => "HGET",
+        Command::ListFields => "HKEYS",
+        Command::DeleteAll => "DEL",
+        Command::Write { removals: [], .. } if plan.budget.is_none() => "HSET",
+        Command::Write { .. } => "EVAL",
+        Command::Remove(_) if plan.budget.is_none() => "HDEL",
+        Command::Remove(_) => "EVAL",
+        Command::SetByteCount(_) => "HSET",
+        Command::DropByteCount => "HDEL",
+    }
+}
+
+/// Appends `plan`'s commands to `packed`.
+pub(super) fn encode(plan: &Plan<'_>, packed: &mut BytesMut) {
+    let hash = plan.hash.as_bytes();
+    for command in &plan.commands {
+        match *command {
+            Command::ReadAll => simple(packed, &[b"HGETALL", hash]),
+            Command::KeyType => simple(packed, &[b"TYPE", hash]),
+            Command::Read(key) => simple(packed, &[b"HGET", hash, key.as_bytes()]),
+            Command::ListFields => simple(packed, &[b"HKEYS", hash]),
+            Command::DeleteAll => {
+                simple(packed, &[b"MULTI"]);
+                simple(packed, &[b"DEL", hash]);
+                simple(packed, &[b"EXEC"]);
+            }
+            Command::Write { records, removals } => {
+                let pairs = records.len();
+                let pair_args = pairs.saturating_mul(2);
+                match (plan.budget, removals.len()) {
+                    (None, 0) => {
+                        resp::begin(packed, pair_args.saturating_add(2));
+                        resp::arg(packed, b"HSET");
+                        resp::arg(packed, hash);
+                    }
+                    (None, removed) => {
+                        resp::begin(packed, pair_args.saturating_add(removed).saturating_add(5));
+                        resp::arg(packed, b"EVAL");
+                        resp::arg(packed, WRITE_AND_REMOVE_SCRIPT.as_bytes());
+                        resp::arg(packed, b"1");
+                        resp::arg(packed, hash);
+                        resp::arg_number(packed, u64::try_from(pairs).unwrap_or(u64::MAX));
+                    }
+                    (Some(limit), removed) => {
+                        resp::begin(packed, pair_args.saturating_add(removed).saturating_add(7));
+                        resp::arg(packed, b"EVAL");
+                        resp::arg(packed, WRITE_SCRIPT.as_bytes());
+                        resp::arg(packed, b"1");
+                        resp::arg(packed, hash);
+                        resp::arg_number(packed, limit);
+                        resp::arg(packed, BYTE_COUNT_FIELD.as_bytes());
+                        resp::arg_number(packed, u64::try_from(pairs).unwrap_or(u64::MAX));
+                    }
+                }
+                for (field, value) in records.pairs() {
+                    resp::arg(packed, field);
+                    resp::arg_from_parts(packed, value.len(), value.slices());
+                }
+                for field in removals {
+                    resp::arg(packed, field);
+                }
+            }
+            Command::Remove(fields) => {
+                match plan.budget {
+                    None => {
+                        resp::begin(packed, fields.len().saturating_add(2));
+                        resp::arg(packed, b"HDEL");
+                        resp::arg(packed, hash);
+                    }
+                    Some(_) => {
+                        resp::begin(packed, fields.len().saturating_add(5));
+                        resp::arg(packed, b"EVAL");
+                        resp::arg(packed, REMOVE_SCRIPT.as_bytes());
+                        resp::arg(packed, b"1");
+                        resp::arg(packed, hash);
+                        resp::arg(packed, BYTE_COUNT_FIELD.as_bytes());
+                    }
+                }
+                for field in fields {
+                    resp::arg(packed, field);
+                }
+            }
+            Command::SetByteCount(bytes) => {
+                resp::begin(packed, 4);
+                resp::arg(packed, b"HSET");
+                resp::arg(packed, hash);
+                resp::arg(packed, BYTE_COUNT_FIELD.as_bytes());
+                resp::arg_number(packed, bytes);
+            }
+            Command::DropByteCount => simple(packed, &[b"HDEL", hash, BYTE_COUNT_FIELD.as_bytes()]),
+        }
+    }
+}
+
+fn simple(packed: &mut BytesMut, args: &[&[u8]]) {
+    resp::begin(packed, args.len());
+    for argument in args {
+        resp::arg(packed, argument);
+    }
+}

@@ -1,0 +1,172 @@
+//! The transport: runs the core's plans against Redis, one exchange at a time.
+//!
+//! A plan's commands are encoded into one reused buffer (`encode`), sent in
+//! one write and answered in order; replies are parsed by redis-rs. The caller
+//! waits for the replies: this transport is synchronous, over TCP or a Unix
+//! socket. A connection that breaks is opened again once within the exchange,
+//! and the exchange repeated (every command a plan holds is idempotent); a
+//! timeout is not repeated, so a hung Redis costs one exchange one wait.
+
+mod encode;
+mod link;
+mod resp;
+mod scripts;
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use redis::{FromRedisValue, RedisError, RedisResult, Value};
+use smallvec::SmallVec;
+
+use crate::core::{Command, Exchange, Failure, Plan, Reply};
+use crate::stats::Counters;
+use crate::{Config, Error};
+use link::Link;
+
+/// Capacity of the command buffer when the store is created: a typical MQTT packet fits.
+const BUFFER_INITIAL: usize = 1024;
+
+/// A buffer grown beyond this by one large message is released afterwards,
+/// so one 10 MB publish does not pin 10 MB for the life of the client.
+const BUFFER_RETAINED_MAX: usize = 64 * 1024;
+
+/// The store's connection to Redis and its command buffer.
+pub(crate) struct Transport {
+    link: Link,
+    counters: Arc<Counters>,
+    packed: BytesMut,
+    /// An exchange of the current Paho call timed out or could not connect:
+    /// the call's follow-ups do not wait for Redis again.
+    unreachable_in_call: bool,
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transport")
+            .field("generation", &self.link.generation())
+            .field("buffer_capacity", &self.packed.capacity())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Transport {
+    pub(crate) fn new(counters: Arc<Counters>) -> Self {
+        Self {
+            link: Link::new(Arc::clone(&counters)),
+            counters,
+            packed: BytesMut::with_capacity(BUFFER_INITIAL),
+            unreachable_in_call: false,
+        }
+    }
+
+    /// How many connections have been opened so far.
+    pub(crate) fn generation(&self) -> u64 {
+        self.link.generation()
+    }
+
+    /// Drops the connection; the next exchange reconnects.
+    pub(crate) fn disconnect(&mut self) {
+        self.link.disconnect();
+    }
+
+    /// Starts a Paho call: its first exchange may wait for Redis.
+    pub(crate) fn begin_call(&mut self) {
+        self.unreachable_in_call = false;
+    }
+
+    /// Whether a follow-up exchange may still wait for Redis in this call:
+    /// a hung or absent Redis costs a call one wait, not one per exchange.
+    pub(crate) fn may_wait(&self) -> bool {
+        !self.unreachable_in_call
+    }
+
+    /// Sends `plan` and reads one reply per command.
+    pub(crate) fn run(&mut self, config: &Config, plan: &Plan<'_>) -> Exchange {
+        self.packed.clear();
+        encode::encode(plan, &mut self.packed);
+        let first = plan.commands.first();
+        let name = first.map_or("HSET", |command| encode::name(plan, command));
+        let packed = &self.packed;
+        let exchanged = self.link.run(config, name, plan.hash, |conn| exchange(conn, packed, plan));
+        if self.packed.capacity() > BUFFER_RETAINED_MAX {
+            self.packed = BytesMut::with_capacity(BUFFER_INITIAL);
+        }
+        let generation = self.link.generation();
+        match exchanged {
+            Ok(replies) => {
+                for reply in &replies {
+                    match reply {
+                        Ok(Reply::Value(Some(value))) => self.counters.add_bytes_read(value.len()),
+                        Ok(Reply::Entries(entries)) => {
+                            let bytes =
+                                entries.iter().map(|(_, value)| value.len()).fold(0, usize::saturating_add);
+                            self.counters.add_bytes_read(bytes);
+                        }
+                        _ => {}
+                    }
+                }
+                Exchange { replies, failure: None, generation }
+            }
+            Err(error) => {
+                // Sent but unanswered commands may still run; a connect
+                // failure sent nothing.
+                let may_run_late = !matches!(error, Error::Connect { .. });
+                self.unreachable_in_call = true;
+                Exchange {
+                    replies: SmallVec::new(),
+                    failure: Some(Failure { error, may_run_late }),
+                    generation,
+                }
+            }
+        }
+    }
+}
+
+type Replies = SmallVec<[Result<Reply, RedisError>; 2]>;
+
+/// Sends the commands in `packed` in one write and reads one reply per
+/// command. An error reply is returned in its slot; an I/O error or a timeout
+/// fails the whole exchange (the connection is then dropped).
+fn exchange(conn: &mut redis::Connection, packed: &[u8], plan: &Plan<'_>) -> RedisResult<Replies> {
+    conn.send_packed_command(packed)?;
+    let mut replies = Replies::new();
+    for command in &plan.commands {
+        let mut reply = None;
+        for _ in 0..encode::wire_commands(command) {
+            // The last reply is the command's (EXEC's, for a transaction);
+            // an error reply anywhere is the command's error.
+            let value = match conn.recv_response() {
+                Ok(value) => value.extract_error(),
+                Err(error) if is_reply_error(&error) => Err(error),
+                Err(error) => return Err(error),
+            };
+            reply = Some(match (reply, value) {
+                (Some(Err(error)), _) => Err(error),
+                (_, value) => value,
+            });
+        }
+        let reply = reply.unwrap_or(Ok(Value::Nil)).and_then(|value| parse(command, value));
+        replies.push(reply);
+    }
+    Ok(replies)
+}
+
+/// The reply to `command`, parsed by redis-rs.
+fn parse(command: &Command<'_>, value: Value) -> RedisResult<Reply> {
+    Ok(match command {
+        Command::ReadAll => Reply::Entries(FromRedisValue::from_redis_value(value)?),
+        Command::KeyType => Reply::Type(FromRedisValue::from_redis_value(value)?),
+        Command::Read(_) => Reply::Value(FromRedisValue::from_redis_value(value)?),
+        Command::ListFields => Reply::Fields(FromRedisValue::from_redis_value(value)?),
+        _ => Reply::Done,
+    })
+}
+
+/// Whether `error` is Redis's answer to a command, after which the connection
+/// still reads in step.
+fn is_reply_error(error: &RedisError) -> bool {
+    !(error.is_io_error()
+        || error.is_timeout()
+        || error.is_connection_dropped()
+        || error.is_unrecoverable_error())
+}
