@@ -113,3 +113,22 @@ fn a_publisher_keeps_working_while_redis_is_down_and_after_it_restarts() {
     let received = subscriber.collect(3, Duration::from_secs(10), Duration::from_millis(500));
     assert_eq!(payloads(&received), ["after", "before", "during"]);
 }
+
+/// Paho opens a store once, but an `open` on an open store must not drop
+/// what the first one still owes Redis: it is written before the hash is read
+/// again.
+#[test]
+fn open_on_an_open_store_writes_what_waited_in_memory_first() {
+    support::init_logging();
+    let mut redis = RedisServer::start();
+    let mut store = short_timeouts(&redis.url());
+    store.open("dev", "broker:1883").expect("open");
+    redis.kill();
+    store.put("c-1", vec![b"queued while Redis was down"]).expect("kept in memory");
+    assert_eq!(store.unwritten(), 1);
+    redis.restart();
+    store.open("dev", "broker:1883").expect("open again");
+    assert_eq!(store.keys().expect("keys"), ["c-1"], "the kept record was written, then read back");
+    assert_eq!(store.get("c-1").expect("get"), b"queued while Redis was down");
+    assert_eq!(store.unwritten(), 0);
+}

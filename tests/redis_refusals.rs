@@ -192,6 +192,55 @@ fn redis_at_maxmemory_refuses_a_put_clearly_and_keeps_what_it_had() {
     }
 }
 
+/// At `maxmemory`, the write that moves a message from its command record to
+/// its PUBLISH record is refused whole: Redis refuses a script at its first
+/// write, before it removed anything, so the message stays in Redis (as its
+/// command record) and the PUBLISH record waits in memory until Redis has room.
+#[test]
+fn at_maxmemory_a_message_is_never_in_no_record() {
+    let redis = RedisServer::start_with(&["--maxmemory", "2mb", "--maxmemory-policy", "noeviction"]);
+    support::log_capture::install();
+    let mut store = RedisPersistence::with_url(&redis.url()).expect("valid");
+    store.open("dev", "broker:1883").expect("open");
+    store.put("c-1", vec![&publish_command(1, 1, 60)[..]]).expect("a queued message");
+    // Fill Redis with queue records (their put is the one Paho acts on).
+    let filler = vec![7u8; 64 * 1024];
+    let mut filled = 0u32;
+    while store.put(&format!("q-{filled}"), vec![&filler[..]]).is_ok() {
+        filled += 1;
+        assert!(filled < 1000, "Redis never reached maxmemory");
+    }
+    store.get("c-1").expect("Paho reads the command back");
+    store.remove("c-1").expect("and removes it before writing its PUBLISH record");
+    store.put("s-1", vec![&filler[..]]).expect("Paho ignores this result: the record is kept");
+    let held: Vec<String> = redis.connection().hkeys(HASH).expect("HKEYS");
+    assert!(held.contains(&"c-1".to_owned()), "the refused write removed nothing");
+    assert!(!held.contains(&"s-1".to_owned()));
+    assert_eq!(store.unwritten(), 1);
+    for n in 0..filled {
+        store.remove(&format!("q-{n}")).expect("the application drains its queue");
+    }
+    store.put("c-2", vec![&publish_command(2, 1, 60)[..]]).expect("the next write");
+    let mut held: Vec<String> = redis.connection().hkeys(HASH).expect("HKEYS");
+    held.sort();
+    assert_eq!(held, ["c-2", "s-1"], "the PUBLISH record went with it, and the command record left");
+    assert_eq!(store.unwritten(), 0);
+}
+
+/// A byte count left by a run without a budget is stale (writes without a
+/// budget do not keep it): `open` with a budget recounts from the values.
+#[test]
+fn a_stale_byte_count_is_not_trusted() {
+    let redis = RedisServer::start();
+    let () = redis.connection().hset(HASH, "s-1", vec![0u8; 70]).expect("HSET");
+    let () = redis.connection().hset(HASH, "paho-mqtt-redis:bytes", 3).expect("HSET");
+    let mut store = budget_store(&redis, 100);
+    let counted: u64 = redis.connection().hget(HASH, "paho-mqtt-redis:bytes").expect("counter");
+    assert_eq!(counted, 70, "recounted at open");
+    assert!(store.put("q-2", vec![&[0u8; 40][..]]).is_err(), "70 + 40 > 100, whatever the old count said");
+    store.put("q-2", vec![&[0u8; 30][..]]).expect("70 + 30 = 100");
+}
+
 #[test]
 fn open_fails_clearly_when_the_hash_name_holds_another_type() {
     support::log_capture::install();

@@ -97,6 +97,8 @@ struct PendingPut {
     kept: bool,
     /// How many of the owed removals ride inside the write.
     removals: usize,
+    /// The write runs as a script (it removes fields, or there is a budget).
+    scripted: bool,
     /// The record is kept in memory whatever Redis says (Paho ignores the
     /// `put`'s result), until Redis has taken it.
     keep: bool,
@@ -123,6 +125,11 @@ pub(crate) struct Core {
     /// Fields removed locally whose removal has not reached Redis yet.
     removals_owed: Vec<FieldName>,
     handoff: Option<Handoff>,
+    /// Command records whose removal rides only inside a write, because the
+    /// PUBLISH record of their message waits in memory (`tied_to`, in the
+    /// same order): removed alone, the message would be in no record in Redis.
+    tied: Vec<FieldName>,
+    tied_to: Vec<FieldName>,
     /// The QoS 1 PUBLISH records whose removal `defer_qos1_removals` defers.
     qos1_publishes: HashSet<FieldName>,
     previous: PreviousCall,
@@ -150,6 +157,8 @@ impl Core {
             publishes: HashMap::new(),
             removals_owed: Vec::new(),
             handoff: None,
+            tied: Vec::new(),
+            tied_to: Vec::new(),
             qos1_publishes: HashSet::new(),
             previous: PreviousCall::Other,
             synced_generation: 0,
@@ -208,9 +217,11 @@ impl Core {
         let command_record = paho::is_command_key(key);
         match &self.handoff {
             Some(handoff) if handoff.publish == key => {
-                // The write that ends the handoff carries its removal.
+                // The write that ends the handoff carries its removal, and so
+                // does every write until this record is in Redis.
                 if let Some(handoff) = self.handoff.take() {
-                    self.removals_owed.push(handoff.command);
+                    self.tied.push(handoff.command);
+                    self.tied_to.push(FieldName::from_slice(key.as_bytes()));
                 }
             }
             // `MQTTAsync_addCommand` may queue a command between the removal
@@ -249,6 +260,7 @@ impl Core {
             key: FieldName::from_slice(key.as_bytes()),
             kept,
             removals,
+            scripted: removals > 0 || !self.tied.is_empty() || self.settings.budget.is_some(),
             keep,
             was_indexed: self.fields.contains(key),
             superseded_removal,
@@ -262,7 +274,7 @@ impl Core {
         let this: &'a Self = self;
         let records = Records { kept: kept.then_some(&this.cache), new: Some((key, parts)) };
         let owed = this.removals_owed.get(..removals).unwrap_or_default();
-        this.plan([Command::Write { records, removals: owed }])
+        this.plan([Command::Write { records, removals: owed, tied: &this.tied }])
     }
 
     /// `get`: answered from memory when the core has the record, else a plan
@@ -315,6 +327,12 @@ impl Core {
         let field = FieldName::from_slice(key.as_bytes());
         let publish = self.publishes.remove(&field);
         self.cache.remove(key);
+        if let Some(at) = self.tied_to.iter().position(|publish| *publish == field) {
+            // Paho is done with the message before Redis took its PUBLISH
+            // record: its command record's removal need wait no longer.
+            self.tied_to.remove(at);
+            self.removals_owed.push(self.tied.remove(at));
+        }
         let acknowledged_qos1 = self.qos1_publishes.remove(key.as_bytes());
         if !self.fields.remove(key) {
             // Never written (Paho removes every key a message might have used).
@@ -328,18 +346,12 @@ impl Core {
         if how == Some(CommandRemoval::Sending) {
             if let Some(publish) = publish.and_then(|command| command.publish_record_key(key)) {
                 self.handoff = Some(Handoff { command: field, publish });
-                // Records waiting in memory go now, without the waiting removal.
-                self.flush_due |= self.cache.not_in_redis_count() > 0;
                 return self.flush_if_due();
             }
         }
         self.removals_owed.push(field);
         if acknowledged_qos1 && self.settings.defer_qos1_removals {
             return self.flush_if_due();
-        }
-        if self.cache.not_in_redis_count() > 0 {
-            // Records wait in memory: they go first, in the same command.
-            return self.flush_plan();
         }
         self.flush_due = false;
         let removals = self.removals_owed.len();
@@ -400,6 +412,7 @@ impl Core {
             Command::Write {
                 records: Records { kept: Some(&self.cache), new: None },
                 removals: &self.removals_owed,
+                tied: &self.tied,
             }
         } else {
             Command::Remove(&self.removals_owed)
@@ -547,7 +560,8 @@ impl Core {
     }
 
     fn put_done(&mut self, put: PendingPut, outcome: Outcome) -> Result<Answer, Error> {
-        let PendingPut { key: field, kept, removals, keep, was_indexed, superseded_removal, qos1 } = put;
+        let PendingPut { key: field, kept, removals, scripted, keep, was_indexed, superseded_removal, qos1 } =
+            put;
         // Built from a `&str` by `put`.
         let key = std::str::from_utf8(&field).unwrap_or_default();
         match outcome {
@@ -562,6 +576,9 @@ impl Core {
                 }
                 self.cache.written(key);
                 self.removals_owed.drain(..removals.min(self.removals_owed.len()));
+                // Every write carries them, with every record kept in memory.
+                self.tied.clear();
+                self.tied_to.clear();
                 self.fields.insert(key);
                 if qos1 {
                     self.qos1_publishes.insert(FieldName::from_slice(key.as_bytes()));
@@ -569,7 +586,7 @@ impl Core {
                 Ok(Answer::Done)
             }
             Outcome::Replied(Err(source)) => {
-                let error = self.write_error(removals > 0 || kept, source);
+                let error = self.write_error(scripted, source);
                 if keep {
                     self.keep(key, &error);
                     Ok(Answer::Done)
@@ -618,7 +635,7 @@ impl Core {
                 detail: source.detail().unwrap_or("no room").to_owned(),
             },
             _ => {
-                let command = if scripted || self.settings.budget.is_some() { "EVAL" } else { "HSET" };
+                let command = if scripted { "EVAL" } else { "HSET" };
                 self.command_error(command, source)
             }
         }
@@ -659,6 +676,8 @@ impl Core {
                         self.hash
                     );
                     self.cache.all_in_redis();
+                    self.tied.clear();
+                    self.tied_to.clear();
                 }
                 self.removals_owed.drain(..removals.min(self.removals_owed.len()));
             }
@@ -726,7 +745,7 @@ impl Core {
         let mut stale = Vec::new();
         for field in present {
             // A removal waiting for its PUBLISH record is Paho's, not a late write's.
-            let owed = self.removals_owed.iter().any(|owed| owed.as_slice() == field)
+            let owed = self.removals_owed.iter().chain(&self.tied).any(|owed| owed.as_slice() == field)
                 || self.handoff.as_ref().is_some_and(|handoff| handoff.command.as_slice() == field);
             if field != BYTE_COUNT_FIELD.as_bytes() && !owed && !self.fields.contains_bytes(field) {
                 stale.push(String::from_utf8_lossy(field).into_owned());
@@ -755,6 +774,8 @@ impl Core {
         self.cache.clear();
         self.removals_owed.clear();
         self.handoff = None;
+        self.tied.clear();
+        self.tied_to.clear();
         self.publishes.clear();
         self.qos1_publishes.clear();
         self.snapshot = HashMap::new();
@@ -765,7 +786,10 @@ impl Core {
 
     /// Whether anything is still owed to Redis (kept records or removals).
     pub(crate) fn owes(&self) -> bool {
-        self.cache.not_in_redis_count() > 0 || !self.removals_owed.is_empty() || self.handoff.is_some()
+        self.cache.not_in_redis_count() > 0
+            || !self.removals_owed.is_empty()
+            || !self.tied.is_empty()
+            || self.handoff.is_some()
     }
 }
 

@@ -44,10 +44,11 @@ pub(crate) enum Command<'a> {
     ListFields,
     /// `DEL` of the whole hash.
     DeleteAll,
-    /// Writes every record, then removes `removals`: all of it or nothing
-    /// (`HSET` when nothing is removed, else one script; Redis runs a script
-    /// atomically and a refused write inside it stops it before any change).
-    Write { records: Records<'a>, removals: &'a [FieldName] },
+    /// Writes every record, then removes `removals` and `tied`: all of it or
+    /// nothing (`HSET` when nothing is removed, else one script; Redis runs a
+    /// script atomically and a refused write inside it stops it before any
+    /// change). `tied` are removals that must never run without this write.
+    Write { records: Records<'a>, removals: &'a [FieldName], tied: &'a [FieldName] },
     /// Removes fields (`HDEL`, or the budget's script, which keeps its count).
     Remove(&'a [FieldName]),
     /// Sets the budget's byte count to the sum of the values `open` read.

@@ -262,12 +262,12 @@ fn owned(plan: &Plan<'_>, command: &Command<'_>) -> Owned {
         Command::Read(key) => Owned::Read(key.as_bytes().to_vec()),
         Command::ListFields => Owned::ListFields,
         Command::DeleteAll => Owned::DeleteAll,
-        Command::Write { records, removals } => Owned::Write {
+        Command::Write { records, removals, tied } => Owned::Write {
             pairs: records
                 .pairs()
                 .map(|(field, value)| (field.to_vec(), value.slices().collect::<Vec<_>>().concat()))
                 .collect(),
-            removals: removals.iter().map(|field| field.to_vec()).collect(),
+            removals: removals.iter().chain(tied.iter()).map(|field| field.to_vec()).collect(),
             budget: plan.budget,
         },
         Command::Remove(fields) => Owned::Remove(fields.iter().map(|field| field.to_vec()).collect()),

@@ -23,7 +23,7 @@ pub(super) fn name(plan: &Plan<'_>, command: &Command<'_>) -> &'static str {
         Command::Read(_) => "HGET",
         Command::ListFields => "HKEYS",
         Command::DeleteAll => "DEL",
-        Command::Write { removals: [], .. } if plan.budget.is_none() => "HSET",
+        Command::Write { removals: [], tied: [], .. } if plan.budget.is_none() => "HSET",
         Command::Write { .. } => "EVAL",
         Command::Remove(_) if plan.budget.is_none() => "HDEL",
         Command::Remove(_) => "EVAL",
@@ -46,10 +46,10 @@ pub(super) fn encode(plan: &Plan<'_>, packed: &mut BytesMut) {
                 simple(packed, &[b"DEL", hash]);
                 simple(packed, &[b"EXEC"]);
             }
-            Command::Write { records, removals } => {
+            Command::Write { records, removals, tied } => {
                 let pairs = records.len();
                 let pair_args = pairs.saturating_mul(2);
-                match (plan.budget, removals.len()) {
+                match (plan.budget, removals.len().saturating_add(tied.len())) {
                     (None, 0) => {
                         resp::begin(packed, pair_args.saturating_add(2));
                         resp::arg(packed, b"HSET");
@@ -78,7 +78,7 @@ pub(super) fn encode(plan: &Plan<'_>, packed: &mut BytesMut) {
                     resp::arg(packed, field);
                     resp::arg_from_parts(packed, value.len(), value.slices());
                 }
-                for field in removals {
+                for field in removals.iter().chain(tied) {
                     resp::arg(packed, field);
                 }
             }
