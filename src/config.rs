@@ -286,13 +286,12 @@ impl Builder {
     /// Sends the removal of an acknowledged QoS 1 message with the next
     /// write instead of at once. Default: off.
     ///
-    /// On, an online QoS 1 publish costs 3 Redis commands in 2 round trips
-    /// instead of 4 in 3. The price: until the next write, the store still
-    /// holds the last acknowledged QoS 1 message (and, between its PUBLISH
-    /// record and the next write, its command record too), so a crash in that
-    /// window makes the restarted client send it again: a duplicate, which
-    /// QoS 1 (at least once) allows. QoS 2 records are never deferred: a
-    /// crash could then duplicate a QoS 2 message.
+    /// On, an online QoS 1 publish costs 2 Redis commands in 2 round trips
+    /// instead of 3 in 3. The price: until the next write, the store still
+    /// holds the last acknowledged QoS 1 message, so a crash in that window
+    /// makes the restarted client send it again: a duplicate, which QoS 1 (at
+    /// least once) allows. QoS 2 records are never deferred: a crash could
+    /// then duplicate a QoS 2 message.
     pub fn defer_qos1_removals(mut self, defer: bool) -> Self {
         self.defer_qos1_removals = defer;
         self

@@ -24,8 +24,13 @@
 //! trips are the client's latency: run Redis locally (TCP on 127.0.0.1, or a
 //! Unix socket with feature `unix-socket`). The store keeps what it can in
 //! memory so that most calls need none: restoring a store is one `HGETALL`,
-//! an online QoS 1 publish 4 commands in 3 round trips (see
+//! an online QoS 1 publish 3 commands in 3 round trips (see
 //! [`RedisPersistence`]'s "Round trips").
+//!
+//! Inside, a sans-IO core decides what Redis must hold after each Paho call
+//! (plans of Redis commands, no socket), a transport runs the plans, and the
+//! `ClientPersistence` impl adapts the two to Paho; every rule taken from
+//! Paho C lives in one module, with the Paho C function it comes from.
 //!
 //! Also here: [`decode`], which turns the records Paho stores into readable
 //! messages (used by the `paho-mqtt-redis` command of feature `cli`), and

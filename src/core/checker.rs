@@ -489,10 +489,19 @@ fn fault() -> impl Strategy<Value = Fault> {
 /// Cases per trace; `PMR_CHECKER_CASES` overrides.
 const CASES_PER_TRACE: u32 = 150;
 
+/// Cases per trace under qemu-user (`PMR_TEST_RUNNER` is set by
+/// `scripts/qemu-run.sh`), which runs the checker about 7 times slower: the
+/// emulated run checks the core on the target, the native run the interleavings.
+const CASES_PER_TRACE_EMULATED: u32 = 20;
+
 #[test]
 fn every_crash_point_stays_safe_through_failures_hangs_refusals_and_restarts() {
-    let cases =
-        std::env::var("PMR_CHECKER_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(CASES_PER_TRACE);
+    let default_cases = if std::env::var_os("PMR_TEST_RUNNER").is_some() {
+        CASES_PER_TRACE_EMULATED
+    } else {
+        CASES_PER_TRACE
+    };
+    let cases = std::env::var("PMR_CHECKER_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(default_cases);
     let crash_points = std::cell::Cell::new(0usize);
     let interleavings = std::cell::Cell::new(0usize);
     for trace in traces() {
