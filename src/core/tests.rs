@@ -258,3 +258,23 @@ fn a_budget_refusal_removes_nothing() {
     assert_eq!(store.in_redis(), ["c-1"]);
     assert_eq!(store.core.unwritten(), 1);
 }
+
+#[test]
+fn a_hung_redis_costs_a_call_one_exchange() {
+    let mut store = Store::new(Settings::default());
+    store.redis.mode = Mode::Hung;
+    store.put("c-1", &publish_command(1, 1)).unwrap();
+    store.put("c-2", &publish_command(2, 1)).unwrap();
+    // A check of the hash and two kept records are due now; still hung, a
+    // call tries its own exchange only.
+    let before = store.redis.exchanges;
+    store.put("c-3", &publish_command(3, 1)).unwrap();
+    assert_eq!(store.redis.exchanges, before + 1);
+    store.redis.mode = Mode::Up;
+    let before = store.redis.exchanges;
+    store.put("c-4", &publish_command(4, 1)).unwrap();
+    // The write (with every kept record), the check of the hash it made due.
+    assert_eq!(store.redis.exchanges, before + 2);
+    assert_eq!(store.in_redis(), ["c-1", "c-2", "c-3", "c-4"]);
+    assert_eq!(store.core.unwritten(), 0);
+}
