@@ -83,6 +83,19 @@ pub(crate) fn kind_of(key: &str) -> Option<Kind> {
     PREFIXES.iter().find(|(prefix, _, _)| key.starts_with(prefix)).map(|&(_, kind, _)| kind)
 }
 
+/// The order in which `keys` lists records for Paho's restore: highest
+/// number first. `MQTTPersistence_restorePackets` inserts each restored
+/// PUBLISH into the outbound list in message-id order with
+/// `MQTTPersistence_insertInOrder`, which scans from the head for the first
+/// larger id: given the highest id first, every insert stops at the head
+/// (linear restore); lowest first, every insert walks the whole list
+/// (quadratic). `MQTTAsync_restoreCommands` sorts command keys itself
+/// (`qsort` with `cmpkeys`), so their order costs nothing either way.
+pub(crate) fn restore_order(key: &str) -> (std::cmp::Reverse<u32>, String) {
+    let number = key.rsplit('-').next().and_then(|digits| digits.parse().ok()).unwrap_or(0);
+    (std::cmp::Reverse(number), key.to_owned())
+}
+
 /// Whether `key` names a command record (`c-`/`c5-`): the only records Paho
 /// reads back while running (`MQTTAsync_processCommand`).
 pub(crate) fn is_command_key(key: &str) -> bool {

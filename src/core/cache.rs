@@ -7,9 +7,10 @@
 //! kept here until it does, for Paho carries on without it (see
 //! [`crate::paho::put_failure_ignored`]).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
+use super::FieldName;
 use crate::paho::is_command_key;
 use crate::stats::Counters;
 
@@ -37,18 +38,25 @@ const SPARE_BUFFERS_MAX: usize = 16;
 /// A recycled buffer larger than this is freed instead of kept.
 const SPARE_BUFFER_CAPACITY_MAX: usize = 64 * 1024;
 
-/// The latest command records and every record Redis has not taken yet,
-/// oldest first, each in one buffer holding the key followed by the value.
+/// The latest command records and every record Redis has not taken yet.
 ///
 /// A record Redis has not taken yet (`in_redis == false`: Redis was down or
 /// refused it) is never evicted: until it is written, this is its only copy.
-/// Once written, only command records stay (Paho reads no other back).
+/// Once written, only command records stay (Paho reads no other back), and
+/// the oldest written ones are evicted beyond the limits. Records are found
+/// by key in a hash map, so a `put` costs the same with 1 or 4,096 records
+/// cached.
 #[derive(Debug)]
 pub(crate) struct RecordCache {
     /// Where the count of records not in Redis is published (`Stats::unwritten_records`).
     counters: Arc<Counters>,
-    records: VecDeque<CachedRecord>,
+    records: HashMap<FieldName, Cached>,
+    /// Written records, oldest first, for eviction: an entry whose stamp is
+    /// no longer its record's (removed, rewritten, or waiting again) is skipped.
+    order: VecDeque<(u64, FieldName)>,
+    next_stamp: u64,
     spare: Vec<Vec<u8>>,
+    /// Bytes of the keys and values held.
     bytes: usize,
     /// How many records have `in_redis == false`, kept so that asking costs nothing.
     not_in_redis: usize,
@@ -56,26 +64,25 @@ pub(crate) struct RecordCache {
 }
 
 #[derive(Debug)]
-struct CachedRecord {
-    key_and_value: Vec<u8>,
-    key_len: usize,
+struct Cached {
+    value: Vec<u8>,
     in_redis: bool,
-}
-
-impl CachedRecord {
-    fn key(&self) -> &[u8] {
-        self.key_and_value.get(..self.key_len).unwrap_or_default()
-    }
-
-    fn value(&self) -> &[u8] {
-        self.key_and_value.get(self.key_len..).unwrap_or_default()
-    }
+    stamp: u64,
 }
 
 impl RecordCache {
     /// An empty cache that publishes its count of unwritten records to `counters`.
     pub(crate) fn new(counters: Arc<Counters>, limits: CacheLimits) -> Self {
-        Self { counters, records: VecDeque::new(), spare: Vec::new(), bytes: 0, not_in_redis: 0, limits }
+        Self {
+            counters,
+            records: HashMap::new(),
+            order: VecDeque::new(),
+            next_stamp: 0,
+            spare: Vec::new(),
+            bytes: 0,
+            not_in_redis: 0,
+            limits,
+        }
     }
 
     fn set_not_in_redis(&mut self, records: usize) {
@@ -83,37 +90,45 @@ impl RecordCache {
         self.counters.set_unwritten_records(records);
     }
 
+    fn stamp(&mut self) -> u64 {
+        self.next_stamp = self.next_stamp.wrapping_add(1);
+        self.next_stamp
+    }
+
     /// Keeps `key`'s value, given as the parts Paho passed to `put`.
     pub(crate) fn insert(&mut self, key: &str, value_parts: &[&[u8]], in_redis: bool) {
         self.remove(key);
-        let mut buffer = self.spare.pop().unwrap_or_default();
-        buffer.clear();
-        buffer.extend_from_slice(key.as_bytes());
+        let mut value = self.spare.pop().unwrap_or_default();
+        value.clear();
         for part in value_parts {
-            buffer.extend_from_slice(part);
+            value.extend_from_slice(part);
         }
-        self.bytes = self.bytes.saturating_add(buffer.len());
-        if !in_redis {
+        self.bytes = self.bytes.saturating_add(key.len()).saturating_add(value.len());
+        let stamp = self.stamp();
+        let field = FieldName::from_slice(key.as_bytes());
+        if in_redis {
+            self.order.push_back((stamp, field.clone()));
+        } else {
             self.set_not_in_redis(self.not_in_redis.saturating_add(1));
         }
-        self.records.push_back(CachedRecord { key_and_value: buffer, key_len: key.len(), in_redis });
+        self.records.insert(field, Cached { value, in_redis, stamp });
         self.evict();
     }
 
     pub(crate) fn get(&self, key: &str) -> Option<&[u8]> {
-        self.position(key).and_then(|at| self.records.get(at)).map(CachedRecord::value)
+        self.records.get(key.as_bytes()).map(|cached| cached.value.as_slice())
     }
 
     pub(crate) fn contains(&self, key: &str) -> bool {
-        self.position(key).is_some()
+        self.records.contains_key(key.as_bytes())
     }
 
     /// Marks `key` as not in Redis (Redis lost it), so it is written again;
     /// returns whether a record Redis had was found.
     pub(crate) fn mark_not_in_redis(&mut self, key: &str) -> bool {
-        match self.position(key).and_then(|at| self.records.get_mut(at)) {
-            Some(record) if record.in_redis => {
-                record.in_redis = false;
+        match self.records.get_mut(key.as_bytes()) {
+            Some(cached) if cached.in_redis => {
+                cached.in_redis = false;
                 let not_in_redis = self.not_in_redis.saturating_add(1);
                 self.set_not_in_redis(not_in_redis);
                 true
@@ -140,9 +155,12 @@ impl RecordCache {
             self.remove(key);
             return;
         }
-        if let Some(record) = self.position(key).and_then(|at| self.records.get_mut(at)) {
-            if !record.in_redis {
-                record.in_redis = true;
+        let stamp = self.stamp();
+        if let Some(cached) = self.records.get_mut(key.as_bytes()) {
+            if !cached.in_redis {
+                cached.in_redis = true;
+                cached.stamp = stamp;
+                self.order.push_back((stamp, FieldName::from_slice(key.as_bytes())));
                 let not_in_redis = self.not_in_redis.saturating_sub(1);
                 self.set_not_in_redis(not_in_redis);
                 self.evict();
@@ -152,21 +170,21 @@ impl RecordCache {
 
     /// Forgets `key`; returns whether it was there.
     pub(crate) fn remove(&mut self, key: &str) -> bool {
-        // Only command records stay once in Redis: another record is here only
-        // while records wait, so the common remove costs no search.
-        if self.not_in_redis == 0 && !is_command_key(key) {
-            return false;
+        match self.records.remove(key.as_bytes()) {
+            Some(cached) => {
+                self.recycle(key.len(), cached);
+                true
+            }
+            None => false,
         }
-        let Some(record) = self.position(key).and_then(|at| self.records.remove(at)) else {
-            return false;
-        };
-        self.recycle(record);
-        true
     }
 
     /// The records Redis has not taken yet, as (key, value).
     pub(crate) fn not_in_redis(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.records.iter().filter(|record| !record.in_redis).map(|record| (record.key(), record.value()))
+        self.records
+            .iter()
+            .filter(|(_, cached)| !cached.in_redis)
+            .map(|(key, cached)| (key.as_slice(), cached.value.as_slice()))
     }
 
     pub(crate) fn not_in_redis_count(&self) -> usize {
@@ -176,51 +194,63 @@ impl RecordCache {
     /// Records that Redis has now taken every record: command records may be
     /// evicted from now on, the others were only kept until this.
     pub(crate) fn all_in_redis(&mut self) {
-        for record in &mut self.records {
-            record.in_redis = true;
+        if self.not_in_redis == 0 {
+            return;
         }
-        self.set_not_in_redis(0);
-        for record in std::mem::take(&mut self.records) {
-            if std::str::from_utf8(record.key()).is_ok_and(is_command_key) {
-                self.records.push_back(record);
-            } else {
-                self.recycle(record);
+        let waiting: Vec<FieldName> =
+            self.records.iter().filter(|(_, cached)| !cached.in_redis).map(|(key, _)| key.clone()).collect();
+        for key in waiting {
+            let command = std::str::from_utf8(&key).is_ok_and(is_command_key);
+            if !command {
+                if let Some(cached) = self.records.remove(&key) {
+                    self.recycle(key.len(), cached);
+                }
+                continue;
+            }
+            let stamp = self.stamp();
+            if let Some(cached) = self.records.get_mut(&key) {
+                cached.in_redis = true;
+                cached.stamp = stamp;
+                self.order.push_back((stamp, key));
             }
         }
+        self.set_not_in_redis(0);
         self.evict();
     }
 
     pub(crate) fn clear(&mut self) {
-        while let Some(record) = self.records.pop_front() {
-            self.recycle(record);
+        for (key, cached) in std::mem::take(&mut self.records) {
+            self.recycle(key.len(), cached);
         }
-    }
-
-    fn position(&self, key: &str) -> Option<usize> {
-        // Newest first: Paho reads a record back soon after writing it.
-        self.records.iter().rposition(|record| record.key() == key.as_bytes())
+        self.order.clear();
     }
 
     fn evict(&mut self) {
         while self.records.len() > self.limits.records || self.bytes > self.limits.bytes {
-            let Some(oldest_in_redis) = self.records.iter().position(|record| record.in_redis) else {
-                return;
-            };
-            if let Some(record) = self.records.remove(oldest_in_redis) {
-                self.recycle(record);
+            let Some((stamp, key)) = self.order.pop_front() else { return };
+            let live = self.records.get(&key).is_some_and(|cached| cached.in_redis && cached.stamp == stamp);
+            if live {
+                if let Some(cached) = self.records.remove(&key) {
+                    self.recycle(key.len(), cached);
+                }
             }
+        }
+        // Entries of records gone since pile up while nothing is evicted.
+        if self.order.len() > self.records.len().saturating_mul(2).saturating_add(64) {
+            let records = &self.records;
+            self.order.retain(|(stamp, key)| {
+                records.get(key).is_some_and(|cached| cached.in_redis && cached.stamp == *stamp)
+            });
         }
     }
 
-    fn recycle(&mut self, record: CachedRecord) {
-        self.bytes = self.bytes.saturating_sub(record.key_and_value.len());
-        if !record.in_redis {
+    fn recycle(&mut self, key_len: usize, cached: Cached) {
+        self.bytes = self.bytes.saturating_sub(key_len).saturating_sub(cached.value.len());
+        if !cached.in_redis {
             self.set_not_in_redis(self.not_in_redis.saturating_sub(1));
         }
-        if self.spare.len() < SPARE_BUFFERS_MAX
-            && record.key_and_value.capacity() <= SPARE_BUFFER_CAPACITY_MAX
-        {
-            self.spare.push(record.key_and_value);
+        if self.spare.len() < SPARE_BUFFERS_MAX && cached.value.capacity() <= SPARE_BUFFER_CAPACITY_MAX {
+            self.spare.push(cached.value);
         }
     }
 }

@@ -41,8 +41,8 @@ impl FieldIndex {
         self.fields.clear();
     }
 
-    /// The fields as Paho keys, sorted so that a restore always happens in the
-    /// same order (`s-N` before `sc-N`, as Redis lists a small hash). Only
+    /// The fields as Paho keys, highest message id first (see
+    /// [`crate::paho::restore_order`]), the same order on every call. Only
     /// valid UTF-8 without NUL ever enters the index, so every field converts.
     pub(crate) fn keys(&self) -> Vec<String> {
         let mut keys: Vec<String> = self
@@ -50,7 +50,7 @@ impl FieldIndex {
             .iter()
             .filter_map(|field| std::str::from_utf8(field).ok().map(str::to_owned))
             .collect();
-        keys.sort_unstable();
+        keys.sort_by_cached_key(|key| crate::paho::restore_order(key));
         keys
     }
 
@@ -74,5 +74,14 @@ mod tests {
         assert!(index.remove("s-1"));
         assert!(!index.remove("s-1"));
         assert_eq!(index.keys(), vec!["c-2".to_owned()]);
+    }
+
+    #[test]
+    fn keys_come_highest_message_id_first() {
+        let mut index = FieldIndex::default();
+        for key in ["s-2", "s-10", "sc-10", "s-1", "c-3", "s5-65535", "q-4"] {
+            index.insert(key);
+        }
+        assert_eq!(index.keys(), ["s5-65535", "s-10", "sc-10", "q-4", "c-3", "s-2", "s-1"]);
     }
 }
