@@ -25,9 +25,9 @@ fn counts(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
 /// The commands the client sent, from `INFO commandstats`, which also counts
 /// each command a script runs under that command's name. Every script in
 /// these sequences moves one message from its command record to its PUBLISH
-/// record: one `HSET` and one `HDEL` inside one `EVAL`.
+/// record: one `HSET` and one `HDEL` inside one `EVALSHA`.
 fn sent(counted: &BTreeMap<String, u64>) -> u64 {
-    let evals = counted.get("eval").copied().unwrap_or(0);
+    let evals = counted.get("evalsha").copied().unwrap_or(0);
     let total: u64 = counted.values().sum();
     total - 2 * evals
 }
@@ -119,7 +119,7 @@ fn an_online_qos1_publish_costs_three_commands() {
     let online = Online::start();
     let messages = 50;
     let counted = online.publish_one_at_a_time(messages, 1);
-    assert_eq!(counted, counts(&[("eval", messages), ("hdel", 2 * messages), ("hset", 2 * messages)]));
+    assert_eq!(counted, counts(&[("evalsha", messages), ("hdel", 2 * messages), ("hset", 2 * messages)]));
     assert_eq!(sent(&counted), 3 * messages);
 }
 
@@ -132,7 +132,7 @@ fn with_deferred_qos1_removals_a_qos1_publish_costs_two_commands() {
     let online = Online::start_with(|builder| builder.defer_qos1_removals(true));
     let messages = 50;
     let counted = online.publish_one_at_a_time(messages, 1);
-    assert_eq!(counted, counts(&[("eval", 2 * messages), ("hdel", 2 * messages), ("hset", 2 * messages)]));
+    assert_eq!(counted, counts(&[("evalsha", 2 * messages), ("hdel", 2 * messages), ("hset", 2 * messages)]));
     assert_eq!(sent(&counted), 2 * messages);
 }
 
@@ -143,7 +143,7 @@ fn with_deferred_qos1_removals_a_qos2_publish_still_costs_five_commands() {
     let online = Online::start_with(|builder| builder.defer_qos1_removals(true));
     let messages = 50;
     let counted = online.publish_one_at_a_time(messages, 2);
-    assert_eq!(counted, counts(&[("eval", messages), ("hdel", 3 * messages), ("hset", 3 * messages)]));
+    assert_eq!(counted, counts(&[("evalsha", messages), ("hdel", 3 * messages), ("hset", 3 * messages)]));
     assert_eq!(sent(&counted), 5 * messages);
 }
 
@@ -155,7 +155,7 @@ fn an_online_qos2_publish_costs_five_commands() {
     let online = Online::start();
     let messages = 50;
     let counted = online.publish_one_at_a_time(messages, 2);
-    assert_eq!(counted, counts(&[("eval", messages), ("hdel", 3 * messages), ("hset", 3 * messages)]));
+    assert_eq!(counted, counts(&[("evalsha", messages), ("hdel", 3 * messages), ("hset", 3 * messages)]));
     assert_eq!(sent(&counted), 5 * messages);
 }
 

@@ -635,7 +635,7 @@ impl Core {
                 detail: source.detail().unwrap_or("no room").to_owned(),
             },
             _ => {
-                let command = if scripted { "EVAL" } else { "HSET" };
+                let command = if scripted { "EVALSHA" } else { "HSET" };
                 self.command_error(command, source)
             }
         }
@@ -651,7 +651,7 @@ impl Core {
                 // An error reply: nothing was removed; the field is back.
                 self.removals_owed.retain(|owed| *owed != key);
                 self.fields.insert(std::str::from_utf8(&key).unwrap_or_default());
-                let command = if self.settings.budget.is_some() { "EVAL" } else { "HDEL" };
+                let command = if self.settings.budget.is_some() { "EVALSHA" } else { "HDEL" };
                 Err(self.command_error(command, source))
             }
             Outcome::Failed(failure) => {

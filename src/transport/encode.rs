@@ -3,7 +3,7 @@
 use bytes::BytesMut;
 
 use super::resp;
-use super::scripts::{REMOVE_SCRIPT, WRITE_AND_REMOVE_SCRIPT, WRITE_SCRIPT};
+use super::scripts::SCRIPTS;
 use crate::core::{Command, Plan, BYTE_COUNT_FIELD};
 
 /// The Redis commands (and so the replies to read) each plan command becomes.
@@ -24,9 +24,9 @@ pub(super) fn name(plan: &Plan<'_>, command: &Command<'_>) -> &'static str {
         Command::ListFields => "HKEYS",
         Command::DeleteAll => "DEL",
         Command::Write { removals: [], tied: [], .. } if plan.budget.is_none() => "HSET",
-        Command::Write { .. } => "EVAL",
+        Command::Write { .. } => "EVALSHA",
         Command::Remove(_) if plan.budget.is_none() => "HDEL",
-        Command::Remove(_) => "EVAL",
+        Command::Remove(_) => "EVALSHA",
         Command::SetByteCount(_) => "HSET",
         Command::DropByteCount => "HDEL",
     }
@@ -57,16 +57,16 @@ pub(super) fn encode(plan: &Plan<'_>, packed: &mut BytesMut) {
                     }
                     (None, removed) => {
                         resp::begin(packed, pair_args.saturating_add(removed).saturating_add(5));
-                        resp::arg(packed, b"EVAL");
-                        resp::arg(packed, WRITE_AND_REMOVE_SCRIPT.as_bytes());
+                        resp::arg(packed, b"EVALSHA");
+                        resp::arg(packed, SCRIPTS.write_and_remove.get_hash().as_bytes());
                         resp::arg(packed, b"1");
                         resp::arg(packed, hash);
                         resp::arg_number(packed, u64::try_from(pairs).unwrap_or(u64::MAX));
                     }
                     (Some(limit), removed) => {
                         resp::begin(packed, pair_args.saturating_add(removed).saturating_add(7));
-                        resp::arg(packed, b"EVAL");
-                        resp::arg(packed, WRITE_SCRIPT.as_bytes());
+                        resp::arg(packed, b"EVALSHA");
+                        resp::arg(packed, SCRIPTS.write.get_hash().as_bytes());
                         resp::arg(packed, b"1");
                         resp::arg(packed, hash);
                         resp::arg_number(packed, limit);
@@ -91,8 +91,8 @@ pub(super) fn encode(plan: &Plan<'_>, packed: &mut BytesMut) {
                     }
                     Some(_) => {
                         resp::begin(packed, fields.len().saturating_add(5));
-                        resp::arg(packed, b"EVAL");
-                        resp::arg(packed, REMOVE_SCRIPT.as_bytes());
+                        resp::arg(packed, b"EVALSHA");
+                        resp::arg(packed, SCRIPTS.remove.get_hash().as_bytes());
                         resp::arg(packed, b"1");
                         resp::arg(packed, hash);
                         resp::arg(packed, BYTE_COUNT_FIELD.as_bytes());

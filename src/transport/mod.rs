@@ -128,6 +128,18 @@ type Replies = SmallVec<[Result<Reply, RedisError>; 2]>;
 /// command. An error reply is returned in its slot; an I/O error or a timeout
 /// fails the whole exchange (the connection is then dropped).
 fn exchange(conn: &mut redis::Connection, packed: &[u8], plan: &Plan<'_>) -> RedisResult<Replies> {
+    let replies = send_and_read(conn, packed, plan)?;
+    let unknown_script =
+        |reply: &Result<Reply, RedisError>| matches!(reply, Err(e) if e.code() == Some("NOSCRIPT"));
+    if replies.iter().any(unknown_script) {
+        // Nothing ran of the refused scripts, and the rest is idempotent.
+        scripts::load(conn)?;
+        return send_and_read(conn, packed, plan);
+    }
+    Ok(replies)
+}
+
+fn send_and_read(conn: &mut redis::Connection, packed: &[u8], plan: &Plan<'_>) -> RedisResult<Replies> {
     conn.send_packed_command(packed)?;
     let mut replies = Replies::new();
     for command in &plan.commands {

@@ -6,6 +6,11 @@
 //! removes fields is therefore all or nothing, which `MULTI`/`EXEC` gives too
 //! but with three more commands.
 //!
+//! Scripts run by their SHA (`EVALSHA`), so a write does not carry the
+//! script's text; a Redis that does not know one yet (it restarted, or its
+//! scripts were flushed) answers `NOSCRIPT`, and the transport loads them and
+//! sends the exchange again. redis-rs's `Script` computes the SHA.
+//!
 //! With `max_store_bytes`, writes and removals keep the store's byte count
 //! (the sum of its values) in one field of the hash
 //! ([`crate::BUDGET_COUNTER_FIELD`]) and a write that would exceed the budget
@@ -70,3 +75,24 @@ if used then
 end
 return freed
 ";
+
+/// The scripts, with their SHA computed once.
+pub(crate) struct Scripts {
+    pub(crate) write_and_remove: redis::Script,
+    pub(crate) write: redis::Script,
+    pub(crate) remove: redis::Script,
+}
+
+pub(crate) static SCRIPTS: std::sync::LazyLock<Scripts> = std::sync::LazyLock::new(|| Scripts {
+    write_and_remove: redis::Script::new(WRITE_AND_REMOVE_SCRIPT),
+    write: redis::Script::new(WRITE_SCRIPT),
+    remove: redis::Script::new(REMOVE_SCRIPT),
+});
+
+/// Loads every script into Redis (`SCRIPT LOAD`), after a `NOSCRIPT`.
+pub(crate) fn load(conn: &mut redis::Connection) -> redis::RedisResult<()> {
+    for source in [WRITE_AND_REMOVE_SCRIPT, WRITE_SCRIPT, REMOVE_SCRIPT] {
+        let _sha: String = redis::cmd("SCRIPT").arg("LOAD").arg(source).query(conn)?;
+    }
+    Ok(())
+}
