@@ -103,19 +103,21 @@ pub(crate) fn is_command_key(key: &str) -> bool {
 }
 
 /// Whether Paho carries on as if a failed `put` of `key` had succeeded, so that
-/// the store must keep the record until Redis takes it instead of failing:
+/// the store must keep the record until Redis takes it instead of failing.
+/// For every record Paho C 1.3.16 writes, it does:
 /// - command records: `MQTTAsync_addCommand` keeps the command queued and sends
 ///   it, while paho-mqtt 0.14 frees the publish's token when told of the
 ///   failure (a use after free);
 /// - PUBLISH and PUBREL records: `MQTTPacket_sends` and `MQTTPacket_send`
 ///   overwrite the `put`'s result and send the packet anyway;
 /// - received QoS 2 PUBLISH records: `MQTTProtocol_handlePublishes` handles the
-///   packet whatever `MQTTPacket_Factory` reports of its `put`.
+///   packet whatever `MQTTPacket_Factory` reports of its `put`;
+/// - inbound queue records: `MQTTAsync_processPublication` ignores the result
+///   of `MQTTPersistence_persistQueueEntry` and keeps the message queued.
 ///
-/// Only the inbound queue (`q-`, `MQTTPersistence_persistQueueEntry`) acts on
-/// the result: a failed `put` there is reported to Paho.
+/// Only a key Paho never writes (no Paho prefix) fails when Redis cannot take it.
 pub(crate) fn put_failure_ignored(key: &str) -> bool {
-    matches!(kind_of(key), Some(Kind::Command | Kind::PublishSent | Kind::PubrelSent | Kind::PublishReceived))
+    kind_of(key).is_some()
 }
 
 /// Paho C's command type numbers are the MQTT packet type numbers
@@ -159,6 +161,15 @@ impl Command {
         Some(Command::Publish { qos, token })
     }
 
+    /// The message id of the PUBLISH record Paho writes when it sends this
+    /// command, if it writes one (QoS 1 and 2; see `publish_record_key`).
+    pub(crate) fn sent_as(self) -> Option<i32> {
+        match self {
+            Command::Publish { qos: 1..=2, token } => Some(token),
+            _ => None,
+        }
+    }
+
     /// The key of the PUBLISH record Paho writes when it sends this command
     /// from `command_key`, if it writes one: for QoS 1 and 2,
     /// `MQTTProtocol_startPublish` → `MQTTPacket_send_publish` →
@@ -173,36 +184,36 @@ impl Command {
 }
 
 /// How a `remove` of a command record came about, from the call just before
-/// it. Paho removes command records in three places, each under
-/// `mqttcommand_mutex`, which every other command-record call also takes, so
-/// nothing comes between the two calls named here:
-/// - `MQTTAsync_processCommand` sends a command: it reads the record back
-///   (`pget`, for a command queued in this run) and removes it
-///   (`MQTTAsync_unpersistCommand`); for a QoS ≥ 1 PUBLISH it then writes the
+/// it. Paho C removes command records in these places:
+/// - `MQTTAsync_processCommand` sends a command: for a PUBLISH it reads the
+///   record back (`pget`; `not_restored` is set for every persisted PUBLISH,
+///   by `MQTTAsync_addCommand` and by `MQTTAsync_restoreCommand`) and removes
+///   it (`MQTTAsync_unpersistCommand`), both under `mqttcommand_mutex`, so
+///   nothing comes between the two; for QoS 1 and 2 it then writes the
 ///   PUBLISH record, still under `mqttasync_mutex`.
-/// - `MQTTAsync_addCommand` with `deleteOldestMessages`: it writes the new
-///   command's record, then removes the oldest queued PUBLISH's record: that
-///   message is dropped for good.
-/// - `MQTTAsync_unpersistCommandsAndMessages` (a clean session) removes them
-///   all, one after the other.
+/// - `MQTTAsync_addCommand` with `deleteOldestMessages`, when the buffer is
+///   full: it removes the oldest queued PUBLISH's record (after writing the
+///   new command's record, or without writing one for an unpersisted QoS 0
+///   publish): that message is dropped for good.
+/// - `MQTTAsync_unpersistCommandsAndMessages` (a client created with
+///   `restoreMessages` off) removes them all, after a `keys`.
+/// - SUBSCRIBE and UNSUBSCRIBE commands are sent without a read-back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum CommandRemoval {
-    /// The command is being sent (`MQTTAsync_processCommand`).
+    /// A PUBLISH is being sent (`MQTTAsync_processCommand`).
     Sending,
-    /// The command was dropped (`MQTTAsync_addCommand`'s delete-oldest).
-    Dropped,
+    /// Anything else: the record is done with (dropped, discarded, or a
+    /// SUBSCRIBE or UNSUBSCRIBE sent).
+    Done,
 }
 
 impl CommandRemoval {
-    /// Tells the two apart. `previous` is the call before the removal of
-    /// `key`: a `put` of another command record right before it is
-    /// `MQTTAsync_addCommand` dropping the oldest message; anything else (its
-    /// own read-back, or for a command restored at start-up whatever Paho
-    /// did last) is `MQTTAsync_processCommand` sending it.
+    /// Tells the two apart: only the removal right after the read-back of
+    /// the same record is a PUBLISH being sent.
     pub(crate) fn of(key: &str, previous: &PreviousCall) -> Self {
         match previous {
-            PreviousCall::PutCommand(other) if other.as_slice() != key.as_bytes() => CommandRemoval::Dropped,
-            _ => CommandRemoval::Sending,
+            PreviousCall::GetCommand(read) if read.as_slice() == key.as_bytes() => CommandRemoval::Sending,
+            _ => CommandRemoval::Done,
         }
     }
 }
@@ -210,11 +221,22 @@ impl CommandRemoval {
 /// The call before the current one, as far as [`CommandRemoval::of`] needs it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub(crate) enum PreviousCall {
-    /// A `put` of this command record.
-    PutCommand(crate::core::FieldName),
+    /// A `get` of this command record.
+    GetCommand(crate::core::FieldName),
     /// Anything else.
     #[default]
     Other,
+}
+
+/// Whether `key` is the PUBLISH record (`s-` or `s5-`) of message `id`. A
+/// command restored from a `c5-` record by an MQTT 3 client is sent as `s-`,
+/// and the other way round (`MQTTPersistence_putPacket` takes the client's
+/// version), so the version does not matter here.
+pub(crate) fn is_publish_record_of(key: &str, id: i32) -> bool {
+    match parse_key(key) {
+        Ok((Kind::PublishSent, _, number)) => i64::from(number) == i64::from(id),
+        _ => false,
+    }
 }
 
 /// Whether a PUBLISH record (`s-`/`s5-`) holds a QoS 1 packet: the first byte
@@ -263,21 +285,26 @@ mod tests {
     }
 
     #[test]
-    fn a_command_removal_right_after_another_command_put_is_a_drop() {
-        let put = |key: &str| PreviousCall::PutCommand(crate::core::FieldName::from_slice(key.as_bytes()));
-        assert_eq!(CommandRemoval::of("c-1", &put("c-6")), CommandRemoval::Dropped);
-        assert_eq!(CommandRemoval::of("c-1", &put("c-1")), CommandRemoval::Sending);
-        assert_eq!(CommandRemoval::of("c-1", &PreviousCall::Other), CommandRemoval::Sending);
+    fn only_a_removal_right_after_its_read_back_is_a_send() {
+        let read = |key: &str| PreviousCall::GetCommand(crate::core::FieldName::from_slice(key.as_bytes()));
+        assert_eq!(CommandRemoval::of("c-1", &read("c-1")), CommandRemoval::Sending);
+        assert_eq!(CommandRemoval::of("c-1", &read("c-6")), CommandRemoval::Done);
+        assert_eq!(CommandRemoval::of("c-1", &PreviousCall::Other), CommandRemoval::Done);
     }
 
     #[test]
-    fn only_the_queue_acts_on_a_failed_put() {
-        for key in ["c-1", "c5-1", "s-1", "s5-1", "sc-1", "sc5-1", "r-1", "r5-1"] {
+    fn paho_carries_on_after_a_failed_put_of_every_record_it_writes() {
+        for key in ["c-1", "c5-1", "s-1", "s5-1", "sc-1", "sc5-1", "r-1", "r5-1", "q-1", "q5-1"] {
             assert!(put_failure_ignored(key), "{key}");
         }
-        assert!(!put_failure_ignored("q-1"));
-        assert!(!put_failure_ignored("q5-1"));
+        assert!(!put_failure_ignored("x-1"));
         assert!(is_command_key("c5-9") && !is_command_key("sc-9"));
+    }
+
+    #[test]
+    fn a_publish_record_matches_its_message_in_either_version() {
+        assert!(is_publish_record_of("s-7", 7) && is_publish_record_of("s5-7", 7));
+        assert!(!is_publish_record_of("sc-7", 7) && !is_publish_record_of("s-8", 7));
     }
 
     #[test]

@@ -83,17 +83,17 @@ const MAX_VALUE_BYTES: usize = 512 * 1024 * 1024;
 ///   failure: the process then crashes (a use after free). Such a message is
 ///   not crash-safe until Redis has taken it; [`RedisPersistence::unwritten`]
 ///   counts them.
-/// - A `put` of a PUBLISH, PUBREL or received-PUBLISH record (`s-`, `sc-`,
-///   `r-`) that cannot reach Redis, or times out, is kept the same way: Paho C
-///   ignores the result of those writes and sends (or handles) the packet
-///   anyway. Failing it and forgetting the record would, once the command
-///   record's removal went out, leave a message Paho has in flight in no
-///   record at all. A refusal by Redis (`-OOM`, a full budget) keeps the
-///   record the same way; the command record's removal then does not happen
-///   either (it runs inside the same write).
-/// - A `remove` that cannot reach Redis succeeds locally and is sent with the
-///   next successful write. Paho ignores failed removes, and the index must
-///   follow Paho.
+/// - A `put` of any other record Paho writes (PUBLISH, PUBREL, received
+///   PUBLISH, inbound queue: `s-`, `sc-`, `r-`, `q-`) that Redis cannot take
+///   (unreachable, timed out, `-OOM`, over the budget) is kept the same way:
+///   Paho C ignores the result of those writes and sends (or handles, or
+///   queues) the message anyway. Failing it and forgetting the record would
+///   leave a message Paho holds in no record at all. The command record's
+///   removal that rides with a PUBLISH record's write does not happen without
+///   it (they run in one script). Only a key Paho never writes fails.
+/// - A `remove` that cannot reach Redis, or that Redis refuses (`-LOADING`,
+///   `-READONLY`), succeeds locally and is sent again with the next exchange.
+///   Paho ignores failed removes, and the index must follow Paho.
 ///
 /// # `contains_key` answers inverted, on purpose
 ///

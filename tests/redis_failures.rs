@@ -38,7 +38,7 @@ fn calls_that_need_redis_fail_while_it_is_down_and_work_once_it_is_back() {
     store.put("s-1", vec![b"before"]).expect("put");
 
     redis.kill();
-    assert!(store.put("q-2", vec![b"gap"]).is_err(), "put of a queue record while Redis is down");
+    assert!(store.put("x-2", vec![b"gap"]).is_err(), "put of a key Paho never writes while Redis is down");
     assert!(store.get("s-1").is_err(), "get while Redis is down");
     assert!(store.clear().is_err(), "clear while Redis is down");
     // The store is the hash's only writer: its index answers without Redis.

@@ -7,8 +7,10 @@
 //! kept here until it does, for Paho carries on without it (see
 //! [`crate::paho::put_failure_ignored`]).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+
+use smallvec::SmallVec;
 
 use super::FieldName;
 use crate::paho::is_command_key;
@@ -40,35 +42,47 @@ const SPARE_BUFFER_CAPACITY_MAX: usize = 64 * 1024;
 
 /// The latest command records and every record Redis has not taken yet.
 ///
-/// A record Redis has not taken yet (`in_redis == false`: Redis was down or
-/// refused it) is never evicted: until it is written, this is its only copy.
-/// Once written, only command records stay (Paho reads no other back), and
-/// the oldest written ones are evicted beyond the limits. Records are found
-/// by key in a hash map, so a `put` costs the same with 1 or 4,096 records
-/// cached.
+/// A record Redis has not taken yet (waiting: Redis was down or refused it)
+/// is never evicted: until it is written, this is its only copy; nor is one
+/// whose write was sent and not answered yet (in flight: a refusal may still
+/// come back). Once written, only command records stay (Paho reads no other
+/// back), and the oldest are evicted beyond the limits. Records are found by
+/// key in a hash map, so a `put` costs the same with 1 or 4,096 cached.
 #[derive(Debug)]
 pub(crate) struct RecordCache {
     /// Where the count of records not in Redis is published (`Stats::unwritten_records`).
     counters: Arc<Counters>,
     records: HashMap<FieldName, Cached>,
+    /// The records Redis has not taken yet.
+    waiting: HashSet<FieldName>,
     /// Written records, oldest first, for eviction: an entry whose stamp is
-    /// no longer its record's (removed, rewritten, or waiting again) is skipped.
+    /// no longer its record's (removed, rewritten, waiting or in flight again)
+    /// is skipped.
     order: VecDeque<(u64, FieldName)>,
     next_stamp: u64,
     spare: Vec<Vec<u8>>,
     /// Bytes of the keys and values held.
     bytes: usize,
-    /// How many records have `in_redis == false`, kept so that asking costs nothing.
-    not_in_redis: usize,
     limits: CacheLimits,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Written,
+    Waiting,
+    /// Sent in the write numbered so, not answered yet.
+    InFlight(u64),
 }
 
 #[derive(Debug)]
 struct Cached {
     value: Vec<u8>,
-    in_redis: bool,
+    state: State,
     stamp: u64,
 }
+
+/// The keys a write carried, inline for the usual one or two.
+pub(crate) type Carried = SmallVec<[FieldName; 2]>;
 
 impl RecordCache {
     /// An empty cache that publishes its count of unwritten records to `counters`.
@@ -76,18 +90,17 @@ impl RecordCache {
         Self {
             counters,
             records: HashMap::new(),
+            waiting: HashSet::new(),
             order: VecDeque::new(),
             next_stamp: 0,
             spare: Vec::new(),
             bytes: 0,
-            not_in_redis: 0,
             limits,
         }
     }
 
-    fn set_not_in_redis(&mut self, records: usize) {
-        self.not_in_redis = records;
-        self.counters.set_unwritten_records(records);
+    fn publish_count(&self) {
+        self.counters.set_unwritten_records(self.waiting.len());
     }
 
     fn stamp(&mut self) -> u64 {
@@ -95,7 +108,8 @@ impl RecordCache {
         self.next_stamp
     }
 
-    /// Keeps `key`'s value, given as the parts Paho passed to `put`.
+    /// Keeps `key`'s value, given as the parts Paho passed to `put`: written
+    /// (`in_redis`) or waiting for Redis.
     pub(crate) fn insert(&mut self, key: &str, value_parts: &[&[u8]], in_redis: bool) {
         self.remove(key);
         let mut value = self.spare.pop().unwrap_or_default();
@@ -106,12 +120,15 @@ impl RecordCache {
         self.bytes = self.bytes.saturating_add(key.len()).saturating_add(value.len());
         let stamp = self.stamp();
         let field = FieldName::from_slice(key.as_bytes());
-        if in_redis {
+        let state = if in_redis {
             self.order.push_back((stamp, field.clone()));
+            State::Written
         } else {
-            self.set_not_in_redis(self.not_in_redis.saturating_add(1));
-        }
-        self.records.insert(field, Cached { value, in_redis, stamp });
+            self.waiting.insert(field.clone());
+            self.publish_count();
+            State::Waiting
+        };
+        self.records.insert(field, Cached { value, state, stamp });
         self.evict();
     }
 
@@ -127,10 +144,10 @@ impl RecordCache {
     /// returns whether a record Redis had was found.
     pub(crate) fn mark_not_in_redis(&mut self, key: &str) -> bool {
         match self.records.get_mut(key.as_bytes()) {
-            Some(cached) if cached.in_redis => {
-                cached.in_redis = false;
-                let not_in_redis = self.not_in_redis.saturating_add(1);
-                self.set_not_in_redis(not_in_redis);
+            Some(cached) if cached.state != State::Waiting => {
+                cached.state = State::Waiting;
+                self.waiting.insert(FieldName::from_slice(key.as_bytes()));
+                self.publish_count();
                 true
             }
             _ => false,
@@ -148,30 +165,14 @@ impl RecordCache {
         }
     }
 
-    /// Notes that Redis took the record kept under `key`: a command record
-    /// stays for Paho's read-back, any other is dropped.
-    pub(crate) fn written(&mut self, key: &str) {
-        if !is_command_key(key) {
-            self.remove(key);
-            return;
-        }
-        let stamp = self.stamp();
-        if let Some(cached) = self.records.get_mut(key.as_bytes()) {
-            if !cached.in_redis {
-                cached.in_redis = true;
-                cached.stamp = stamp;
-                self.order.push_back((stamp, FieldName::from_slice(key.as_bytes())));
-                let not_in_redis = self.not_in_redis.saturating_sub(1);
-                self.set_not_in_redis(not_in_redis);
-                self.evict();
-            }
-        }
-    }
-
     /// Forgets `key`; returns whether it was there.
     pub(crate) fn remove(&mut self, key: &str) -> bool {
         match self.records.remove(key.as_bytes()) {
             Some(cached) => {
+                if cached.state == State::Waiting {
+                    self.waiting.remove(key.as_bytes());
+                    self.publish_count();
+                }
                 self.recycle(key.len(), cached);
                 true
             }
@@ -181,54 +182,84 @@ impl RecordCache {
 
     /// The records Redis has not taken yet, as (key, value).
     pub(crate) fn not_in_redis(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.records
+        self.waiting
             .iter()
-            .filter(|(_, cached)| !cached.in_redis)
-            .map(|(key, cached)| (key.as_slice(), cached.value.as_slice()))
+            .filter_map(|key| self.records.get(key).map(|cached| (key.as_slice(), cached.value.as_slice())))
     }
 
     pub(crate) fn not_in_redis_count(&self) -> usize {
-        self.not_in_redis
+        self.waiting.len()
     }
 
-    /// Records that Redis has now taken every record: command records may be
-    /// evicted from now on, the others were only kept until this.
-    pub(crate) fn all_in_redis(&mut self) {
-        if self.not_in_redis == 0 {
-            return;
+    /// Every waiting record was sent in write `seq`: it is in flight until
+    /// that write is answered. Returns their keys.
+    pub(crate) fn send_waiting(&mut self, seq: u64) -> Carried {
+        let carried: Carried = self.waiting.drain().collect();
+        for key in &carried {
+            if let Some(cached) = self.records.get_mut(key) {
+                cached.state = State::InFlight(seq);
+            }
         }
-        let waiting: Vec<FieldName> =
-            self.records.iter().filter(|(_, cached)| !cached.in_redis).map(|(key, _)| key.clone()).collect();
-        for key in waiting {
-            let command = std::str::from_utf8(&key).is_ok_and(is_command_key);
-            if !command {
-                if let Some(cached) = self.records.remove(&key) {
-                    self.recycle(key.len(), cached);
+        self.publish_count();
+        carried
+    }
+
+    /// Redis took write `seq`: its records are written (a command record
+    /// stays for Paho's read-back, any other is dropped).
+    pub(crate) fn confirmed(&mut self, seq: u64, carried: &[FieldName]) {
+        for key in carried {
+            let Some(cached) = self.records.get(key) else { continue };
+            if cached.state != State::InFlight(seq) {
+                continue; // written again since, or removed and put anew
+            }
+            if std::str::from_utf8(key).is_ok_and(is_command_key) {
+                let stamp = self.stamp();
+                if let Some(cached) = self.records.get_mut(key) {
+                    cached.state = State::Written;
+                    cached.stamp = stamp;
                 }
-                continue;
-            }
-            let stamp = self.stamp();
-            if let Some(cached) = self.records.get_mut(&key) {
-                cached.in_redis = true;
-                cached.stamp = stamp;
-                self.order.push_back((stamp, key));
+                self.order.push_back((stamp, key.clone()));
+            } else if let Some(cached) = self.records.remove(key) {
+                self.recycle(key.len(), cached);
             }
         }
-        self.set_not_in_redis(0);
         self.evict();
+    }
+
+    /// Redis refused write `seq`: its records wait again. Returns how many.
+    pub(crate) fn refused(&mut self, seq: u64, carried: &[FieldName]) -> usize {
+        let mut waiting = 0;
+        for key in carried {
+            if let Some(cached) = self.records.get_mut(key) {
+                if cached.state == State::InFlight(seq) {
+                    cached.state = State::Waiting;
+                    self.waiting.insert(key.clone());
+                    waiting += 1;
+                }
+            }
+        }
+        self.publish_count();
+        waiting
+    }
+
+    /// Whether `key` waits for Redis (or is in flight to it).
+    pub(crate) fn is_unwritten(&self, key: &[u8]) -> bool {
+        self.records.get(key).is_some_and(|cached| cached.state != State::Written)
     }
 
     pub(crate) fn clear(&mut self) {
         for (key, cached) in std::mem::take(&mut self.records) {
             self.recycle(key.len(), cached);
         }
+        self.waiting.clear();
+        self.publish_count();
         self.order.clear();
     }
 
     fn evict(&mut self) {
         while self.records.len() > self.limits.records || self.bytes > self.limits.bytes {
             let Some((stamp, key)) = self.order.pop_front() else { return };
-            let live = self.records.get(&key).is_some_and(|cached| cached.in_redis && cached.stamp == stamp);
+            let live = self.records.get(&key).is_some_and(|c| c.state == State::Written && c.stamp == stamp);
             if live {
                 if let Some(cached) = self.records.remove(&key) {
                     self.recycle(key.len(), cached);
@@ -239,16 +270,13 @@ impl RecordCache {
         if self.order.len() > self.records.len().saturating_mul(2).saturating_add(64) {
             let records = &self.records;
             self.order.retain(|(stamp, key)| {
-                records.get(key).is_some_and(|cached| cached.in_redis && cached.stamp == *stamp)
+                records.get(key).is_some_and(|c| c.state == State::Written && c.stamp == *stamp)
             });
         }
     }
 
     fn recycle(&mut self, key_len: usize, cached: Cached) {
         self.bytes = self.bytes.saturating_sub(key_len).saturating_sub(cached.value.len());
-        if !cached.in_redis {
-            self.set_not_in_redis(self.not_in_redis.saturating_sub(1));
-        }
         if self.spare.len() < SPARE_BUFFERS_MAX && cached.value.capacity() <= SPARE_BUFFER_CAPACITY_MAX {
             self.spare.push(cached.value);
         }
@@ -295,8 +323,13 @@ mod tests {
         assert!(cache.mark_not_in_redis(&format!("c-{}", CacheLimits::default().records + 10)));
         assert_eq!(cache.not_in_redis().count(), 2);
         assert_eq!(cache.not_in_redis_count(), 2);
-        cache.all_in_redis();
+        let carried = cache.send_waiting(1);
         assert_eq!(cache.not_in_redis_count(), 0);
+        assert_eq!(cache.refused(1, &carried), 2, "a refusal makes them wait again");
+        let carried = cache.send_waiting(2);
+        cache.confirmed(2, &carried);
+        assert_eq!(cache.not_in_redis_count(), 0);
+        assert!(cache.contains("c-0"), "a written command record stays for the read-back");
     }
 
     #[test]
@@ -308,7 +341,8 @@ mod tests {
         assert_eq!(counters.snapshot().unwritten_records, 2);
         cache.remove("c-1");
         assert_eq!(counters.snapshot().unwritten_records, 1);
-        cache.all_in_redis();
+        let carried = cache.send_waiting(1);
+        cache.confirmed(1, &carried);
         assert_eq!(counters.snapshot().unwritten_records, 0);
         cache.insert("c-3", &[b"c"], false);
         drop(cache);

@@ -33,6 +33,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use redis::RedisError;
+use smallvec::SmallVec;
 
 pub(crate) use cache::{CacheLimits, RecordCache};
 pub(crate) use index::{FieldIndex, FieldName};
@@ -72,7 +73,22 @@ pub(crate) enum Answer {
 #[derive(Debug, Clone)]
 struct Handoff {
     command: FieldName,
-    publish: String,
+    /// The message id the PUBLISH record carries in its key.
+    message_id: i32,
+}
+
+/// A write or removal sent to Redis whose reply has not been taken in yet,
+/// with what to undo if Redis refused it.
+#[derive(Debug)]
+struct Unconfirmed {
+    seq: u64,
+    /// The record `put` wrote, if any, for the log.
+    key: Option<FieldName>,
+    /// The records the write carried (in flight in the cache).
+    records: cache::Carried,
+    removals: SmallVec<[FieldName; 2]>,
+    /// Tied removals the write carried, with their PUBLISH records.
+    tied: SmallVec<[(FieldName, FieldName); 1]>,
 }
 
 /// What the core waits to hear of, one entry per plan handed out, oldest first.
@@ -82,8 +98,8 @@ enum Pending {
     KeyType,
     Put(PendingPut),
     Get { key: String },
-    Remove { removals: usize, key: FieldName },
-    Flush { removals: usize, kept: bool },
+    Remove { removals: usize },
+    Flush { removals: usize },
     Resync,
     Clear,
     ByteCount,
@@ -93,12 +109,8 @@ enum Pending {
 struct PendingPut {
     /// Inline: a `put` allocates nothing for the core's bookkeeping.
     key: FieldName,
-    /// The write also carries the records kept in memory.
-    kept: bool,
     /// How many of the owed removals ride inside the write.
     removals: usize,
-    /// The write runs as a script (it removes fields, or there is a budget).
-    scripted: bool,
     /// The record is kept in memory whatever Redis says (Paho ignores the
     /// `put`'s result), until Redis has taken it.
     keep: bool,
@@ -143,6 +155,10 @@ pub(crate) struct Core {
     /// `open` found a byte count to repair: the value to set, or `None` to drop it.
     byte_count_repair: Option<Option<u64>>,
     pending: VecDeque<Pending>,
+    /// Writes and removals sent and not answered yet, oldest first (a
+    /// pipelined transport answers them later, see [`Core::confirm`]).
+    unconfirmed: VecDeque<Unconfirmed>,
+    next_seq: u64,
 }
 
 impl Core {
@@ -166,6 +182,8 @@ impl Core {
             flush_due: false,
             byte_count_repair: None,
             pending: VecDeque::new(),
+            unconfirmed: VecDeque::new(),
+            next_seq: 0,
         }
     }
 
@@ -216,7 +234,7 @@ impl Core {
         }
         let command_record = paho::is_command_key(key);
         match &self.handoff {
-            Some(handoff) if handoff.publish == key => {
+            Some(handoff) if paho::is_publish_record_of(key, handoff.message_id) => {
                 // The write that ends the handoff carries its removal, and so
                 // does every write until this record is in Redis.
                 if let Some(handoff) = self.handoff.take() {
@@ -224,11 +242,19 @@ impl Core {
                     self.tied_to.push(FieldName::from_slice(key.as_bytes()));
                 }
             }
+            // A new command under the same key (Paho numbers anew after a
+            // client discarded its records): the waiting removal is stale.
+            Some(handoff) if handoff.command.as_slice() == key.as_bytes() => self.handoff = None,
             // `MQTTAsync_addCommand` may queue a command between the removal
             // and the PUBLISH record's write (it takes only `mqttcommand_mutex`).
             Some(_) if command_record => {}
             Some(_) => self.end_handoff(),
             None => {}
+        }
+        if let Some(at) = self.tied.iter().position(|tied| tied.as_slice() == key.as_bytes()) {
+            // The same: this write must not be followed by that removal.
+            self.tied.remove(at);
+            self.tied_to.remove(at);
         }
         // This write replaces the field, so an owed removal of it must not follow it.
         let owed_before = self.removals_owed.len();
@@ -249,7 +275,7 @@ impl Core {
         if command_record {
             let command = self.cache.get(key).map_or(paho::Command::Other, paho::Command::read);
             let field = FieldName::from_slice(key.as_bytes());
-            if command.publish_record_key(key).is_some() {
+            if command.sent_as().is_some() {
                 self.publishes.insert(field, command);
             } else {
                 self.publishes.remove(&field);
@@ -258,19 +284,13 @@ impl Core {
         let kept = self.cache.not_in_redis_count() > usize::from(keep);
         self.pending.push_back(Pending::Put(PendingPut {
             key: FieldName::from_slice(key.as_bytes()),
-            kept,
             removals,
-            scripted: removals > 0 || !self.tied.is_empty() || self.settings.budget.is_some(),
             keep,
             was_indexed: self.fields.contains(key),
             superseded_removal,
             qos1,
         }));
-        self.previous = if command_record {
-            PreviousCall::PutCommand(FieldName::from_slice(key.as_bytes()))
-        } else {
-            PreviousCall::Other
-        };
+        self.previous = PreviousCall::Other;
         let this: &'a Self = self;
         let records = Records { kept: kept.then_some(&this.cache), new: Some((key, parts)) };
         let owed = this.removals_owed.get(..removals).unwrap_or_default();
@@ -281,7 +301,11 @@ impl Core {
     /// to read it.
     pub(crate) fn get<'a>(&'a mut self, key: &'a str) -> Result<Result<Vec<u8>, Plan<'a>>, Error> {
         self.before_call();
-        self.previous = PreviousCall::Other;
+        self.previous = if paho::is_command_key(key) {
+            PreviousCall::GetCommand(FieldName::from_slice(key.as_bytes()))
+        } else {
+            PreviousCall::Other
+        };
         if let Some(value) = self.snapshot.remove(key) {
             if self.snapshot.is_empty() {
                 self.snapshot = HashMap::new();
@@ -320,7 +344,7 @@ impl Core {
         // A command dropped by `MQTTAsync_addCommand` may come between a
         // removal and its PUBLISH record's write; anything else means Paho
         // did not write it.
-        if how != Some(CommandRemoval::Dropped) {
+        if how != Some(CommandRemoval::Done) {
             self.end_handoff();
         }
         self.previous = PreviousCall::Other;
@@ -344,8 +368,8 @@ impl Core {
             return self.plan([]);
         }
         if how == Some(CommandRemoval::Sending) {
-            if let Some(publish) = publish.and_then(|command| command.publish_record_key(key)) {
-                self.handoff = Some(Handoff { command: field, publish });
+            if let Some(message_id) = publish.and_then(paho::Command::sent_as) {
+                self.handoff = Some(Handoff { command: field, message_id });
                 return self.flush_if_due();
             }
         }
@@ -355,7 +379,7 @@ impl Core {
         }
         self.flush_due = false;
         let removals = self.removals_owed.len();
-        self.pending.push_back(Pending::Remove { removals, key: FieldName::from_slice(key.as_bytes()) });
+        self.pending.push_back(Pending::Remove { removals });
         self.plan([Command::Remove(&self.removals_owed)])
     }
 
@@ -383,9 +407,10 @@ impl Core {
     fn end_handoff(&mut self) {
         if let Some(handoff) = self.handoff.take() {
             log::debug!(
-                "redis persistence: {:?} was removed but {} was not written next; removing it now",
+                "redis persistence: {:?} was removed but the PUBLISH record of message {} was not \
+                 written next; removing it now",
                 String::from_utf8_lossy(&handoff.command),
-                handoff.publish
+                handoff.message_id
             );
             self.removals_owed.push(handoff.command);
             self.flush_due = true;
@@ -407,7 +432,7 @@ impl Core {
         if !kept && removals == 0 {
             return self.plan([]);
         }
-        self.pending.push_back(Pending::Flush { removals, kept });
+        self.pending.push_back(Pending::Flush { removals });
         let command = if kept {
             Command::Write {
                 records: Records { kept: Some(&self.cache), new: None },
@@ -442,13 +467,13 @@ impl Core {
 
     /// Takes in what became of the oldest plan handed out.
     pub(crate) fn complete(&mut self, exchange: Exchange) -> Result<Answer, Error> {
-        let Exchange { replies, failure, generation } = exchange;
+        let Exchange { replies, failure, generation, sent } = exchange;
         let mut replies = replies.into_iter();
-        let outcome = match replies.next() {
-            Some(reply) => Outcome::Replied(reply),
-            None => Outcome::Failed(
-                failure.unwrap_or_else(|| Failure { error: Error::NotOpen, may_run_late: false }),
-            ),
+        let outcome = match (replies.next(), failure) {
+            (Some(reply), _) => Outcome::Replied(reply),
+            (None, Some(failure)) => Outcome::Failed(failure),
+            (None, None) if sent => Outcome::Sent,
+            (None, None) => Outcome::Failed(Failure { error: Error::NotOpen, may_run_late: false }),
         };
         if let Outcome::Failed(failure) = &outcome {
             self.outcome_unknown |= failure.may_run_late;
@@ -473,10 +498,14 @@ impl Core {
                 Outcome::Replied(Ok(_)) => Err(Error::KeyNotFound { key }),
                 Outcome::Replied(Err(source)) => Err(self.command_error("HGET", source)),
                 Outcome::Failed(failure) => Err(failure.error),
+                Outcome::Sent => Err(Error::KeyNotFound { key }),
             },
-            Pending::Remove { removals, key } => self.removed(removals, key, outcome),
-            Pending::Flush { removals, kept } => {
-                self.flushed(removals, kept, outcome);
+            Pending::Remove { removals } => {
+                self.removed(removals, outcome);
+                Ok(Answer::Done)
+            }
+            Pending::Flush { removals } => {
+                self.flushed(removals, outcome);
                 Ok(Answer::Done)
             }
             Pending::Resync => {
@@ -494,10 +523,14 @@ impl Core {
                     self.outcome_unknown = true;
                     Err(failure.error)
                 }
+                Outcome::Sent => {
+                    self.cleared(generation);
+                    Ok(Answer::Done)
+                }
             },
             Pending::ByteCount => {
                 match outcome {
-                    Outcome::Replied(Ok(_)) => {}
+                    Outcome::Replied(Ok(_)) | Outcome::Sent => {}
                     Outcome::Replied(Err(error)) => {
                         log::warn!(
                             "redis persistence: cannot repair the byte count of `{}`: {error}",
@@ -528,6 +561,7 @@ impl Core {
             }
             Outcome::Replied(Err(source)) => return Err(self.command_error("HGETALL", source)),
             Outcome::Failed(failure) => return Err(failure.error),
+            Outcome::Sent => Vec::new(),
         };
         self.synced_generation = generation;
         self.snapshot = HashMap::with_capacity(entries.len());
@@ -560,42 +594,36 @@ impl Core {
     }
 
     fn put_done(&mut self, put: PendingPut, outcome: Outcome) -> Result<Answer, Error> {
-        let PendingPut { key: field, kept, removals, scripted, keep, was_indexed, superseded_removal, qos1 } =
-            put;
+        let PendingPut { key: field, removals, keep, was_indexed, superseded_removal, qos1, .. } = put;
         // Built from a `&str` by `put`.
         let key = std::str::from_utf8(&field).unwrap_or_default();
         match outcome {
-            Outcome::Replied(Ok(_)) => {
-                if kept {
-                    log::info!(
-                        "redis persistence: wrote {} records kept in memory to `{}`",
-                        self.cache.not_in_redis_count().saturating_sub(usize::from(keep)),
-                        self.hash
-                    );
-                    self.cache.all_in_redis();
+            Outcome::Replied(reply) => {
+                let written = reply.is_ok();
+                self.sent(Some(&field), removals, true);
+                if written || keep {
+                    self.fields.insert(key);
                 }
-                self.cache.written(key);
-                self.removals_owed.drain(..removals.min(self.removals_owed.len()));
-                // Every write carries them, with every record kept in memory.
-                self.tied.clear();
-                self.tied_to.clear();
+                if written && qos1 {
+                    self.qos1_publishes.insert(field.clone());
+                }
+                match self.confirm(reply.map(drop)) {
+                    Some(error) if !keep => {
+                        if superseded_removal {
+                            self.removals_owed.push(field);
+                        }
+                        Err(error)
+                    }
+                    _ => Ok(Answer::Done),
+                }
+            }
+            Outcome::Sent => {
+                self.sent(Some(&field), removals, true);
                 self.fields.insert(key);
                 if qos1 {
-                    self.qos1_publishes.insert(FieldName::from_slice(key.as_bytes()));
+                    self.qos1_publishes.insert(field);
                 }
                 Ok(Answer::Done)
-            }
-            Outcome::Replied(Err(source)) => {
-                let error = self.write_error(scripted, source);
-                if keep {
-                    self.keep(key, &error);
-                    Ok(Answer::Done)
-                } else {
-                    if superseded_removal {
-                        self.removals_owed.push(field);
-                    }
-                    Err(error)
-                }
             }
             Outcome::Failed(failure) => {
                 if keep {
@@ -614,6 +642,76 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// Notes a write (`records`: it carried every record waiting in memory)
+    /// or a removal as sent, with `removals` of the owed removals and, for a
+    /// write, every tied one: Redis has them now, unless its reply says
+    /// otherwise (see [`Core::confirm`]).
+    fn sent(&mut self, key: Option<&FieldName>, removals: usize, records: bool) {
+        self.next_seq = self.next_seq.wrapping_add(1);
+        let seq = self.next_seq;
+        let carried = if records { self.cache.send_waiting(seq) } else { cache::Carried::new() };
+        let removals = self.removals_owed.drain(..removals.min(self.removals_owed.len())).collect();
+        let tied =
+            if records { self.tied.drain(..).zip(self.tied_to.drain(..)).collect() } else { SmallVec::new() };
+        self.unconfirmed.push_back(Unconfirmed { seq, key: key.cloned(), records: carried, removals, tied });
+    }
+
+    /// Takes in Redis's reply to the oldest write or removal sent and not
+    /// answered yet. A refusal undoes what it carried: its records wait in
+    /// memory again, its removals are owed again (a write and its removals
+    /// are all or nothing). Returns the refusal, as an error.
+    pub(crate) fn confirm(&mut self, reply: Result<(), RedisError>) -> Option<Error> {
+        let Unconfirmed { seq, key, records, removals, tied } = self.unconfirmed.pop_front()?;
+        let source = match reply {
+            Ok(()) => {
+                if records.len() > 1 {
+                    log::info!(
+                        "redis persistence: wrote {} records kept in memory to `{}`",
+                        records.len() - usize::from(key.is_some()),
+                        self.hash
+                    );
+                }
+                self.cache.confirmed(seq, &records);
+                return None;
+            }
+            Err(source) => source,
+        };
+        let waiting = self.cache.refused(seq, &records);
+        for removal in removals {
+            let owed = self.removals_owed.contains(&removal);
+            if !owed && !self.fields.contains_bytes(&removal) {
+                self.removals_owed.push(removal);
+            }
+        }
+        for (command, publish) in tied {
+            if self.cache.is_unwritten(&publish) {
+                self.tied.push(command);
+                self.tied_to.push(publish);
+            } else if !self.fields.contains_bytes(&command) && !self.removals_owed.contains(&command) {
+                self.removals_owed.push(command);
+            }
+        }
+        let scripted = !self.removals_owed.is_empty() || !self.tied.is_empty();
+        let error = self.write_error(scripted, source);
+        match &key {
+            Some(key) => log::warn!(
+                "redis persistence: put of key {:?} is kept in memory ({} records wait for Redis): {error}",
+                String::from_utf8_lossy(key),
+                self.cache.not_in_redis_count()
+            ),
+            None if waiting > 0 => log::warn!(
+                "redis persistence: {waiting} records kept in memory are still not in `{}`: {error}",
+                self.hash
+            ),
+            None => log::warn!(
+                "redis persistence: {} removals owed to `{}` failed, will retry: {error}",
+                self.removals_owed.len(),
+                self.hash
+            ),
+        }
+        Some(error)
     }
 
     /// Keeps a record Redis did not take (Paho carries on as if it had); it
@@ -641,52 +739,34 @@ impl Core {
         }
     }
 
-    fn removed(&mut self, removals: usize, key: FieldName, outcome: Outcome) -> Result<Answer, Error> {
+    /// A removal Paho made: whatever Redis says, Paho carries on (it ignores
+    /// `remove`'s result), so a refused or unreachable one stays owed.
+    fn removed(&mut self, removals: usize, outcome: Outcome) {
         match outcome {
-            Outcome::Replied(Ok(_)) => {
-                self.removals_owed.drain(..removals.min(self.removals_owed.len()));
-                Ok(Answer::Done)
+            Outcome::Replied(reply) => {
+                self.sent(None, removals, false);
+                let _ = self.confirm(reply.map(drop));
             }
-            Outcome::Replied(Err(source)) => {
-                // An error reply: nothing was removed; the field is back.
-                self.removals_owed.retain(|owed| *owed != key);
-                self.fields.insert(std::str::from_utf8(&key).unwrap_or_default());
-                let command = if self.settings.budget.is_some() { "EVALSHA" } else { "HDEL" };
-                Err(self.command_error(command, source))
-            }
+            Outcome::Sent => self.sent(None, removals, false),
             Outcome::Failed(failure) => {
                 log::warn!(
-                    "redis persistence: remove of key {:?} is owed to Redis, which is unreachable: {}",
-                    String::from_utf8_lossy(&key),
+                    "redis persistence: {} removals are owed to `{}`, which is unreachable: {}",
+                    self.removals_owed.len(),
+                    self.hash,
                     failure.error
                 );
                 self.outcome_unknown = true;
-                Ok(Answer::Done)
             }
         }
     }
 
-    fn flushed(&mut self, removals: usize, kept: bool, outcome: Outcome) {
+    fn flushed(&mut self, removals: usize, outcome: Outcome) {
         match outcome {
-            Outcome::Replied(Ok(_)) => {
-                if kept {
-                    log::info!(
-                        "redis persistence: wrote {} records kept in memory to `{}`",
-                        self.cache.not_in_redis_count(),
-                        self.hash
-                    );
-                    self.cache.all_in_redis();
-                    self.tied.clear();
-                    self.tied_to.clear();
-                }
-                self.removals_owed.drain(..removals.min(self.removals_owed.len()));
+            Outcome::Replied(reply) => {
+                self.sent(None, removals, true);
+                let _ = self.confirm(reply.map(drop));
             }
-            Outcome::Replied(Err(error)) => log::warn!(
-                "redis persistence: {} records and {} removals owed to `{}` failed, will retry: {error}",
-                self.cache.not_in_redis_count(),
-                self.removals_owed.len(),
-                self.hash
-            ),
+            Outcome::Sent => self.sent(None, removals, true),
             Outcome::Failed(failure) => {
                 self.outcome_unknown = true;
                 log::warn!(
@@ -717,6 +797,7 @@ impl Core {
                 );
                 return;
             }
+            Outcome::Sent => return,
         };
         let present: HashSet<&[u8]> = present.iter().map(Vec::as_slice).collect();
         let missing: Vec<String> = self
@@ -796,6 +877,9 @@ impl Core {
 /// The first reply of an exchange, or why there is none.
 enum Outcome {
     Replied(Result<Reply, RedisError>),
+    /// Sent, and durable once sent (a Unix socket): the reply comes later,
+    /// through [`Core::confirm`].
+    Sent,
     Failed(Failure),
 }
 

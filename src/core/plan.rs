@@ -137,6 +137,9 @@ pub(crate) struct Exchange {
     /// How many connections the transport has opened so far: a change tells
     /// the core that Redis may have restarted, and lost records, meanwhile.
     pub(crate) generation: u64,
+    /// The commands were written and their replies will come later, through
+    /// [`super::Core::confirm`] (`replies` is then empty).
+    pub(crate) sent: bool,
 }
 
 /// Why an exchange broke off.

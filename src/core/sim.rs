@@ -30,6 +30,8 @@ pub(crate) enum Mode {
     Hung,
     /// Out of memory: refuses writes (`-OOM`), runs removals and reads.
     Full,
+    /// Loading its data after a restart: refuses every command (`-LOADING`).
+    Loading,
 }
 
 /// A command of a plan, owned, so that a hung Redis can run it later.
@@ -118,6 +120,7 @@ impl SimRedis {
                         may_run_late: false,
                     }),
                     generation: self.generation,
+                    sent: false,
                 };
             }
             Mode::Hung => {
@@ -135,13 +138,22 @@ impl SimRedis {
                         may_run_late: true,
                     }),
                     generation: self.generation,
+                    sent: false,
                 };
             }
             Mode::Up | Mode::Full => {}
+            Mode::Loading => {
+                self.reconnect_if_broken();
+                let replies = commands
+                    .iter()
+                    .map(|_| Err(refusal("LOADING", "Redis is loading the dataset")))
+                    .collect();
+                return Exchange { replies, failure: None, generation: self.generation, sent: false };
+            }
         }
         self.reconnect_if_broken();
         let replies = commands.iter().map(|command| self.execute(command)).collect();
-        Exchange { replies, failure: None, generation: self.generation }
+        Exchange { replies, failure: None, generation: self.generation, sent: false }
     }
 
     fn reconnect_if_broken(&mut self) {

@@ -186,11 +186,25 @@ fn a_refused_publish_record_removes_nothing_and_goes_with_the_next_write() {
 }
 
 #[test]
-fn a_refused_queue_record_fails_and_leaves_the_store_unchanged() {
+fn a_refused_queue_record_waits_in_memory() {
+    // `MQTTAsync_processPublication` ignores the result of
+    // `MQTTPersistence_persistQueueEntry`: the message stays queued in Paho.
     let mut store = Store::new(Settings::default());
     store.redis.mode = Mode::Full;
-    assert!(store.put("q-1", b"message").is_err());
-    assert!(!store.core.contains("q-1"));
+    store.put("q-1", b"message").unwrap();
+    assert!(store.core.contains("q-1"));
+    assert_eq!(store.core.unwritten(), 1);
+    store.redis.mode = Mode::Up;
+    store.put("c-1", &publish_command(1, 1)).unwrap();
+    assert_eq!(store.in_redis(), ["c-1", "q-1"]);
+}
+
+#[test]
+fn a_refused_put_of_a_key_paho_never_writes_fails_and_changes_nothing() {
+    let mut store = Store::new(Settings::default());
+    store.redis.mode = Mode::Full;
+    assert!(store.put("x-1", b"value").is_err());
+    assert!(!store.core.contains("x-1"));
     assert_eq!(store.core.unwritten(), 0);
 }
 
@@ -198,9 +212,8 @@ fn a_refused_queue_record_fails_and_leaves_the_store_unchanged() {
 fn a_timed_out_write_that_runs_late_is_undone_after_reconnecting() {
     let mut store = Store::new(Settings::default());
     store.redis.mode = Mode::Hung;
-    // Paho acts on a failed `q-` put (`MQTTPersistence_persistQueueEntry`):
-    // it must not stay in Redis once Redis runs it late.
-    assert!(store.put("q-1", b"message").is_err());
+    // Paho was told this put failed: it must not stay in Redis once Redis runs it late.
+    assert!(store.put("x-1", b"value").is_err());
     store.redis.mode = Mode::Up;
     assert_eq!(store.keys(), Vec::<String>::new());
     assert_eq!(store.in_redis(), Vec::<String>::new());
@@ -277,4 +290,46 @@ fn a_hung_redis_costs_a_call_one_exchange() {
     assert_eq!(store.redis.exchanges, before + 2);
     assert_eq!(store.in_redis(), ["c-1", "c-2", "c-3", "c-4"]);
     assert_eq!(store.core.unwritten(), 0);
+}
+
+#[test]
+fn a_command_removal_without_its_read_back_is_sent_at_once() {
+    // `MQTTAsync_unpersistCommandsAndMessages` (restoreMessages off), and
+    // delete-oldest for a publish that is not persisted, remove a command
+    // record with no read-back before it: the message is gone for Paho.
+    let mut store = Store::new(Settings::default());
+    store.put("c-1", &publish_command(1, 1)).unwrap();
+    store.keys();
+    store.remove("c-1");
+    assert_eq!(store.in_redis(), Vec::<String>::new());
+    // Paho numbers its commands anew: a new message under the same key.
+    store.put("c-1", &publish_command(1, 1)).unwrap();
+    store.redis.begin_call();
+    drive::close(&mut store.core, &mut store.redis);
+    assert_eq!(store.in_redis(), ["c-1"], "the new message is not removed with the old one");
+}
+
+#[test]
+fn a_refused_removal_stays_owed_and_runs_once_redis_takes_commands() {
+    // Paho ignores `remove`'s result (`MQTTProtocol_handlePubacks`).
+    let mut store = Store::new(Settings::default());
+    store.put("s-1", QOS1_PACKET).unwrap();
+    store.redis.mode = Mode::Loading;
+    store.remove("s-1");
+    assert!(!store.core.contains("s-1"));
+    store.redis.mode = Mode::Up;
+    store.put("c-2", &publish_command(2, 1)).unwrap();
+    assert_eq!(store.in_redis(), ["c-2"]);
+}
+
+#[test]
+fn a_command_of_either_version_moves_to_its_publish_record_of_the_other() {
+    // A `c5-` record restored by an MQTT 3 client is sent as `s-`
+    // (`MQTTPersistence_putPacket` takes the client's version).
+    let mut store = Store::new(Settings::default());
+    store.put("c5-1", &publish_command(7, 1)).unwrap();
+    store.take_command("c5-1");
+    assert_eq!(store.in_redis(), ["c5-1"]);
+    store.put("s-7", QOS1_PACKET).unwrap();
+    assert_eq!(store.in_redis(), ["s-7"]);
 }

@@ -6,15 +6,6 @@ use super::resp;
 use super::scripts::SCRIPTS;
 use crate::core::{Command, Plan, BYTE_COUNT_FIELD};
 
-/// The Redis commands (and so the replies to read) each plan command becomes.
-pub(super) fn wire_commands(command: &Command<'_>) -> usize {
-    match command {
-        // MULTI, DEL, EXEC: the design keeps `clear` a transaction.
-        Command::DeleteAll => 3,
-        _ => 1,
-    }
-}
-
 /// The name of the Redis command a plan command becomes, for errors and logs.
 pub(super) fn name(plan: &Plan<'_>, command: &Command<'_>) -> &'static str {
     match command {
@@ -41,11 +32,9 @@ pub(super) fn encode(plan: &Plan<'_>, packed: &mut BytesMut) {
             Command::KeyType => simple(packed, &[b"TYPE", hash]),
             Command::Read(key) => simple(packed, &[b"HGET", hash, key.as_bytes()]),
             Command::ListFields => simple(packed, &[b"HKEYS", hash]),
-            Command::DeleteAll => {
-                simple(packed, &[b"MULTI"]);
-                simple(packed, &[b"DEL", hash]);
-                simple(packed, &[b"EXEC"]);
-            }
+            // One DEL of one key is atomic by itself; inside MULTI/EXEC, Redis
+            // at `maxmemory` would refuse it (seen on 7.0: -OOM, -EXECABORT).
+            Command::DeleteAll => simple(packed, &[b"DEL", hash]),
             Command::Write { records, removals, tied } => {
                 let pairs = records.len();
                 let pair_args = pairs.saturating_mul(2);

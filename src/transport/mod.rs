@@ -105,7 +105,7 @@ impl Transport {
                         _ => {}
                     }
                 }
-                Exchange { replies, failure: None, generation }
+                Exchange { replies, failure: None, generation, sent: false }
             }
             Err(error) => {
                 // Sent but unanswered commands may still run; a connect
@@ -116,6 +116,7 @@ impl Transport {
                     replies: SmallVec::new(),
                     failure: Some(Failure { error, may_run_late }),
                     generation,
+                    sent: false,
                 }
             }
         }
@@ -143,22 +144,12 @@ fn send_and_read(conn: &mut redis::Connection, packed: &[u8], plan: &Plan<'_>) -
     conn.send_packed_command(packed)?;
     let mut replies = Replies::new();
     for command in &plan.commands {
-        let mut reply = None;
-        for _ in 0..encode::wire_commands(command) {
-            // The last reply is the command's (EXEC's, for a transaction);
-            // an error reply anywhere is the command's error.
-            let value = match conn.recv_response() {
-                Ok(value) => value.extract_error(),
-                Err(error) if is_reply_error(&error) => Err(error),
-                Err(error) => return Err(error),
-            };
-            reply = Some(match (reply, value) {
-                (Some(Err(error)), _) => Err(error),
-                (_, value) => value,
-            });
-        }
-        let reply = reply.unwrap_or(Ok(Value::Nil)).and_then(|value| parse(command, value));
-        replies.push(reply);
+        let value = match conn.recv_response() {
+            Ok(value) => value.extract_error(),
+            Err(error) if is_reply_error(&error) => Err(error),
+            Err(error) => return Err(error),
+        };
+        replies.push(value.and_then(|value| parse(command, value)));
     }
     Ok(replies)
 }
