@@ -45,6 +45,12 @@ impl Config {
         self.defer_qos1_removals
     }
 
+    /// Whether Redis is reached over a Unix socket.
+    #[cfg(feature = "unix-socket")]
+    pub(crate) fn is_unix_socket(&self) -> bool {
+        matches!(self.addr, ConnectionAddr::Unix(_))
+    }
+
     /// The key prefix put in front of every hash name (empty by default).
     pub fn key_prefix(&self) -> &str {
         &self.key_prefix

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use paho_mqtt::ClientPersistence;
 
 use crate::config::{Builder, Config};
-use crate::core::drive::{self, Runner, Served};
+use crate::core::drive::{self, Confirmations, Runner, Served};
 use crate::core::{Core, Exchange, Plan, Settings};
 use crate::stats::{Counters, Operation};
 use crate::transport::Transport;
@@ -161,11 +161,8 @@ impl RedisPersistence {
     /// A store with a validated configuration.
     pub fn from_config(config: Config) -> Self {
         let counters = Arc::new(Counters::new());
-        Self {
-            config,
-            counters: Arc::clone(&counters),
-            state: Mutex::new(State { transport: Transport::new(counters), core: None }),
-        }
+        let transport = Transport::new(&config, Arc::clone(&counters));
+        Self { config, counters, state: Mutex::new(State { transport, core: None }) }
     }
 
     /// The configuration.
@@ -313,6 +310,14 @@ struct Connected<'a> {
 impl Runner for Connected<'_> {
     fn run(&mut self, plan: &Plan<'_>) -> Exchange {
         self.transport.run(self.config, plan)
+    }
+
+    fn replies(&mut self) -> Confirmations {
+        self.transport.replies()
+    }
+
+    fn settle(&mut self) {
+        self.transport.settle(self.config);
     }
 
     fn generation(&self) -> u64 {

@@ -44,6 +44,9 @@ pub struct Stats {
     pub errors: u64,
     /// Connections to Redis re-established after one broke.
     pub reconnects: u64,
+    /// Waits for Redis that ended in a timeout (`io_timeout` or
+    /// `connect_timeout`): each one stalled a Paho thread that long.
+    pub timeouts: u64,
     /// `get` calls answered from the local cache, without a round trip.
     pub cache_hits: u64,
     /// `remove` and `contains_key` calls answered from the local index of
@@ -113,6 +116,7 @@ pub(crate) struct Counters {
     bytes_read: Counter,
     errors: Counter,
     reconnects: Counter,
+    timeouts: Counter,
     cache_hits: Counter,
     index_hits: Counter,
     snapshot_hits: Counter,
@@ -163,6 +167,11 @@ impl Counters {
         self.reconnects.add(1);
     }
 
+    /// Counts one wait for Redis that timed out.
+    pub(crate) fn add_timeout(&self) {
+        self.timeouts.add(1);
+    }
+
     /// Counts one `get` answered from the local cache.
     pub(crate) fn add_cache_hit(&self) {
         self.cache_hits.add(1);
@@ -197,6 +206,7 @@ impl Counters {
             bytes_read: self.bytes_read.get(),
             errors: self.errors.get(),
             reconnects: self.reconnects.get(),
+            timeouts: self.timeouts.get(),
             cache_hits: self.cache_hits.get(),
             index_hits: self.index_hits.get(),
             snapshot_hits: self.snapshot_hits.get(),

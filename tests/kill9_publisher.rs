@@ -203,11 +203,19 @@ fn spawn_child(test_name: &str, spec: &ChildSpec) -> Child {
 }
 
 /// One run: start the publisher, kill it after `delay`, restore, and check deliveries.
-fn run_once(test_name: &str, qos: i32, seed: u64, run: u64, broker: &Mosquitto, redis: &RedisServer) {
+fn run_once(
+    test_name: &str,
+    qos: i32,
+    seed: u64,
+    run: u64,
+    broker: &Mosquitto,
+    redis: &RedisServer,
+    redis_url: &str,
+) {
     let delay = Duration::from_millis(support::mix(seed ^ run.wrapping_mul(0x1000_0001)) % MAX_KILL_DELAY_MS);
     let context = format!("qos {qos}, {SEED_ENV}={seed}, run {run}, kill after {delay:?}");
     let spec = ChildSpec {
-        redis_url: redis.url(),
+        redis_url: redis_url.to_owned(),
         broker_uri: broker.uri(),
         client_id: support::unique_id(&format!("kill9-q{qos}")),
         topic: support::unique_id(&format!("kill9/q{qos}")),
@@ -233,7 +241,7 @@ fn run_once(test_name: &str, qos: i32, seed: u64, run: u64, broker: &Mosquitto, 
 
     let left: Vec<String> = redis.connection().hkeys(&hash).expect("HKEYS");
     let restored =
-        client(&broker.uri(), &spec.client_id, RedisPersistence::with_url(&redis.url()).expect("url"));
+        client(&broker.uri(), &spec.client_id, RedisPersistence::with_url(redis_url).expect("url"));
     connect(&restored, gateway_session());
 
     let mut received: BTreeMap<u32, usize> = BTreeMap::new();
@@ -293,13 +301,16 @@ fn run_once(test_name: &str, qos: i32, seed: u64, run: u64, broker: &Mosquitto, 
     }
 }
 
-fn kill9_runs(test_name: &str, qos: i32) {
+/// `unix`: Redis over its Unix socket, where the store writes behind (a
+/// record is durable once written to the socket); else over TCP.
+fn kill9_runs(test_name: &str, qos: i32, unix: bool) {
     support::init_logging();
     let seed = support::seed_from_env(SEED_ENV);
     let broker = Mosquitto::start();
     let redis = RedisServer::start();
+    let url = if unix { redis.unix_url() } else { redis.url() };
     for run in 0..RUNS {
-        run_once(test_name, qos, seed, run, &broker, &redis);
+        run_once(test_name, qos, seed, run, &broker, &redis, &url);
     }
 }
 
@@ -308,7 +319,23 @@ fn qos1_every_accepted_message_survives_kill9_at_least_once() {
     if let Some(child) = ChildSpec::from_env() {
         child.run();
     }
-    kill9_runs("qos1_every_accepted_message_survives_kill9_at_least_once", 1);
+    kill9_runs("qos1_every_accepted_message_survives_kill9_at_least_once", 1, false);
+}
+
+#[test]
+fn qos1_every_accepted_message_survives_kill9_at_least_once_over_the_unix_socket() {
+    if let Some(child) = ChildSpec::from_env() {
+        child.run();
+    }
+    kill9_runs("qos1_every_accepted_message_survives_kill9_at_least_once_over_the_unix_socket", 1, true);
+}
+
+#[test]
+fn qos2_every_accepted_message_survives_kill9_exactly_once_over_the_unix_socket() {
+    if let Some(child) = ChildSpec::from_env() {
+        child.run();
+    }
+    kill9_runs("qos2_every_accepted_message_survives_kill9_exactly_once_over_the_unix_socket", 2, true);
 }
 
 #[test]
@@ -316,7 +343,7 @@ fn qos2_every_accepted_message_survives_kill9_exactly_once() {
     if let Some(child) = ChildSpec::from_env() {
         child.run();
     }
-    kill9_runs("qos2_every_accepted_message_survives_kill9_exactly_once", 2);
+    kill9_runs("qos2_every_accepted_message_survives_kill9_exactly_once", 2, false);
 }
 
 /// The deterministic form of what the random kills above find about once in

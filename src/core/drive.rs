@@ -3,13 +3,25 @@
 //! this call wait already. Shared by the store and by the core's simulated
 //! tests, so that both run the very same sequence.
 
+use redis::RedisError;
+use smallvec::SmallVec;
+
 use super::{Answer, Core, Exchange, Plan};
 use crate::Error;
+
+/// Redis's replies to plans sent unanswered, oldest first.
+pub(crate) type Confirmations = SmallVec<[Result<(), RedisError>; 4]>;
 
 /// What runs plans: the transport on a real Redis, or a simulated one.
 pub(crate) trait Runner {
     /// Runs `plan` (never empty) and says what became of it.
     fn run(&mut self, plan: &Plan<'_>) -> Exchange;
+    /// The replies that came in for plans sent unanswered (`Exchange::sent`).
+    fn replies(&mut self) -> Confirmations {
+        Confirmations::new()
+    }
+    /// Waits, at most once, for the replies still due.
+    fn settle(&mut self) {}
     /// How many connections have been opened so far.
     fn generation(&self) -> u64;
     /// Whether this call may still wait for Redis: after one timeout or
@@ -34,7 +46,15 @@ fn send(runner: &mut impl Runner, plan: Plan<'_>) -> Option<Exchange> {
     (!plan.is_empty()).then(|| runner.run(&plan))
 }
 
+/// Gives the core the replies that came in, before anything newer.
+fn absorb(core: &mut Core, runner: &mut impl Runner) {
+    for reply in runner.replies() {
+        let _ = core.confirm(reply);
+    }
+}
+
 fn finish(core: &mut Core, runner: &mut impl Runner, exchange: Option<Exchange>) -> Result<Answer, Error> {
+    absorb(core, runner);
     let result = exchange.map_or(Ok(Answer::Done), |exchange| core.complete(exchange));
     follow_ups(core, runner);
     result
@@ -51,6 +71,7 @@ pub(crate) fn follow_ups(core: &mut Core, runner: &mut impl Runner) {
         let generation = runner.generation();
         let Some(plan) = core.follow_up(generation) else { return };
         if let Some(exchange) = send(runner, plan) {
+            absorb(core, runner);
             let _ = core.complete(exchange);
         }
     }
@@ -59,6 +80,8 @@ pub(crate) fn follow_ups(core: &mut Core, runner: &mut impl Runner) {
 /// `open` of a new core: reads the hash.
 pub(crate) fn open(core: &mut Core, runner: &mut impl Runner) -> Result<(), Error> {
     let exchange = runner.run(&core.open());
+    // Replies to a store closed before: it is gone.
+    let _ = runner.replies();
     match core.complete(exchange) {
         Err(Error::NotAHash { .. }) => {
             let exchange = runner.run(&core.key_type());
@@ -83,6 +106,7 @@ pub(crate) fn put(
 }
 
 pub(crate) fn get(core: &mut Core, runner: &mut impl Runner, key: &str) -> Result<(Vec<u8>, Served), Error> {
+    absorb(core, runner);
     let served = core.in_memory(key);
     let step = match core.get(key) {
         Ok(Ok(value)) => Ok(Ok(value)),
@@ -91,7 +115,10 @@ pub(crate) fn get(core: &mut Core, runner: &mut impl Runner, key: &str) -> Resul
     };
     let result = match step {
         Ok(Ok(value)) => Ok((value, served.unwrap_or(Served::Cache))),
-        Ok(Err(exchange)) => match exchange.map(|exchange| core.complete(exchange)) {
+        Ok(Err(exchange)) => match exchange.map(|exchange| {
+            absorb(core, runner);
+            core.complete(exchange)
+        }) {
             Some(Ok(Answer::Value(value))) => Ok((value, Served::Redis)),
             Some(Err(error)) => Err(error),
             Some(Ok(Answer::Done)) | None => Err(Error::KeyNotFound { key: key.to_owned() }),
@@ -103,11 +130,13 @@ pub(crate) fn get(core: &mut Core, runner: &mut impl Runner, key: &str) -> Resul
 }
 
 pub(crate) fn remove(core: &mut Core, runner: &mut impl Runner, key: &str) -> Result<(), Error> {
+    absorb(core, runner);
     let exchange = send(runner, core.remove(key));
     finish(core, runner, exchange).map(drop)
 }
 
 pub(crate) fn keys(core: &mut Core, runner: &mut impl Runner) -> Vec<String> {
+    absorb(core, runner);
     // A check the core wants (a write may have run late) comes first: its
     // outcome may change the keys.
     follow_ups(core, runner);
@@ -115,15 +144,21 @@ pub(crate) fn keys(core: &mut Core, runner: &mut impl Runner) -> Vec<String> {
 }
 
 pub(crate) fn clear(core: &mut Core, runner: &mut impl Runner) -> Result<(), Error> {
+    absorb(core, runner);
     let exchange = send(runner, core.clear());
     finish(core, runner, exchange).map(drop)
 }
 
 /// `close`: sends what is still owed, and says what is lost if Redis cannot take it.
 pub(crate) fn close(core: &mut Core, runner: &mut impl Runner) {
+    absorb(core, runner);
     if let Some(exchange) = send(runner, core.close()) {
+        absorb(core, runner);
         let _ = core.complete(exchange);
     }
+    // A refusal still to come would leave records only here: wait for them.
+    runner.settle();
+    absorb(core, runner);
     if core.owes() {
         log::error!(
             "redis persistence: closing `{}` with {} records Redis never took, and removals it never ran",

@@ -61,6 +61,7 @@ impl Link {
         self.conn = None;
         if error.is_timeout() {
             // A hung Redis would only time out again; the next call reconnects.
+            self.counters.add_timeout();
             return Err(fail(error));
         }
         log::info!("redis persistence: connection lost during {name} on `{hash}` ({error}); reconnecting");
@@ -87,7 +88,11 @@ impl Link {
         match &mut self.conn {
             Some(conn) => Ok(conn),
             slot @ None => {
-                let conn = connect(config)?;
+                let conn = connect(config).inspect_err(|error| {
+                    if matches!(error, Error::Connect { source, .. } if source.is_timeout()) {
+                        self.counters.add_timeout();
+                    }
+                })?;
                 if self.generation > 0 {
                     self.counters.add_reconnect();
                 }

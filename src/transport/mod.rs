@@ -6,9 +6,16 @@
 //! socket. A connection that breaks is opened again once within the exchange,
 //! and the exchange repeated (every command a plan holds is idempotent); a
 //! timeout is not repeated, so a hung Redis costs one exchange one wait.
+//!
+//! Over a Unix socket (feature `unix-socket`) the store uses the pipelined
+//! transport instead (`pipelined`): writes and removals return once written,
+//! replies are taken in later. TCP stays synchronous: on loopback, data in
+//! flight on a socket whose process is killed is lost (see `pipelined`).
 
 mod encode;
 mod link;
+#[cfg(feature = "unix-socket")]
+mod pipelined;
 mod resp;
 mod scripts;
 
@@ -32,6 +39,8 @@ const BUFFER_RETAINED_MAX: usize = 64 * 1024;
 
 /// The store's connection to Redis and its command buffer.
 pub(crate) struct Transport {
+    #[cfg(feature = "unix-socket")]
+    pipelined: Option<pipelined::Pipelined>,
     link: Link,
     counters: Arc<Counters>,
     packed: BytesMut,
@@ -50,8 +59,12 @@ impl std::fmt::Debug for Transport {
 }
 
 impl Transport {
-    pub(crate) fn new(counters: Arc<Counters>) -> Self {
+    pub(crate) fn new(config: &Config, counters: Arc<Counters>) -> Self {
+        #[cfg(not(feature = "unix-socket"))]
+        let _ = config;
         Self {
+            #[cfg(feature = "unix-socket")]
+            pipelined: config.is_unix_socket().then(|| pipelined::Pipelined::new(Arc::clone(&counters))),
             link: Link::new(Arc::clone(&counters)),
             counters,
             packed: BytesMut::with_capacity(BUFFER_INITIAL),
@@ -61,27 +74,68 @@ impl Transport {
 
     /// How many connections have been opened so far.
     pub(crate) fn generation(&self) -> u64 {
+        #[cfg(feature = "unix-socket")]
+        if let Some(pipelined) = &self.pipelined {
+            return pipelined.generation();
+        }
         self.link.generation()
     }
 
     /// Drops the connection; the next exchange reconnects.
     pub(crate) fn disconnect(&mut self) {
+        #[cfg(feature = "unix-socket")]
+        if let Some(pipelined) = &mut self.pipelined {
+            pipelined.disconnect();
+        }
         self.link.disconnect();
     }
 
     /// Starts a Paho call: its first exchange may wait for Redis.
     pub(crate) fn begin_call(&mut self) {
+        #[cfg(feature = "unix-socket")]
+        if let Some(pipelined) = &mut self.pipelined {
+            pipelined.begin_call();
+        }
         self.unreachable_in_call = false;
     }
 
     /// Whether a follow-up exchange may still wait for Redis in this call:
     /// a hung or absent Redis costs a call one wait, not one per exchange.
     pub(crate) fn may_wait(&self) -> bool {
+        #[cfg(feature = "unix-socket")]
+        if let Some(pipelined) = &self.pipelined {
+            return pipelined.may_wait();
+        }
         !self.unreachable_in_call
     }
 
-    /// Sends `plan` and reads one reply per command.
+    /// Replies to plans that were sent unanswered, oldest first (only the
+    /// pipelined transport sends so).
+    pub(crate) fn replies(&mut self) -> SmallVec<[Result<(), RedisError>; 4]> {
+        #[cfg(feature = "unix-socket")]
+        if let Some(pipelined) = &mut self.pipelined {
+            return pipelined.replies();
+        }
+        SmallVec::new()
+    }
+
+    /// Waits, at most once, for the replies still due (before `close`).
+    pub(crate) fn settle(&mut self, config: &Config) {
+        #[cfg(feature = "unix-socket")]
+        if let Some(pipelined) = &mut self.pipelined {
+            pipelined.settle(config);
+        }
+        #[cfg(not(feature = "unix-socket"))]
+        let _ = config;
+    }
+
+    /// Sends `plan` and reads one reply per command (or, pipelined, returns
+    /// once a write is written).
     pub(crate) fn run(&mut self, config: &Config, plan: &Plan<'_>) -> Exchange {
+        #[cfg(feature = "unix-socket")]
+        if let Some(pipelined) = &mut self.pipelined {
+            return pipelined.run(config, plan);
+        }
         self.packed.clear();
         encode::encode(plan, &mut self.packed);
         let first = plan.commands.first();

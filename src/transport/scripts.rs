@@ -89,9 +89,12 @@ pub(crate) static SCRIPTS: std::sync::LazyLock<Scripts> = std::sync::LazyLock::n
     remove: redis::Script::new(REMOVE_SCRIPT),
 });
 
+/// Every script's source.
+pub(crate) const SOURCES: [&str; 3] = [WRITE_AND_REMOVE_SCRIPT, WRITE_SCRIPT, REMOVE_SCRIPT];
+
 /// Loads every script into Redis (`SCRIPT LOAD`), after a `NOSCRIPT`.
 pub(crate) fn load(conn: &mut redis::Connection) -> redis::RedisResult<()> {
-    for source in [WRITE_AND_REMOVE_SCRIPT, WRITE_SCRIPT, REMOVE_SCRIPT] {
+    for source in SOURCES {
         let _sha: String = redis::cmd("SCRIPT").arg("LOAD").arg(source).query(conn)?;
     }
     Ok(())

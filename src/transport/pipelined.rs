@@ -1,0 +1,463 @@
+//! The write-behind transport over a Unix socket: writes and removals are
+//! written to the socket and the call returns; Redis's replies are read by a
+//! thread and taken in at the next call.
+//!
+//! Why this is safe over a Unix socket and not over TCP (both measured): bytes
+//! whose `write()` returned are in the kernel's buffer on Redis's side of the
+//! socket, and Redis reads them even if the writer is SIGKILLed right after
+//! (5,000 of 5,000 pipelined `HSET`s with no reply read reached Redis); over
+//! TCP loopback, a socket closed with unread data is reset and what was in
+//! flight is dropped (157 of 5,000 lost). So a record is as durable as Redis
+//! once written here; the reply only says whether Redis accepted it, and a
+//! refusal is handled like an unwritten record (kept in memory, written again).
+//!
+//! Written by hand because redis-rs's connection reads each reply in the
+//! caller's thread; what is left to redis-rs is what it does well: the URL
+//! and its settings, the RESP parser (`redis::Parser`, in the reader thread)
+//! and reply conversion. The socket is opened with `socket2` so that the
+//! connect is bounded too (redis-rs connects Unix sockets with a blocking
+//! `connect`, which waits as long as Redis's accept backlog is full).
+
+use std::collections::VecDeque;
+use std::io::{BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use redis::{RedisError, RedisResult, Value};
+use smallvec::SmallVec;
+
+use super::{encode, parse, resp, scripts};
+use crate::core::{Command, Exchange, Failure, Plan, Reply};
+use crate::stats::Counters;
+use crate::{Config, Error};
+
+/// Most commands written and not answered yet; beyond, a call waits for replies.
+const MAX_OUTSTANDING_COMMANDS: usize = 1024;
+/// Most bytes written and not answered yet.
+const MAX_OUTSTANDING_BYTES: usize = 1024 * 1024;
+/// How often a connect to a Redis whose accept backlog is full is tried again.
+const CONNECT_RETRY: Duration = Duration::from_millis(5);
+
+/// Replies to plans sent unanswered, as the core takes them.
+pub(crate) type Confirmations = SmallVec<[Result<(), RedisError>; 4]>;
+
+/// What running a plan came to: its replies, `None` when sent unanswered, or
+/// why not (and whether what was sent may still run).
+type Outcome = Result<Option<SmallVec<[Result<Reply, RedisError>; 2]>>, (Error, bool)>;
+
+/// One connection: the write half here, the read half in its thread.
+struct Connection {
+    stream: UnixStream,
+    replies: Receiver<RedisResult<Value>>,
+}
+
+/// The pipelined transport.
+pub(crate) struct Pipelined {
+    conn: Option<Connection>,
+    generation: u64,
+    counters: Arc<Counters>,
+    packed: BytesMut,
+    /// The bytes of each plan sent unanswered (one command each), oldest first.
+    outstanding: VecDeque<usize>,
+    outstanding_bytes: usize,
+    /// Replies taken off the connection and not yet given to the core.
+    delivered: Confirmations,
+    /// Redis did not answer within `io_timeout`: no call waits for it again
+    /// until a reply shows it answers (found at each call without waiting).
+    hung: bool,
+    /// A call already waited once.
+    waited_in_call: bool,
+}
+
+impl std::fmt::Debug for Pipelined {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipelined")
+            .field("connected", &self.conn.is_some())
+            .field("generation", &self.generation)
+            .field("outstanding", &self.outstanding.len())
+            .field("hung", &self.hung)
+            .finish_non_exhaustive()
+    }
+}
+
+fn io_error(kind: std::io::ErrorKind, what: &'static str) -> RedisError {
+    std::io::Error::new(kind, what).into()
+}
+
+impl Pipelined {
+    pub(crate) fn new(counters: Arc<Counters>) -> Self {
+        Self {
+            conn: None,
+            generation: 0,
+            counters,
+            packed: BytesMut::with_capacity(super::BUFFER_INITIAL),
+            outstanding: VecDeque::new(),
+            outstanding_bytes: 0,
+            delivered: Confirmations::new(),
+            hung: false,
+            waited_in_call: false,
+        }
+    }
+
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub(crate) fn begin_call(&mut self) {
+        self.waited_in_call = false;
+        self.collect();
+    }
+
+    pub(crate) fn may_wait(&self) -> bool {
+        !self.waited_in_call && !self.hung
+    }
+
+    /// The replies that came in since the last call, oldest first.
+    pub(crate) fn replies(&mut self) -> Confirmations {
+        self.collect();
+        std::mem::take(&mut self.delivered)
+    }
+
+    pub(crate) fn disconnect(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            // The reader thread sees the end of the stream and stops.
+            let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+        }
+        // Sent and never answered: their outcome is unknown; they are sent
+        // again (every write is idempotent) once the core hears of it.
+        while let Some(bytes) = self.outstanding.pop_front() {
+            self.outstanding_bytes = self.outstanding_bytes.saturating_sub(bytes);
+            self.delivered.push(Err(io_error(std::io::ErrorKind::ConnectionAborted, "connection closed")));
+        }
+    }
+
+    /// Waits (at most `io_timeout`, once) for every reply still due.
+    pub(crate) fn settle(&mut self, config: &Config) {
+        if self.may_wait() && !self.outstanding.is_empty() {
+            let _ = self.wait_for(config, 0);
+        }
+    }
+
+    /// Takes in the replies that have arrived, without waiting.
+    fn collect(&mut self) {
+        loop {
+            let Some(conn) = &self.conn else { return };
+            match conn.replies.try_recv() {
+                Ok(reply) => self.take_in(reply),
+                Err(TryRecvError::Empty) => return,
+                Err(TryRecvError::Disconnected) => {
+                    self.disconnect();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Waits until at most `left` plans are unanswered, or `io_timeout` passed.
+    fn wait_for(&mut self, config: &Config, left: usize) -> Result<(), Error> {
+        let deadline = Instant::now() + config.io_timeout();
+        self.waited_in_call = true;
+        while self.outstanding.len() > left {
+            let Some(conn) = &self.conn else { return Err(self.closed(config)) };
+            let wait = deadline.saturating_duration_since(Instant::now());
+            match conn.replies.recv_timeout(wait) {
+                Ok(reply) => self.take_in(reply),
+                Err(RecvTimeoutError::Timeout) => {
+                    self.hung = true;
+                    self.counters.add_timeout();
+                    log::warn!(
+                        "redis persistence: Redis at {} has not answered for {:?}; records wait in memory \
+                         until it does",
+                        config.address(),
+                        config.io_timeout()
+                    );
+                    return Err(Error::Command {
+                        command: "HSET",
+                        hash: String::new(),
+                        source: io_error(std::io::ErrorKind::TimedOut, "no reply within io_timeout"),
+                    });
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.disconnect();
+                    return Err(self.closed(config));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn closed(&self, config: &Config) -> Error {
+        Error::Connect {
+            addr: config.address(),
+            source: io_error(std::io::ErrorKind::ConnectionAborted, "the connection closed"),
+        }
+    }
+
+    /// One reply off the connection: it answers the oldest plan's next command.
+    fn take_in(&mut self, reply: RedisResult<Value>) {
+        if self.hung {
+            self.hung = false;
+            log::info!("redis persistence: Redis answers again");
+        }
+        let Some(bytes) = self.outstanding.pop_front() else { return };
+        self.outstanding_bytes = self.outstanding_bytes.saturating_sub(bytes);
+        self.counters.add_round_trip();
+        self.delivered.push(reply.and_then(Value::extract_error).map(drop));
+    }
+
+    /// Runs `plan`: a single write or removal is written and answered later;
+    /// anything else waits for what is outstanding, then for its own replies.
+    pub(crate) fn run(&mut self, config: &Config, plan: &Plan<'_>) -> Exchange {
+        self.collect();
+        let behind = matches!(plan.commands.as_slice(), [Command::Write { .. } | Command::Remove(_)]);
+        let result = if behind { self.send_behind(config, plan) } else { self.exchange(config, plan) };
+        let generation = self.generation;
+        match result {
+            Ok(Some(replies)) => Exchange { replies, failure: None, generation, sent: false },
+            Ok(None) => Exchange { replies: SmallVec::new(), failure: None, generation, sent: true },
+            Err((error, may_run_late)) => {
+                self.waited_in_call = true;
+                Exchange {
+                    replies: SmallVec::new(),
+                    failure: Some(Failure { error, may_run_late }),
+                    generation,
+                    sent: false,
+                }
+            }
+        }
+    }
+
+    fn send_behind(&mut self, config: &Config, plan: &Plan<'_>) -> Outcome {
+        let name = plan.commands.first().map_or("HSET", |command| encode::name(plan, command));
+        let full = self.outstanding.len() >= MAX_OUTSTANDING_COMMANDS
+            || self.outstanding_bytes >= MAX_OUTSTANDING_BYTES;
+        if full {
+            if !self.may_wait() {
+                // Nothing sent: the core keeps the records in memory.
+                return Err((self.busy(name, plan), false));
+            }
+            self.wait_for(config, MAX_OUTSTANDING_COMMANDS / 2).map_err(|error| (error, false))?;
+        }
+        self.packed.clear();
+        encode::encode(plan, &mut self.packed);
+        let bytes = self.packed.len();
+        self.write(config, name, plan)?;
+        self.outstanding.push_back(bytes);
+        self.outstanding_bytes = self.outstanding_bytes.saturating_add(bytes);
+        self.shrink();
+        Ok(None)
+    }
+
+    fn busy(&self, name: &'static str, plan: &Plan<'_>) -> Error {
+        Error::Command {
+            command: name,
+            hash: plan.hash.to_owned(),
+            source: io_error(std::io::ErrorKind::WouldBlock, "Redis has not answered what was sent"),
+        }
+    }
+
+    /// Writes the encoded plan, connecting first (and once more if the
+    /// connection turns out broken: every command is idempotent).
+    fn write(&mut self, config: &Config, name: &'static str, plan: &Plan<'_>) -> Result<(), (Error, bool)> {
+        for attempt in 0..2 {
+            if self.conn.is_none() {
+                self.connect(config).map_err(|error| {
+                    if matches!(&error, Error::Connect { source, .. } if source.is_timeout()) {
+                        self.counters.add_timeout();
+                    }
+                    (error, false)
+                })?;
+            }
+            let Some(conn) = &mut self.conn else { continue };
+            match conn.stream.write_all(&self.packed) {
+                Ok(()) => {
+                    self.counters.add_round_trip();
+                    return Ok(());
+                }
+                Err(error) => {
+                    let timed_out =
+                        matches!(error.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut);
+                    if timed_out {
+                        self.counters.add_timeout();
+                        self.hung = true;
+                    }
+                    self.disconnect();
+                    if timed_out || attempt == 1 {
+                        // Part of it may have gone out and run late.
+                        let source = RedisError::from(error);
+                        return Err((
+                            Error::Command { command: name, hash: plan.hash.to_owned(), source },
+                            true,
+                        ));
+                    }
+                    log::info!("redis persistence: connection lost during {name}; reconnecting");
+                }
+            }
+        }
+        Err((self.busy(name, plan), false))
+    }
+
+    /// A plan whose replies the caller needs: waits for what is outstanding,
+    /// then for one reply per command.
+    fn exchange(&mut self, config: &Config, plan: &Plan<'_>) -> Outcome {
+        let name = plan.commands.first().map_or("HGET", |command| encode::name(plan, command));
+        if !self.outstanding.is_empty() {
+            if !self.may_wait() {
+                return Err((self.busy(name, plan), false));
+            }
+            self.wait_for(config, 0).map_err(|error| (error, false))?;
+        }
+        self.packed.clear();
+        encode::encode(plan, &mut self.packed);
+        self.write(config, name, plan)?;
+        let deadline = Instant::now() + config.io_timeout();
+        let mut replies = SmallVec::new();
+        for command in &plan.commands {
+            let Some(conn) = &self.conn else { return Err((self.closed(config), true)) };
+            let wait = deadline.saturating_duration_since(Instant::now());
+            match conn.replies.recv_timeout(wait) {
+                Ok(reply) => {
+                    let reply = match reply {
+                        Ok(value) => value.extract_error().and_then(|value| parse(command, value)),
+                        Err(error) if super::is_reply_error(&error) => Err(error),
+                        Err(error) => {
+                            self.disconnect();
+                            return Err((
+                                Error::Command { command: name, hash: plan.hash.to_owned(), source: error },
+                                true,
+                            ));
+                        }
+                    };
+                    if let Ok(Reply::Value(Some(value))) = &reply {
+                        self.counters.add_bytes_read(value.len());
+                    }
+                    if let Ok(Reply::Entries(entries)) = &reply {
+                        let bytes =
+                            entries.iter().map(|(_, value)| value.len()).fold(0, usize::saturating_add);
+                        self.counters.add_bytes_read(bytes);
+                    }
+                    replies.push(reply);
+                }
+                Err(_) => {
+                    // Its replies would be read as the next plan's: start afresh.
+                    self.disconnect();
+                    self.hung = true;
+                    self.counters.add_timeout();
+                    let source = io_error(std::io::ErrorKind::TimedOut, "no reply within io_timeout");
+                    return Err((Error::Command { command: name, hash: plan.hash.to_owned(), source }, true));
+                }
+            }
+        }
+        self.shrink();
+        Ok(Some(replies))
+    }
+
+    fn shrink(&mut self) {
+        if self.packed.capacity() > super::BUFFER_RETAINED_MAX {
+            self.packed = BytesMut::with_capacity(super::BUFFER_INITIAL);
+        }
+    }
+
+    /// Opens the socket (bounded by `connect_timeout`), authenticates, selects
+    /// the database, loads the scripts, and starts the reader thread.
+    fn connect(&mut self, config: &Config) -> Result<(), Error> {
+        let connect_error = |source: RedisError| Error::Connect { addr: config.address(), source };
+        let info = config.connection_info().map_err(connect_error)?;
+        let redis::ConnectionAddr::Unix(path) = info.addr() else {
+            return Err(connect_error(io_error(
+                std::io::ErrorKind::InvalidInput,
+                "not a Unix socket address",
+            )));
+        };
+        let stream = connect_unix(path, config.connect_timeout()).map_err(|e| connect_error(e.into()))?;
+        stream.set_write_timeout(Some(config.io_timeout())).map_err(|e| connect_error(e.into()))?;
+        stream.set_read_timeout(Some(config.connect_timeout())).map_err(|e| connect_error(e.into()))?;
+        let mut parser = redis::Parser::new();
+        let mut reader = BufReader::new(stream.try_clone().map_err(|e| connect_error(e.into()))?);
+        let settings = info.redis_settings();
+        let mut handshake = BytesMut::new();
+        let mut expected = 0;
+        if let Some(password) = settings.password() {
+            match settings.username() {
+                Some(user) => command(&mut handshake, &[b"AUTH", user.as_bytes(), password.as_bytes()]),
+                None => command(&mut handshake, &[b"AUTH", password.as_bytes()]),
+            }
+            expected += 1;
+        }
+        if settings.db() != 0 {
+            command(&mut handshake, &[b"SELECT", settings.db().to_string().as_bytes()]);
+            expected += 1;
+        }
+        // Loaded now, so that a script refused late as unknown cannot happen
+        // on this connection (short of a SCRIPT FLUSH).
+        for source in scripts::SOURCES {
+            command(&mut handshake, &[b"SCRIPT", b"LOAD", source.as_bytes()]);
+            expected += 1;
+        }
+        (&stream).write_all(&handshake).map_err(|e| connect_error(e.into()))?;
+        for _ in 0..expected {
+            let value = parser.parse_value(&mut reader).map_err(connect_error)?;
+            value.extract_error().map_err(connect_error)?;
+        }
+        stream.set_read_timeout(None).map_err(|e| connect_error(e.into()))?;
+        let (sender, replies) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("redis-persistence-replies".to_owned())
+            .spawn(move || {
+                // Ends when the socket closes (or is shut down) or the store is gone.
+                loop {
+                    let reply = parser.parse_value(&mut reader);
+                    let end = reply.as_ref().is_err_and(|error| !super::is_reply_error(error));
+                    if sender.send(reply).is_err() || end {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| connect_error(e.into()))?;
+        if self.generation > 0 {
+            self.counters.add_reconnect();
+        }
+        self.generation = self.generation.wrapping_add(1);
+        self.conn = Some(Connection { stream, replies });
+        Ok(())
+    }
+}
+
+fn command(buf: &mut BytesMut, args: &[&[u8]]) {
+    resp::begin(buf, args.len());
+    for argument in args {
+        resp::arg(buf, argument);
+    }
+}
+
+/// Connects to a Unix socket within `timeout`: a connect to a socket whose
+/// accept backlog is full fails at once with `EAGAIN` when non-blocking, and
+/// is tried again until the deadline.
+fn connect_unix(path: &Path, timeout: Duration) -> std::io::Result<UnixStream> {
+    let address = socket2::SockAddr::unix(path)?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let socket = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)?;
+        socket.set_nonblocking(true)?;
+        match socket.connect(&address) {
+            Ok(()) => {
+                socket.set_nonblocking(false)?;
+                return Ok(socket.into());
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                std::thread::sleep(CONNECT_RETRY);
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connect timed out (accept backlog full)",
+                ))
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
