@@ -46,7 +46,9 @@ fn send(runner: &mut impl Runner, plan: Plan<'_>) -> Option<Exchange> {
     (!plan.is_empty()).then(|| runner.run(&plan))
 }
 
-/// Gives the core the replies that came in, before anything newer.
+/// Gives the core the replies that came in. Never between running a plan
+/// and completing it: a reply to that plan could arrive before the core
+/// knows it was sent.
 fn absorb(core: &mut Core, runner: &mut impl Runner) {
     for reply in runner.replies() {
         let _ = core.confirm(reply);
@@ -54,8 +56,8 @@ fn absorb(core: &mut Core, runner: &mut impl Runner) {
 }
 
 fn finish(core: &mut Core, runner: &mut impl Runner, exchange: Option<Exchange>) -> Result<Answer, Error> {
-    absorb(core, runner);
     let result = exchange.map_or(Ok(Answer::Done), |exchange| core.complete(exchange));
+    absorb(core, runner);
     follow_ups(core, runner);
     result
 }
@@ -71,8 +73,8 @@ pub(crate) fn follow_ups(core: &mut Core, runner: &mut impl Runner) {
         let generation = runner.generation();
         let Some(plan) = core.follow_up(generation) else { return };
         if let Some(exchange) = send(runner, plan) {
-            absorb(core, runner);
             let _ = core.complete(exchange);
+            absorb(core, runner);
         }
     }
 }
@@ -101,6 +103,7 @@ pub(crate) fn put(
     key: &str,
     parts: &[&[u8]],
 ) -> Result<(), Error> {
+    absorb(core, runner);
     let exchange = send(runner, core.put(key, parts));
     finish(core, runner, exchange).map(drop)
 }
@@ -115,10 +118,7 @@ pub(crate) fn get(core: &mut Core, runner: &mut impl Runner, key: &str) -> Resul
     };
     let result = match step {
         Ok(Ok(value)) => Ok((value, served.unwrap_or(Served::Cache))),
-        Ok(Err(exchange)) => match exchange.map(|exchange| {
-            absorb(core, runner);
-            core.complete(exchange)
-        }) {
+        Ok(Err(exchange)) => match exchange.map(|exchange| core.complete(exchange)) {
             Some(Ok(Answer::Value(value))) => Ok((value, Served::Redis)),
             Some(Err(error)) => Err(error),
             Some(Ok(Answer::Done)) | None => Err(Error::KeyNotFound { key: key.to_owned() }),
@@ -153,7 +153,6 @@ pub(crate) fn clear(core: &mut Core, runner: &mut impl Runner) -> Result<(), Err
 pub(crate) fn close(core: &mut Core, runner: &mut impl Runner) {
     absorb(core, runner);
     if let Some(exchange) = send(runner, core.close()) {
-        absorb(core, runner);
         let _ = core.complete(exchange);
     }
     // A refusal still to come would leave records only here: wait for them.

@@ -62,6 +62,12 @@ pub(crate) struct SimRedis {
     pub(crate) exchanges: usize,
     /// An exchange of the current call failed: it does not wait again.
     failed_in_call: bool,
+    /// Like the Unix-socket transport: a single write or removal is durable
+    /// once sent and answered later (at the next call; a hung Redis answers
+    /// once it resumes).
+    pub(crate) pipelined: bool,
+    /// Replies to pipelined plans, not yet taken in by the core.
+    due: std::collections::VecDeque<Result<(), RedisError>>,
 }
 
 impl Default for SimRedis {
@@ -74,6 +80,8 @@ impl Default for SimRedis {
             late: Vec::new(),
             exchanges: 0,
             failed_in_call: false,
+            pipelined: false,
+            due: std::collections::VecDeque::new(),
         }
     }
 }
@@ -103,6 +111,10 @@ impl SimRedis {
     /// Runs `plan` as the current mode says.
     pub(crate) fn exchange(&mut self, plan: &Plan<'_>) -> Exchange {
         self.exchanges += 1;
+        let behind = matches!(plan.commands.as_slice(), [Command::Write { .. } | Command::Remove(_)]);
+        if self.pipelined && behind && self.mode != Mode::Down {
+            return self.send_behind(plan);
+        }
         if matches!(self.mode, Mode::Down | Mode::Hung) {
             self.failed_in_call = true;
         }
@@ -152,8 +164,23 @@ impl SimRedis {
             }
         }
         self.reconnect_if_broken();
-        let replies = commands.iter().map(|command| self.execute(command)).collect();
+        let mode = self.mode;
+        let replies = commands.iter().map(|command| self.execute(mode, command)).collect();
         Exchange { replies, failure: None, generation: self.generation, sent: false }
+    }
+
+    /// A pipelined write: in Redis at once (its bytes are in Redis's socket,
+    /// even while it is hung), its reply later.
+    fn send_behind(&mut self, plan: &Plan<'_>) -> Exchange {
+        self.reconnect_if_broken();
+        for command in &plan.commands {
+            let reply = match self.mode {
+                Mode::Hung => self.execute(Mode::Up, &owned(plan, command)),
+                mode => self.execute(mode, &owned(plan, command)),
+            };
+            self.due.push_back(reply.map(drop));
+        }
+        Exchange { replies: SmallVec::new(), failure: None, generation: self.generation, sent: true }
     }
 
     fn reconnect_if_broken(&mut self) {
@@ -162,12 +189,16 @@ impl SimRedis {
             self.generation += 1;
             // What a hung Redis was sent runs before a new connection's commands.
             for command in std::mem::take(&mut self.late) {
-                let _ = self.execute(&command);
+                let _ = self.execute(Mode::Up, &command);
             }
         }
     }
 
-    fn execute(&mut self, command: &Owned) -> Result<Reply, RedisError> {
+    fn execute(&mut self, mode: Mode, command: &Owned) -> Result<Reply, RedisError> {
+        let full = mode == Mode::Full;
+        if mode == Mode::Loading {
+            return Err(refusal("LOADING", "Redis is loading the dataset"));
+        }
         match command {
             Owned::ReadAll => {
                 Ok(Reply::Entries(self.hash.iter().map(|(k, v)| (k.clone(), v.clone())).collect()))
@@ -180,7 +211,7 @@ impl SimRedis {
                 Ok(Reply::Done)
             }
             Owned::Write { pairs, removals, budget } => {
-                if self.mode == Mode::Full {
+                if full {
                     return Err(refusal("OOM", "command not allowed when used memory > 'maxmemory'"));
                 }
                 if let Some(limit) = budget {
@@ -226,7 +257,7 @@ impl SimRedis {
                 Ok(Reply::Done)
             }
             Owned::SetByteCount(bytes) => {
-                if self.mode == Mode::Full {
+                if full {
                     return Err(refusal("OOM", "command not allowed when used memory > 'maxmemory'"));
                 }
                 self.hash.insert(BYTE_COUNT_FIELD.as_bytes().to_vec(), bytes.to_string().into_bytes());
@@ -252,6 +283,14 @@ impl SimRedis {
 impl Runner for SimRedis {
     fn run(&mut self, plan: &Plan<'_>) -> Exchange {
         self.exchange(plan)
+    }
+
+    fn replies(&mut self) -> super::drive::Confirmations {
+        // A hung Redis answers nothing until it resumes.
+        if self.mode == Mode::Hung {
+            return super::drive::Confirmations::new();
+        }
+        self.due.drain(..).collect()
     }
 
     fn generation(&self) -> u64 {

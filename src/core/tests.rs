@@ -333,3 +333,17 @@ fn a_command_of_either_version_moves_to_its_publish_record_of_the_other() {
     store.put("s-7", QOS1_PACKET).unwrap();
     assert_eq!(store.in_redis(), ["s-7"]);
 }
+
+#[test]
+fn a_pipelined_write_refused_later_goes_with_the_next_write() {
+    let mut redis = SimRedis::default();
+    redis.pipelined = true;
+    let mut store = Store::on(redis, Settings::default());
+    store.redis.mode = Mode::Full;
+    store.put("c-1", &publish_command(1, 1)).unwrap();
+    assert_eq!(store.in_redis(), Vec::<String>::new());
+    store.redis.mode = Mode::Up;
+    store.put("c-2", &publish_command(2, 1)).unwrap();
+    assert_eq!(store.in_redis(), ["c-1", "c-2"], "the refusal came back and c-1 went with c-2");
+    assert_eq!(store.core.unwritten(), 0);
+}
