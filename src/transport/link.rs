@@ -1,6 +1,8 @@
 //! The one Redis connection of a store, re-established once when it breaks.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use redis::{ConnectionLike, RedisError, RedisResult};
 
@@ -18,11 +20,19 @@ pub(crate) struct Link {
     /// Redis may have restarted (and lost data) since it last looked.
     generation: u64,
     counters: Arc<Counters>,
+    /// Set when a command timed out, cleared by a probe thread once Redis
+    /// answers a `PING` again: meanwhile no call waits for Redis (a hung
+    /// Redis costs one timeout, not one per call), and Paho's records wait
+    /// in the store's memory.
+    hung: Arc<AtomicBool>,
 }
+
+/// How long the probe waits between two `PING`s of a hung Redis.
+const PROBE_INTERVAL: Duration = Duration::from_millis(50);
 
 impl Link {
     pub(crate) fn new(counters: Arc<Counters>) -> Self {
-        Self { conn: None, generation: 0, counters }
+        Self { conn: None, generation: 0, counters, hung: Arc::new(AtomicBool::new(false)) }
     }
 
     /// The number of connections opened so far.
@@ -46,6 +56,12 @@ impl Link {
         mut command: impl FnMut(&mut redis::Connection) -> RedisResult<T>,
     ) -> Result<T, Error> {
         let fail = |source: RedisError| Error::Command { command: name, hash: hash.to_owned(), source };
+        if self.hung.load(Ordering::Acquire) {
+            // Nothing is sent: the probe has not heard from Redis yet.
+            let source =
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "Redis has not answered since a timeout");
+            return Err(Error::Connect { addr: config.address(), source: source.into() });
+        }
         let conn = self.connected(config)?;
         let error = match command(conn) {
             Ok(value) => {
@@ -60,8 +76,10 @@ impl Link {
         };
         self.conn = None;
         if error.is_timeout() {
-            // A hung Redis would only time out again; the next call reconnects.
+            // A hung Redis would only time out again; the next call that finds
+            // it answering reconnects.
             self.counters.add_timeout();
+            self.probe(config);
             return Err(fail(error));
         }
         log::info!("redis persistence: connection lost during {name} on `{hash}` ({error}); reconnecting");
@@ -83,23 +101,60 @@ impl Link {
         }
     }
 
+    /// Marks Redis hung and starts a thread that `PING`s it until it answers.
+    fn probe(&self, config: &Config) {
+        if self.hung.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        log::warn!(
+            "redis persistence: Redis at {} did not answer within {:?}; records wait in memory until it does",
+            config.address(),
+            config.io_timeout()
+        );
+        let hung = Arc::clone(&self.hung);
+        let config = config.clone();
+        let spawned =
+            std::thread::Builder::new().name("redis-persistence-probe".to_owned()).spawn(move || loop {
+                std::thread::sleep(PROBE_INTERVAL);
+                let answered = connect(&config)
+                    .and_then(|mut conn| {
+                        redis::cmd("PING")
+                            .query::<String>(&mut conn)
+                            .map_err(|source| Error::Connect { addr: config.address(), source })
+                    })
+                    .is_ok();
+                if answered {
+                    log::info!("redis persistence: Redis at {} answers again", config.address());
+                    hung.store(false, Ordering::Release);
+                    return;
+                }
+            });
+        if spawned.is_err() {
+            // No probe: do not stop waiting for Redis, or nothing would clear it.
+            self.hung.store(false, Ordering::Release);
+        }
+    }
+
     /// The connection, opened now if there is none.
     pub(crate) fn connected(&mut self, config: &Config) -> Result<&mut redis::Connection, Error> {
-        match &mut self.conn {
-            Some(conn) => Ok(conn),
-            slot @ None => {
-                let conn = connect(config).inspect_err(|error| {
-                    if matches!(error, Error::Connect { source, .. } if source.is_timeout()) {
+        if self.conn.is_none() {
+            let conn = match connect(config) {
+                Ok(conn) => conn,
+                Err(error) => {
+                    if matches!(&error, Error::Connect { source, .. } if source.is_timeout()) {
                         self.counters.add_timeout();
+                        self.probe(config);
                     }
-                })?;
-                if self.generation > 0 {
-                    self.counters.add_reconnect();
+                    return Err(error);
                 }
-                self.generation = self.generation.wrapping_add(1);
-                Ok(slot.insert(conn))
+            };
+            if self.generation > 0 {
+                self.counters.add_reconnect();
             }
+            self.generation = self.generation.wrapping_add(1);
+            self.conn = Some(conn);
         }
+        self.conn.as_mut().ok_or(Error::NotOpen)
     }
 }
 

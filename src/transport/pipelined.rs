@@ -37,8 +37,10 @@ use crate::{Config, Error};
 
 /// Most commands written and not answered yet; beyond, a call waits for replies.
 const MAX_OUTSTANDING_COMMANDS: usize = 1024;
-/// Most bytes written and not answered yet.
-const MAX_OUTSTANDING_BYTES: usize = 1024 * 1024;
+/// Most bytes written and not answered yet: below what a Unix socket's send
+/// buffer holds (about 208 KiB on Linux), so that a write to a hung Redis
+/// does not block (a wait for replies comes first, and only once).
+const MAX_OUTSTANDING_BYTES: usize = 128 * 1024;
 /// How often a connect to a Redis whose accept backlog is full is tried again.
 const CONNECT_RETRY: Duration = Duration::from_millis(5);
 
@@ -61,8 +63,10 @@ pub(crate) struct Pipelined {
     generation: u64,
     counters: Arc<Counters>,
     packed: BytesMut,
-    /// The bytes of each plan sent unanswered (one command each), oldest first.
-    outstanding: VecDeque<usize>,
+    /// The commands sent and not answered yet, oldest first: their bytes, and
+    /// whether the core waits for the reply (a plan sent behind) or nobody
+    /// does (what was left of an exchange that timed out).
+    outstanding: VecDeque<(usize, bool)>,
     outstanding_bytes: usize,
     /// Replies taken off the connection and not yet given to the core.
     delivered: Confirmations,
@@ -113,7 +117,9 @@ impl Pipelined {
     }
 
     pub(crate) fn may_wait(&self) -> bool {
-        !self.waited_in_call && !self.hung
+        // Hung with no connection left (a write timed out), nothing would
+        // tell it answers again: a call may then try once more.
+        !self.waited_in_call && (!self.hung || self.conn.is_none())
     }
 
     /// The replies that came in since the last call, oldest first.
@@ -129,9 +135,12 @@ impl Pipelined {
         }
         // Sent and never answered: their outcome is unknown; they are sent
         // again (every write is idempotent) once the core hears of it.
-        while let Some(bytes) = self.outstanding.pop_front() {
+        while let Some((bytes, confirmed)) = self.outstanding.pop_front() {
             self.outstanding_bytes = self.outstanding_bytes.saturating_sub(bytes);
-            self.delivered.push(Err(io_error(std::io::ErrorKind::ConnectionAborted, "connection closed")));
+            if confirmed {
+                self.delivered
+                    .push(Err(io_error(std::io::ErrorKind::ConnectionAborted, "connection closed")));
+            }
         }
     }
 
@@ -203,10 +212,12 @@ impl Pipelined {
             self.hung = false;
             log::info!("redis persistence: Redis answers again");
         }
-        let Some(bytes) = self.outstanding.pop_front() else { return };
+        let Some((bytes, confirmed)) = self.outstanding.pop_front() else { return };
         self.outstanding_bytes = self.outstanding_bytes.saturating_sub(bytes);
         self.counters.add_round_trip();
-        self.delivered.push(reply.and_then(Value::extract_error).map(drop));
+        if confirmed {
+            self.delivered.push(reply.and_then(Value::extract_error).map(drop));
+        }
     }
 
     /// Runs `plan`: a single write or removal is written and answered later;
@@ -246,7 +257,7 @@ impl Pipelined {
         encode::encode(plan, &mut self.packed);
         let bytes = self.packed.len();
         self.write(config, name, plan)?;
-        self.outstanding.push_back(bytes);
+        self.outstanding.push_back((bytes, true));
         self.outstanding_bytes = self.outstanding_bytes.saturating_add(bytes);
         self.shrink();
         Ok(None)
@@ -316,7 +327,7 @@ impl Pipelined {
         self.write(config, name, plan)?;
         let deadline = Instant::now() + config.io_timeout();
         let mut replies = SmallVec::new();
-        for command in &plan.commands {
+        for (answered, command) in plan.commands.iter().enumerate() {
             let Some(conn) = &self.conn else { return Err((self.closed(config), true)) };
             let wait = deadline.saturating_duration_since(Instant::now());
             match conn.replies.recv_timeout(wait) {
@@ -343,8 +354,11 @@ impl Pipelined {
                     replies.push(reply);
                 }
                 Err(_) => {
-                    // Its replies would be read as the next plan's: start afresh.
-                    self.disconnect();
+                    // The rest of its replies come when Redis resumes (which
+                    // tells it answers again); nobody waits for them.
+                    for _ in answered..plan.commands.len() {
+                        self.outstanding.push_back((0, false));
+                    }
                     self.hung = true;
                     self.counters.add_timeout();
                     let source = io_error(std::io::ErrorKind::TimedOut, "no reply within io_timeout");
