@@ -168,3 +168,37 @@ fn a_publish_record_whose_write_timed_out_still_reaches_redis() {
     assert_eq!(raw.get("s-1").map(Vec::as_slice), Some(b"in flight".as_slice()));
     assert_eq!(store.keys().expect("keys"), ["c-2", "s-1"], "the index agrees");
 }
+
+/// redis-rs connects Unix sockets with a blocking `connect`, which waits for
+/// as long as a hung Redis's accept backlog is full; the store's own connect
+/// gives up after `connect_timeout`.
+#[cfg(feature = "unix-socket")]
+#[test]
+fn a_hung_redis_with_a_full_accept_backlog_fails_open_within_the_connect_timeout() {
+    let redis = RedisServer::start_with(&["--tcp-backlog", "1"]);
+    let frozen = redis.freeze();
+    let address = socket2::SockAddr::unix(redis.socket_path()).expect("a socket address");
+    // Connections the frozen Redis never accepts, until the kernel refuses more.
+    let mut queued = Vec::new();
+    let full = (0..1000).any(|_| {
+        let socket =
+            socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None).expect("a socket");
+        socket.set_nonblocking(true).expect("non-blocking");
+        let refused = socket.connect(&address).is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock);
+        queued.push(socket);
+        refused
+    });
+    assert!(full, "the accept backlog filled up");
+    let mut store = RedisPersistence::builder()
+        .url(redis.unix_url())
+        .connect_timeout(IO_TIMEOUT)
+        .io_timeout(IO_TIMEOUT)
+        .build()
+        .expect("valid options");
+    let opened = bounded("open", || store.open("full-backlog", SERVER));
+    let timeouts = store.stats().timeouts;
+    drop(queued);
+    frozen.thaw();
+    assert!(opened.is_err(), "open against a hung Redis with a full backlog");
+    assert_eq!(timeouts, 1, "the connect timed out, once");
+}
