@@ -27,14 +27,18 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write;
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use paho_mqtt as mqtt;
 use paho_mqtt_redis::RedisPersistence;
+
+#[path = "support/mqtt_wire.rs"]
+mod mqtt_wire;
+use mqtt_wire::{publish_packet, read_packet};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -481,7 +485,9 @@ fn fake_broker(listener: &TcpListener, log: &Mutex<Vec<BrokerEvent>>) {
                     (0, 0, "fixtures/in/qos0", b"qos 0 from the broker, queued for the app"),
                 ];
                 for (qos, msg_id, topic, payload) in inbound {
-                    reply.extend(publish_packet(qos, msg_id, topic, payload, v5));
+                    // MQTT 5: payload format indicator, UTF-8.
+                    let properties: Option<&[u8]> = v5.then_some(&[0x01, 0x01]);
+                    reply.extend(publish_packet(qos, msg_id, topic, payload, properties));
                     let operation = "PUBLISH";
                     let id = (qos > 0).then_some(msg_id);
                     let event = BrokerEvent {
@@ -512,53 +518,6 @@ fn fake_broker(listener: &TcpListener, log: &Mutex<Vec<BrokerEvent>>) {
             break;
         }
     }
-}
-
-fn publish_packet(qos: u8, id: u16, topic: &str, payload: &[u8], v5: bool) -> Vec<u8> {
-    let mut body = Vec::new();
-    body.extend((topic.len() as u16).to_be_bytes());
-    body.extend(topic.as_bytes());
-    if qos > 0 {
-        body.extend(id.to_be_bytes());
-    }
-    if v5 {
-        // payload format indicator: UTF-8
-        body.extend([2, 0x01, 0x01]);
-    }
-    body.extend(payload);
-    let mut packet = vec![0x30 | (qos << 1)];
-    let mut len = body.len();
-    loop {
-        let mut byte = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            byte |= 0x80;
-        }
-        packet.push(byte);
-        if len == 0 {
-            break;
-        }
-    }
-    packet.extend(body);
-    packet
-}
-
-fn read_packet(stream: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
-    let mut byte = [0u8; 1];
-    stream.read_exact(&mut byte).ok()?;
-    let header = byte[0];
-    let (mut len, mut shift) = (0usize, 0);
-    loop {
-        stream.read_exact(&mut byte).ok()?;
-        len |= usize::from(byte[0] & 0x7f) << shift;
-        shift += 7;
-        if byte[0] & 0x80 == 0 {
-            break;
-        }
-    }
-    let mut body = vec![0; len];
-    stream.read_exact(&mut body).ok()?;
-    Some((header, body))
 }
 
 fn main() -> Result<()> {

@@ -22,6 +22,10 @@ use std::time::{Duration, Instant};
 
 use paho_mqtt as mqtt;
 
+#[path = "support/mqtt_wire.rs"]
+mod mqtt_wire;
+use mqtt_wire::{publish_packet, read_packet};
+
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 /// How long any one step may take before the scenario fails.
@@ -282,6 +286,36 @@ impl Scenario {
         Ok(token)
     }
 
+    /// Publishes messages 1 to `count` of the scenario, all with `qos`.
+    fn publish_n(
+        &mut self,
+        client: &mqtt::AsyncClient,
+        count: usize,
+        qos: i32,
+    ) -> Result<Vec<mqtt::DeliveryToken>> {
+        (1..=count).map(|n| self.publish(client, n, qos)).collect()
+    }
+
+    /// Waits for `tokens`, for `subscriber` to get `expected`, and for the
+    /// store to hold no record of the key stems `stems` (`c`, `s`, `sc`), then
+    /// disconnects and destroys `client`.
+    fn complete(
+        &self,
+        client: mqtt::AsyncClient,
+        tokens: Vec<mqtt::DeliveryToken>,
+        subscriber: &Subscriber,
+        expected: &[String],
+        stems: &[&str],
+    ) -> Result<()> {
+        self.wait_all(tokens)?;
+        subscriber.wait_for(self, expected)?;
+        let prefixes: Vec<String> = stems.iter().map(|stem| self.key(stem)).collect();
+        self.trace.wait_without(&prefixes.iter().map(String::as_str).collect::<Vec<_>>())?;
+        self.disconnect(&client)?;
+        self.destroy(client);
+        Ok(())
+    }
+
     fn wait_all(&self, tokens: Vec<mqtt::DeliveryToken>) -> Result<()> {
         for token in tokens {
             token.wait_for(TIMEOUT).map_err(|e| self.err("waiting for a delivery", e))?;
@@ -424,25 +458,14 @@ impl Env {
 
     /// A few QoS 0 publishes while connected.
     fn qos0_online(&mut self, version: u32) -> Result<()> {
-        let mut sc = Scenario::new(
+        let sc = self.online(
             version,
             "qos0-online",
             "5 QoS 0 publishes while connected to mosquitto (persist_qos0 is on by default)",
-            "create: defaults; connect: clean=true",
-        );
-        let subscriber = Subscriber::new(&self.mqtt_uri, &sc)?;
-        let client = sc.client(&self.mqtt_uri, |b| b)?;
-        sc.connect(&client, true, false)?;
-        let mut tokens = Vec::new();
-        for n in 1..=5 {
-            tokens.push(sc.publish(&client, n, 0)?);
-        }
-        sc.wait_all(tokens)?;
-        subscriber.wait_for(&sc, &sc.sent)?;
-        sc.trace.wait_without(&[&sc.key("c")])?;
-        sc.disconnect(&client)?;
-        sc.destroy(client);
-        subscriber.stop();
+            5,
+            0,
+            &["c"],
+        )?;
         sc.require_calls("put", &sc.key("c"), 5)?;
         sc.require_calls("remove", &sc.key("c"), 5)?;
         sc.require_none("put", &sc.key("s"))?;
@@ -452,25 +475,14 @@ impl Env {
 
     /// A burst of QoS 1 publishes while connected.
     fn qos1_online_burst(&mut self, version: u32) -> Result<()> {
-        let mut sc = Scenario::new(
+        let sc = self.online(
             version,
             "qos1-online-burst",
             "50 QoS 1 publishes in a burst while connected to mosquitto, then all acknowledged",
-            "create: defaults; connect: clean=true",
-        );
-        let subscriber = Subscriber::new(&self.mqtt_uri, &sc)?;
-        let client = sc.client(&self.mqtt_uri, |b| b)?;
-        sc.connect(&client, true, false)?;
-        let mut tokens = Vec::new();
-        for n in 1..=50 {
-            tokens.push(sc.publish(&client, n, 1)?);
-        }
-        sc.wait_all(tokens)?;
-        subscriber.wait_for(&sc, &sc.sent)?;
-        sc.trace.wait_without(&[&sc.key("c"), &sc.key("s")])?;
-        sc.disconnect(&client)?;
-        sc.destroy(client);
-        subscriber.stop();
+            50,
+            1,
+            &["c", "s"],
+        )?;
         sc.require_calls("put", &sc.key("c"), 50)?;
         sc.require_calls("put", &sc.key("s"), 50)?;
         sc.require_calls("remove", &sc.key("s"), 50)?;
@@ -480,30 +492,40 @@ impl Env {
 
     /// QoS 2 publishes while connected: s-, then sc- on PUBREC, both removed on PUBCOMP.
     fn qos2_online(&mut self, version: u32) -> Result<()> {
-        let mut sc = Scenario::new(
+        let sc = self.online(
             version,
             "qos2-online",
             "20 QoS 2 publishes while connected to mosquitto, each through PUBREC, PUBREL, PUBCOMP",
-            "create: defaults; connect: clean=true",
-        );
-        let subscriber = Subscriber::new(&self.mqtt_uri, &sc)?;
-        let client = sc.client(&self.mqtt_uri, |b| b)?;
-        sc.connect(&client, true, false)?;
-        let mut tokens = Vec::new();
-        for n in 1..=20 {
-            tokens.push(sc.publish(&client, n, 2)?);
-        }
-        sc.wait_all(tokens)?;
-        subscriber.wait_for(&sc, &sc.sent)?;
-        sc.trace.wait_without(&[&sc.key("c"), &sc.key("s"), &sc.key("sc")])?;
-        sc.disconnect(&client)?;
-        sc.destroy(client);
-        subscriber.stop();
+            20,
+            2,
+            &["c", "s", "sc"],
+        )?;
         sc.require_calls("put", &sc.key("s"), 20)?;
         sc.require_calls("put", &sc.key("sc"), 20)?;
         sc.require_calls("remove", &sc.key("sc"), 20)?;
         sc.require_calls("remove", &sc.key("s"), 20)?;
         self.save(&sc)
+    }
+
+    /// `count` publishes of `qos` while connected with a clean session: all
+    /// delivered, and no record of the key stems `stems` left.
+    fn online(
+        &self,
+        version: u32,
+        scene: &str,
+        about: &str,
+        count: usize,
+        qos: i32,
+        stems: &[&str],
+    ) -> Result<Scenario> {
+        let mut sc = Scenario::new(version, scene, about, "create: defaults; connect: clean=true");
+        let subscriber = Subscriber::new(&self.mqtt_uri, &sc)?;
+        let client = sc.client(&self.mqtt_uri, |b| b)?;
+        sc.connect(&client, true, false)?;
+        let tokens = sc.publish_n(&client, count, qos)?;
+        sc.complete(client, tokens, &subscriber, &sc.sent, stems)?;
+        subscriber.stop();
+        Ok(sc)
     }
 
     fn offline_options(b: mqtt::CreateOptionsBuilder) -> mqtt::CreateOptionsBuilder {
@@ -522,18 +544,11 @@ impl Env {
         );
         let subscriber = Subscriber::new(&self.mqtt_uri, &sc)?;
         let client = sc.client(&self.mqtt_uri, Self::offline_options)?;
-        let mut tokens = Vec::new();
-        for n in 1..=count {
-            tokens.push(sc.publish(&client, n, qos)?);
-        }
+        let tokens = sc.publish_n(&client, count, qos)?;
         let buffered = sc.trace.count_keys(&sc.key("c"));
         sc.require(buffered == count, &format!("{count} c- records while offline, found {buffered}"))?;
         sc.connect(&client, false, false)?;
-        sc.wait_all(tokens)?;
-        subscriber.wait_for(&sc, &sc.sent)?;
-        sc.trace.wait_without(&[&sc.key("c"), &sc.key("s"), &sc.key("sc")])?;
-        sc.disconnect(&client)?;
-        sc.destroy(client);
+        sc.complete(client, tokens, &subscriber, &sc.sent, &["c", "s", "sc"])?;
         subscriber.stop();
         sc.require_calls("put", &sc.key("c"), count)?;
         sc.require_calls("remove", &sc.key("c"), count)?;
@@ -599,10 +614,7 @@ impl Env {
         let client = sc.client(&self.mqtt_uri, |b| {
             Self::offline_options(b).max_buffered_messages(5).delete_oldest_messages(true)
         })?;
-        let mut tokens = Vec::new();
-        for n in 1..=10 {
-            tokens.push(sc.publish(&client, n, 1)?);
-        }
+        let mut tokens = sc.publish_n(&client, 10, 1)?;
         let removed_offline = sc.calls("remove", &sc.key("c"));
         sc.require(removed_offline == 5, &format!("5 c- removed while offline, got {removed_offline}"))?;
         let buffered = sc.trace.count_keys(&sc.key("c"));
@@ -611,12 +623,7 @@ impl Env {
         // The deleted messages' tokens never complete: wait for the 5 kept ones only.
         // The oldest 5 tokens live until the client is gone, in case Paho still completes them.
         let kept = tokens.split_off(5);
-        sc.wait_all(kept)?;
-        let kept_payloads = sc.sent[5..].to_vec();
-        subscriber.wait_for(&sc, &kept_payloads)?;
-        sc.trace.wait_without(&[&sc.key("c"), &sc.key("s")])?;
-        sc.disconnect(&client)?;
-        sc.destroy(client);
+        sc.complete(client, kept, &subscriber, &sc.sent[5..], &["c", "s"])?;
         // Held until the client is gone, in case Paho still completes them.
         drop(tokens);
         let got = subscriber.got();
@@ -661,11 +668,7 @@ impl Env {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        sc.wait_all(tokens)?;
-        subscriber.wait_for(&sc, &sc.sent)?;
-        sc.trace.wait_without(&[&sc.key("c"), &sc.key("s"), &sc.key("sc")])?;
-        sc.disconnect(&client)?;
-        sc.destroy(client);
+        sc.complete(client, tokens, &subscriber, &sc.sent, &["c", "s", "sc"])?;
         subscriber.stop();
         sc.require(sc.events("connection lost") >= 1, "a connection lost event")?;
         sc.require(sc.events("connected") >= 2, "two connected events")?;
@@ -923,7 +926,15 @@ fn serve(mut stream: TcpStream, session: Session, trace: &Trace) {
                 match session {
                     Session::SendQos2 => {
                         trace.event("broker sends PUBLISH qos=2 id=7");
-                        reply.extend(publish_packet(7, "traces/in", INBOUND_PAYLOAD.as_bytes(), v5));
+                        // An empty property list in MQTT 5.
+                        let properties: Option<&[u8]> = v5.then_some(&[]);
+                        reply.extend(publish_packet(
+                            2,
+                            7,
+                            "traces/in",
+                            INBOUND_PAYLOAD.as_bytes(),
+                            properties,
+                        ));
                     }
                     Session::ReleaseQos2 => {
                         trace.event("broker sends PUBREL 7");
@@ -955,48 +966,6 @@ fn serve(mut stream: TcpStream, session: Session, trace: &Trace) {
             break;
         }
     }
-}
-
-/// A QoS 2 PUBLISH packet, with an empty property list in MQTT 5.
-fn publish_packet(id: u16, topic: &str, payload: &[u8], v5: bool) -> Vec<u8> {
-    let mut body = Vec::new();
-    body.extend(u16::try_from(topic.len()).unwrap_or(u16::MAX).to_be_bytes());
-    body.extend(topic.as_bytes());
-    body.extend(id.to_be_bytes());
-    if v5 {
-        body.push(0);
-    }
-    body.extend(payload);
-    let mut packet = vec![0x34];
-    let mut len = body.len();
-    loop {
-        let byte = (len % 128) as u8;
-        len /= 128;
-        packet.push(if len > 0 { byte | 0x80 } else { byte });
-        if len == 0 {
-            break;
-        }
-    }
-    packet.extend(body);
-    packet
-}
-
-fn read_packet(stream: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
-    let mut byte = [0u8; 1];
-    stream.read_exact(&mut byte).ok()?;
-    let header = byte[0];
-    let (mut len, mut shift) = (0usize, 0);
-    loop {
-        stream.read_exact(&mut byte).ok()?;
-        len |= usize::from(byte[0] & 0x7f) << shift;
-        shift += 7;
-        if byte[0] & 0x80 == 0 {
-            break;
-        }
-    }
-    let mut body = vec![0; len];
-    stream.read_exact(&mut body).ok()?;
-    Some((header, body))
 }
 
 fn main() -> Result<()> {

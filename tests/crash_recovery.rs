@@ -15,45 +15,16 @@ use paho_mqtt_redis::RedisPersistence;
 use redis::Commands;
 use support::legacy::LegacyStore;
 use support::mqtt::{assert_delivered, client, connect, persistent_session, Subscriber};
-use support::{Mosquitto, RedisServer};
+use support::{ChildSpec, Mosquitto, RedisServer};
 
 const CHILD_ENV: &str = "PMR_TEST_CRASH_CHILD";
 const MESSAGES: usize = 50;
 
-/// What the child process does: which store writes, where, and how much.
-struct ChildSpec {
-    store: String,
-    redis_url: String,
-    broker_uri: String,
-    client_id: String,
-    topic: String,
-}
-
+/// The child's part; its `mode` names the store it writes with.
 impl ChildSpec {
-    fn to_env(&self) -> String {
-        support::encode_child_fields(&[
-            &self.store,
-            &self.redis_url,
-            &self.broker_uri,
-            &self.client_id,
-            &self.topic,
-        ])
-    }
-
-    fn from_env() -> Option<Self> {
-        let mut parts = support::child_fields(CHILD_ENV)?.into_iter();
-        Some(Self {
-            store: parts.next()?,
-            redis_url: parts.next()?,
-            broker_uri: parts.next()?,
-            client_id: parts.next()?,
-            topic: parts.next()?,
-        })
-    }
-
     /// Runs in the child: buffers the messages, then dies without any cleanup.
     fn publish_and_abort(self) -> ! {
-        let client = match self.store.as_str() {
+        let client = match self.mode.as_str() {
             "legacy" => client(&self.broker_uri, &self.client_id, LegacyStore::new(&self.redis_url)),
             _ => client(
                 &self.broker_uri,
@@ -62,7 +33,7 @@ impl ChildSpec {
             ),
         };
         for i in 0..MESSAGES {
-            let message = mqtt::Message::new(&self.topic, format!("msg-{i:03}"), 1);
+            let message = mqtt::Message::new(&self.topic, format!("msg-{i:03}"), self.qos);
             if let Err(error) = client.try_publish(message) {
                 panic!("publish {i} was refused: {error}");
             }
@@ -74,11 +45,7 @@ impl ChildSpec {
 
 /// Re-runs `test_name` in a child process that publishes and aborts.
 fn run_aborting_child(test_name: &str, spec: &ChildSpec) {
-    let output = support::output_of(
-        support::this_test_binary()
-            .args([test_name, "--exact", "--nocapture", "--test-threads=1"])
-            .env(CHILD_ENV, spec.to_env()),
-    );
+    let output = support::output_of(&mut support::child_command(test_name, CHILD_ENV, &spec.to_env()));
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(
         output.status.signal(),
@@ -96,11 +63,12 @@ fn buffered_messages_survive_abort(test_name: &str, store: &str) {
     let redis = RedisServer::start();
     let broker_port = support::free_port(); // no broker there yet
     let spec = ChildSpec {
-        store: store.to_owned(),
+        mode: store.to_owned(),
         redis_url: redis.url(),
         broker_uri: format!("tcp://127.0.0.1:{broker_port}"),
         client_id: support::unique_id("crash"),
         topic: support::unique_id("crash/topic"),
+        qos: 1,
     };
     run_aborting_child(test_name, &spec);
 
@@ -129,7 +97,7 @@ fn buffered_messages_survive_abort(test_name: &str, store: &str) {
 
 #[test]
 fn messages_buffered_before_an_abort_are_delivered_after_restart() {
-    if let Some(child) = ChildSpec::from_env() {
+    if let Some(child) = ChildSpec::from_env(CHILD_ENV) {
         child.publish_and_abort();
     }
     buffered_messages_survive_abort("messages_buffered_before_an_abort_are_delivered_after_restart", "redis");
@@ -137,7 +105,7 @@ fn messages_buffered_before_an_abort_are_delivered_after_restart() {
 
 #[test]
 fn records_written_by_0_3_are_restored() {
-    if let Some(child) = ChildSpec::from_env() {
+    if let Some(child) = ChildSpec::from_env(CHILD_ENV) {
         child.publish_and_abort();
     }
     buffered_messages_survive_abort("records_written_by_0_3_are_restored", "legacy");

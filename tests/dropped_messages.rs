@@ -25,7 +25,7 @@ mod support;
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -33,7 +33,7 @@ use paho_mqtt as mqtt;
 use paho_mqtt_redis::RedisPersistence;
 use redis::Commands;
 use support::mqtt::{assert_delivered, client, connect, persistent_session, Subscriber, MQTT_VERSION};
-use support::{Mosquitto, RedisServer};
+use support::{ChildSpec, Mosquitto, RedisServer};
 
 const CHILD_ENV: &str = "PMR_TEST_DROPPED_CHILD";
 /// The QoS 0 message of `qos0_message_is_not_delivered_again_after_restart`.
@@ -48,38 +48,8 @@ const PUBLISHED: usize = 10;
 const SIGKILL: i32 = 9;
 const SIGABRT: i32 = 6;
 
-/// What the child process does, and where.
-struct ChildSpec {
-    /// `qos0`, `subscribe` or `dropped`.
-    mode: String,
-    redis_url: String,
-    broker_uri: String,
-    client_id: String,
-    topic: String,
-}
-
+/// The child's part; its `mode` is `qos0`, `subscribe` or `dropped`.
 impl ChildSpec {
-    fn to_env(&self) -> String {
-        support::encode_child_fields(&[
-            &self.mode,
-            &self.redis_url,
-            &self.broker_uri,
-            &self.client_id,
-            &self.topic,
-        ])
-    }
-
-    fn from_env() -> Option<Self> {
-        let mut parts = support::child_fields(CHILD_ENV)?.into_iter();
-        Some(Self {
-            mode: parts.next()?,
-            redis_url: parts.next()?,
-            broker_uri: parts.next()?,
-            client_id: parts.next()?,
-            topic: parts.next()?,
-        })
-    }
-
     fn run(self) -> ! {
         match self.mode.as_str() {
             "qos0" => self.publish_qos0_and_idle(),
@@ -98,7 +68,7 @@ impl ChildSpec {
         let publisher = client(&self.broker_uri, &self.client_id, self.store());
         connect(&publisher, persistent_session());
         publisher
-            .publish(mqtt::Message::new(&self.topic, QOS0_PAYLOAD, 0))
+            .publish(mqtt::Message::new(&self.topic, QOS0_PAYLOAD, self.qos))
             .wait_for(Duration::from_secs(10))
             .expect("QoS 0 publish sent");
         // A leading newline: libtest's `test name ... ` has none of its own.
@@ -110,7 +80,7 @@ impl ChildSpec {
     fn subscribe_and_idle(self) -> ! {
         let subscriber = client(&self.broker_uri, &self.client_id, self.store());
         connect(&subscriber, persistent_session());
-        subscriber.subscribe(&self.topic, 1).wait_for(Duration::from_secs(10)).expect("SUBACK");
+        subscriber.subscribe(&self.topic, self.qos).wait_for(Duration::from_secs(10)).expect("SUBACK");
         println!("\nsubscribed");
         idle_until_killed()
     }
@@ -123,7 +93,7 @@ impl ChildSpec {
                 .expect("create the publisher");
         for i in 0..PUBLISHED {
             // Accepted even when full: Paho drops the oldest instead of refusing.
-            if let Err(error) = publisher.try_publish(mqtt::Message::new(&self.topic, payload(i), 1)) {
+            if let Err(error) = publisher.try_publish(mqtt::Message::new(&self.topic, payload(i), self.qos)) {
                 panic!("publish {i} was refused: {error}");
             }
         }
@@ -190,14 +160,7 @@ struct ChildProcess {
 
 impl ChildProcess {
     fn spawn(test_name: &str, spec: &ChildSpec) -> Self {
-        let mut child = support::this_test_binary()
-            .args([test_name, "--exact", "--nocapture", "--test-threads=1"])
-            .env(CHILD_ENV, spec.to_env())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn the child");
+        let mut child = support::spawn_child(test_name, CHILD_ENV, &spec.to_env());
         let stdout = child.stdout.take().expect("piped stdout");
         let (sender, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -277,25 +240,40 @@ fn receive_through(
     received
 }
 
+/// The servers of one test, the spec of its child, and the child's store hash.
+struct Setup {
+    broker: Mosquitto,
+    redis: RedisServer,
+    spec: ChildSpec,
+    hash: String,
+}
+
+/// Starts mosquitto and Redis for a child in `mode` with `qos`, its ids named after `name`.
+fn setup(mode: &str, qos: i32, name: &str) -> Setup {
+    support::init_logging();
+    let broker = Mosquitto::start();
+    let redis = RedisServer::start();
+    let spec = ChildSpec {
+        mode: mode.to_owned(),
+        redis_url: store_url(&redis),
+        broker_uri: broker.uri(),
+        client_id: support::unique_id(&format!("dropped-{name}")),
+        topic: support::unique_id(&format!("dropped/{name}")),
+        qos,
+    };
+    let hash = support::mqtt::store_hash(&spec.client_id, &broker.uri());
+    Setup { broker, redis, spec, hash }
+}
+
 /// Bug 1: a QoS 0 message delivered while the publisher was connected is
 /// delivered again by the restarted publisher, because its `c-` record,
 /// removed by Paho before sending, stayed in Redis.
 #[test]
 fn qos0_message_is_not_delivered_again_after_restart() {
-    if let Some(child) = ChildSpec::from_env() {
+    if let Some(child) = ChildSpec::from_env(CHILD_ENV) {
         child.run();
     }
-    support::init_logging();
-    let broker = Mosquitto::start();
-    let redis = RedisServer::start();
-    let spec = ChildSpec {
-        mode: "qos0".to_owned(),
-        redis_url: store_url(&redis),
-        broker_uri: broker.uri(),
-        client_id: support::unique_id("dropped-qos0"),
-        topic: support::unique_id("dropped/qos0"),
-    };
-    let hash = support::mqtt::store_hash(&spec.client_id, &broker.uri());
+    let Setup { broker, redis, spec, hash } = setup("qos0", 0, "qos0");
     let subscriber = Subscriber::start(&broker.uri(), &spec.topic);
 
     let mut publisher = ChildProcess::spawn("qos0_message_is_not_delivered_again_after_restart", &spec);
@@ -333,20 +311,11 @@ fn qos0_message_is_not_delivered_again_after_restart() {
 /// and writes nothing after, so the record must not outlive the process.
 #[test]
 fn subscribe_command_record_does_not_outlive_the_process() {
-    if let Some(child) = ChildSpec::from_env() {
+    if let Some(child) = ChildSpec::from_env(CHILD_ENV) {
         child.run();
     }
-    support::init_logging();
-    let broker = Mosquitto::start();
-    let redis = RedisServer::start();
-    let spec = ChildSpec {
-        mode: "subscribe".to_owned(),
-        redis_url: store_url(&redis),
-        broker_uri: broker.uri(),
-        client_id: support::unique_id("dropped-sub"),
-        topic: support::unique_id("dropped/sub"),
-    };
-    let hash = support::mqtt::store_hash(&spec.client_id, &broker.uri());
+    // Bound (not `_`) so that mosquitto runs until the test ends.
+    let Setup { broker: _broker, redis, spec, hash } = setup("subscribe", 1, "sub");
 
     let mut child = ChildProcess::spawn("subscribe_command_record_does_not_outlive_the_process", &spec);
     child.wait_for_line("subscribed", Duration::from_secs(30));
@@ -366,32 +335,17 @@ fn subscribe_command_record_does_not_outlive_the_process() {
 /// after a crash and restart; the last one dropped came back.
 #[test]
 fn messages_paho_dropped_from_a_full_buffer_stay_dropped_after_restart() {
-    if let Some(child) = ChildSpec::from_env() {
+    if let Some(child) = ChildSpec::from_env(CHILD_ENV) {
         child.run();
     }
-    support::init_logging();
-    let broker = Mosquitto::start();
-    let redis = RedisServer::start();
-    let spec = ChildSpec {
-        mode: "dropped".to_owned(),
-        redis_url: store_url(&redis),
-        broker_uri: broker.uri(),
-        client_id: support::unique_id("dropped-oldest"),
-        topic: support::unique_id("dropped/oldest"),
-    };
-    let hash = support::mqtt::store_hash(&spec.client_id, &broker.uri());
+    let Setup { broker, redis, spec, hash } = setup("dropped", 1, "oldest");
     let subscriber = Subscriber::start(&broker.uri(), &spec.topic);
 
-    let output = support::output_of(
-        support::this_test_binary()
-            .args([
-                "messages_paho_dropped_from_a_full_buffer_stay_dropped_after_restart",
-                "--exact",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_ENV, spec.to_env()),
-    );
+    let output = support::output_of(&mut support::child_command(
+        "messages_paho_dropped_from_a_full_buffer_stay_dropped_after_restart",
+        CHILD_ENV,
+        &spec.to_env(),
+    ));
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.signal() == Some(SIGABRT) && stdout.contains(&format!("buffered {PUBLISHED}")),

@@ -12,7 +12,6 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -20,7 +19,7 @@ use paho_mqtt as mqtt;
 use paho_mqtt_redis::RedisPersistence;
 use redis::Commands;
 use support::mqtt::{client, connect, persistent_session, Subscriber};
-use support::{Mosquitto, RedisServer};
+use support::{ChildSpec, Mosquitto, RedisServer};
 
 const CHILD_ENV: &str = "PMR_TEST_KILL9_CHILD";
 const SEED_ENV: &str = "PMR_KILL9_SEED";
@@ -34,41 +33,9 @@ const MAX_KILL_DELAY_MS: u64 = 1_200;
 /// The publisher's cap on unacknowledged messages (see `publish_until_killed`).
 const MAX_INFLIGHT: i32 = 32;
 
-struct ChildSpec {
-    redis_url: String,
-    broker_uri: String,
-    client_id: String,
-    topic: String,
-    qos: i32,
-    /// `stream`, or `window`: abort right after Paho removed a `c-` record.
-    mode: String,
-}
-
+/// The publisher's part; its `mode` is `stream`, or `window`: abort right
+/// after Paho removed a `c-` record.
 impl ChildSpec {
-    fn to_env(&self) -> String {
-        let qos = self.qos.to_string();
-        support::encode_child_fields(&[
-            &self.redis_url,
-            &self.broker_uri,
-            &self.client_id,
-            &self.topic,
-            &qos,
-            &self.mode,
-        ])
-    }
-
-    fn from_env() -> Option<Self> {
-        let mut parts = support::child_fields(CHILD_ENV)?.into_iter();
-        Some(Self {
-            redis_url: parts.next()?,
-            broker_uri: parts.next()?,
-            client_id: parts.next()?,
-            topic: parts.next()?,
-            qos: parts.next()?.parse().ok()?,
-            mode: parts.next()?,
-        })
-    }
-
     fn run(self) -> ! {
         match self.mode.as_str() {
             "window" => self.publish_one_and_abort_in_the_handoff(),
@@ -191,17 +158,6 @@ fn read_accepted(stdout: impl std::io::Read, started: mpsc::Sender<()>) -> BTree
     }
 }
 
-fn spawn_child(test_name: &str, spec: &ChildSpec) -> Child {
-    support::this_test_binary()
-        .args([test_name, "--exact", "--nocapture", "--test-threads=1", "--include-ignored"])
-        .env(CHILD_ENV, spec.to_env())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn the publisher")
-}
-
 /// One run: start the publisher, kill it after `delay`, restore, and check deliveries.
 fn run_once(
     test_name: &str,
@@ -225,7 +181,7 @@ fn run_once(
     let hash = support::mqtt::store_hash(&spec.client_id, &broker.uri());
     let subscriber = Subscriber::start(&broker.uri(), &spec.topic);
 
-    let mut child = spawn_child(test_name, &spec);
+    let mut child = support::spawn_child(test_name, CHILD_ENV, &spec.to_env());
     let stdout = child.stdout.take().expect("piped stdout");
     let (started_tx, started_rx) = mpsc::channel();
     let reader = std::thread::spawn(move || read_accepted(stdout, started_tx));
@@ -316,7 +272,7 @@ fn kill9_runs(test_name: &str, qos: i32, unix: bool) {
 
 #[test]
 fn qos1_every_accepted_message_survives_kill9_at_least_once() {
-    if let Some(child) = ChildSpec::from_env() {
+    if let Some(child) = ChildSpec::from_env(CHILD_ENV) {
         child.run();
     }
     kill9_runs("qos1_every_accepted_message_survives_kill9_at_least_once", 1, false);
@@ -324,7 +280,7 @@ fn qos1_every_accepted_message_survives_kill9_at_least_once() {
 
 #[test]
 fn qos1_every_accepted_message_survives_kill9_at_least_once_over_the_unix_socket() {
-    if let Some(child) = ChildSpec::from_env() {
+    if let Some(child) = ChildSpec::from_env(CHILD_ENV) {
         child.run();
     }
     kill9_runs("qos1_every_accepted_message_survives_kill9_at_least_once_over_the_unix_socket", 1, true);
@@ -332,7 +288,7 @@ fn qos1_every_accepted_message_survives_kill9_at_least_once_over_the_unix_socket
 
 #[test]
 fn qos2_every_accepted_message_survives_kill9_exactly_once_over_the_unix_socket() {
-    if let Some(child) = ChildSpec::from_env() {
+    if let Some(child) = ChildSpec::from_env(CHILD_ENV) {
         child.run();
     }
     kill9_runs("qos2_every_accepted_message_survives_kill9_exactly_once_over_the_unix_socket", 2, true);
@@ -340,7 +296,7 @@ fn qos2_every_accepted_message_survives_kill9_exactly_once_over_the_unix_socket(
 
 #[test]
 fn qos2_every_accepted_message_survives_kill9_exactly_once() {
-    if let Some(child) = ChildSpec::from_env() {
+    if let Some(child) = ChildSpec::from_env(CHILD_ENV) {
         child.run();
     }
     kill9_runs("qos2_every_accepted_message_survives_kill9_exactly_once", 2, false);
@@ -364,12 +320,7 @@ fn handoff_window(test_name: &str, qos: i32) {
         mode: "window".to_owned(),
     };
     let subscriber = Subscriber::start(&broker.uri(), &spec.topic);
-    let output = support::this_test_binary()
-        .args([test_name, "--exact", "--nocapture", "--test-threads=1", "--include-ignored"])
-        .env(CHILD_ENV, spec.to_env())
-        .stdin(Stdio::null())
-        .output()
-        .expect("run the publisher");
+    let output = support::output_of(&mut support::child_command(test_name, CHILD_ENV, &spec.to_env()));
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         stdout.contains("accepted 0") && stdout.contains("removed c-"),
@@ -393,7 +344,7 @@ fn handoff_window(test_name: &str, qos: i32) {
 
 #[test]
 fn qos1_kill_between_command_removal_and_publish_record() {
-    if let Some(child) = ChildSpec::from_env() {
+    if let Some(child) = ChildSpec::from_env(CHILD_ENV) {
         child.run();
     }
     handoff_window("qos1_kill_between_command_removal_and_publish_record", 1);
@@ -401,7 +352,7 @@ fn qos1_kill_between_command_removal_and_publish_record() {
 
 #[test]
 fn qos2_kill_between_command_removal_and_publish_record() {
-    if let Some(child) = ChildSpec::from_env() {
+    if let Some(child) = ChildSpec::from_env(CHILD_ENV) {
         child.run();
     }
     handoff_window("qos2_kill_between_command_removal_and_publish_record", 2);

@@ -14,7 +14,6 @@
 mod support;
 
 use std::io::{BufRead, BufReader};
-use std::process::Stdio;
 use std::time::Duration;
 
 use paho_mqtt::{self as mqtt, ClientPersistence};
@@ -56,19 +55,11 @@ fn every_put_written_before_a_sigkill_is_in_redis() {
         child(fields.first().expect("the url"));
     }
     let redis = RedisServer::start();
-    let mut child = support::this_test_binary()
-        .args([
-            "every_put_written_before_a_sigkill_is_in_redis",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, support::encode_child_fields(&[&redis.unix_url()]))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn the child");
+    let mut child = support::spawn_child(
+        "every_put_written_before_a_sigkill_is_in_redis",
+        CHILD_ENV,
+        &support::encode_child_fields(&[&redis.unix_url()]),
+    );
     let stdout = child.stdout.take().expect("piped stdout");
     let done = BufReader::new(stdout).lines().map_while(Result::ok).any(|line| line == DONE);
     assert!(done, "the child finished its puts");

@@ -14,7 +14,7 @@ pub mod redis_server;
 use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -157,4 +157,67 @@ pub fn encode_child_fields(fields: &[&str]) -> String {
 /// The fields [`encode_child_fields`] put in `var`, if this process is such a child.
 pub fn child_fields(var: &str) -> Option<Vec<String>> {
     Some(std::env::var(var).ok()?.split('\n').map(str::to_owned).collect())
+}
+
+/// A command that runs only the test `test_name` of this binary again, as a
+/// child process, with `value` in the environment variable `env_var`: the
+/// child finds it there and plays its part instead of the test's. Ignored
+/// tests are included, so that a child of an ignored test runs too.
+pub fn child_command(test_name: &str, env_var: &str, value: &str) -> Command {
+    let mut command = this_test_binary();
+    command
+        .args([test_name, "--exact", "--nocapture", "--test-threads=1", "--include-ignored"])
+        .env(env_var, value)
+        .stdin(Stdio::null());
+    command
+}
+
+/// Starts [`child_command`] with its stdout piped to the parent (stderr inherited).
+pub fn spawn_child(test_name: &str, env_var: &str, value: &str) -> Child {
+    child_command(test_name, env_var, value)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|error| panic!("cannot spawn the child of {test_name}: {error}"))
+}
+
+/// What a child process of the crash tests does, and where; passed to it in
+/// one environment variable.
+pub struct ChildSpec {
+    /// What the child does (in crash_recovery: which store it writes with).
+    pub mode: String,
+    pub redis_url: String,
+    pub broker_uri: String,
+    pub client_id: String,
+    pub topic: String,
+    /// The QoS the child publishes (or subscribes) with.
+    pub qos: i32,
+}
+
+impl ChildSpec {
+    /// The value of the environment variable that passes the spec to the child.
+    pub fn to_env(&self) -> String {
+        let qos = self.qos.to_string();
+        encode_child_fields(&[
+            &self.mode,
+            &self.redis_url,
+            &self.broker_uri,
+            &self.client_id,
+            &self.topic,
+            &qos,
+        ])
+    }
+
+    /// The spec in `var`, if this process is a child.
+    pub fn from_env(var: &str) -> Option<Self> {
+        let mut parts = child_fields(var)?.into_iter();
+        Some(Self {
+            mode: parts.next()?,
+            redis_url: parts.next()?,
+            broker_uri: parts.next()?,
+            client_id: parts.next()?,
+            topic: parts.next()?,
+            qos: parts.next()?.parse().ok()?,
+        })
+    }
 }
