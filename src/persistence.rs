@@ -53,8 +53,16 @@ const MAX_VALUE_BYTES: usize = 512 * 1024 * 1024;
 /// - `put` encodes its write straight into one reused buffer, joining Paho's
 ///   buffers in place.
 ///
-/// An online QoS 1 publish costs 3 Redis commands in 3 round trips (0.3 sent
-/// 8 commands), and restoring any number of records costs one command.
+/// An online QoS 1 publish costs 3 Redis commands (0.3 sent 8), and
+/// restoring any number of records costs one command.
+///
+/// Over a Unix socket (`redis+unix://`, feature `unix-socket`) the store
+/// writes behind: a `put` or `remove` returns once its command is written to
+/// the socket (from then on it reaches Redis even if the process is killed),
+/// and Redis's reply is taken in at a later call; a refusal found then is
+/// handled like a record Redis could not take. Over TCP each call waits for
+/// its reply: data in flight on a loopback TCP socket is lost when the
+/// process is killed.
 ///
 /// After every reconnect, and after a command whose outcome is unknown (it
 /// timed out), the store compares its index with the hash both ways: records
