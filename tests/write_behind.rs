@@ -149,3 +149,24 @@ fn reads_see_the_writes_before_them() {
     assert_eq!(store.get("s-199").expect("get"), publish_record(199));
     assert!(store.get("s-0").is_err(), "removed");
 }
+
+/// The reader thread holds a handle on the socket of its own: a store dropped
+/// without `close` (as Paho may) still closes its connection.
+#[test]
+fn a_dropped_store_closes_its_connection() {
+    let redis = RedisServer::start();
+    let mut admin = redis.connection();
+    let clients = |admin: &mut redis::Connection| -> usize {
+        let list: String = redis::cmd("CLIENT").arg("LIST").query(admin).expect("CLIENT LIST");
+        list.lines().count()
+    };
+    let mut store = RedisPersistence::with_url(&redis.unix_url()).expect("valid");
+    store.open("dropped", "broker:1883").expect("open");
+    store.put("s-1", vec![&publish_record(1)[..]]).expect("put");
+    assert_eq!(clients(&mut admin), 2, "the admin and the store");
+    drop(store);
+    assert!(
+        support::wait_until(Duration::from_secs(5), || clients(&mut admin) == 1),
+        "the store's connection closed"
+    );
+}

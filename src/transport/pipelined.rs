@@ -88,6 +88,14 @@ impl std::fmt::Debug for Pipelined {
     }
 }
 
+impl Drop for Pipelined {
+    /// The reader thread holds its own handle on the socket: shut it down, so
+    /// that the thread ends and Redis sees the connection close.
+    fn drop(&mut self) {
+        self.disconnect();
+    }
+}
+
 fn io_error(kind: std::io::ErrorKind, what: &'static str) -> RedisError {
     std::io::Error::new(kind, what).into()
 }
