@@ -170,7 +170,9 @@ impl SimRedis {
     }
 
     /// A pipelined write: in Redis at once (its bytes are in Redis's socket,
-    /// even while it is hung), its reply later.
+    /// even while it is hung), its reply later. True of the real transport
+    /// because it keeps what is unanswered within one read of Redis's, which
+    /// Redis runs even when the writer is gone (`tests/write_behind.rs`).
     fn send_behind(&mut self, plan: &Plan<'_>) -> Exchange {
         self.reconnect_if_broken();
         for command in &plan.commands {
