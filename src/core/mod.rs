@@ -203,7 +203,7 @@ impl Core {
 
     /// The store's keys, as Paho's restore lists them.
     pub(crate) fn keys(&mut self) -> Vec<String> {
-        self.before_call();
+        self.end_handoff();
         self.previous = PreviousCall::Other;
         self.fields.keys()
     }
@@ -300,7 +300,7 @@ impl Core {
     /// `get`: answered from memory when the core has the record, else a plan
     /// to read it.
     pub(crate) fn get<'a>(&'a mut self, key: &'a str) -> Result<Result<Vec<u8>, Plan<'a>>, Error> {
-        self.before_call();
+        self.end_handoff();
         self.previous = if paho::is_command_key(key) {
             PreviousCall::GetCommand(FieldName::from_slice(key.as_bytes()))
         } else {
@@ -393,12 +393,6 @@ impl Core {
     pub(crate) fn close(&mut self) -> Plan<'_> {
         self.end_handoff();
         self.flush_plan()
-    }
-
-    /// Every call but the ones that may come between a command record's
-    /// removal and its PUBLISH record's write ends a waiting handoff.
-    fn before_call(&mut self) {
-        self.end_handoff();
     }
 
     /// The waiting removal goes out now: Paho is not writing that PUBLISH
@@ -501,11 +495,11 @@ impl Core {
                 Outcome::Sent => Err(Error::KeyNotFound { key }),
             },
             Pending::Remove { removals } => {
-                self.removed(removals, outcome);
+                self.owed_sent(removals, false, outcome);
                 Ok(Answer::Done)
             }
             Pending::Flush { removals } => {
-                self.flushed(removals, outcome);
+                self.owed_sent(removals, true, outcome);
                 Ok(Answer::Done)
             }
             Pending::Resync => {
@@ -576,7 +570,7 @@ impl Core {
             let Some(key) = paho_key(field) else { continue };
             if paho::is_command_key(&key) {
                 let command = paho::Command::read(&value);
-                if command.publish_record_key(&key).is_some() {
+                if command.sent_as().is_some() {
                     self.publishes.insert(FieldName::from_slice(key.as_bytes()), command);
                 }
             }
@@ -739,38 +733,22 @@ impl Core {
         }
     }
 
-    /// A removal Paho made: whatever Redis says, Paho carries on (it ignores
-    /// `remove`'s result), so a refused or unreachable one stays owed.
-    fn removed(&mut self, removals: usize, outcome: Outcome) {
+    /// Owed removals (and, with `records`, every record waiting in memory)
+    /// sent on their own, for a `remove` or a flush. Paho ignores `remove`'s
+    /// result, so a refused or unreachable one stays owed either way.
+    fn owed_sent(&mut self, removals: usize, records: bool, outcome: Outcome) {
         match outcome {
             Outcome::Replied(reply) => {
-                self.sent(None, removals, false);
+                self.sent(None, removals, records);
                 let _ = self.confirm(reply.map(drop));
             }
-            Outcome::Sent => self.sent(None, removals, false),
+            Outcome::Sent => self.sent(None, removals, records),
             Outcome::Failed(failure) => {
+                self.outcome_unknown = true;
                 log::warn!(
-                    "redis persistence: {} removals are owed to `{}`, which is unreachable: {}",
+                    "redis persistence: {} records and {} removals are owed to `{}`, which is unreachable: {}",
+                    self.cache.not_in_redis_count(),
                     self.removals_owed.len(),
-                    self.hash,
-                    failure.error
-                );
-                self.outcome_unknown = true;
-            }
-        }
-    }
-
-    fn flushed(&mut self, removals: usize, outcome: Outcome) {
-        match outcome {
-            Outcome::Replied(reply) => {
-                self.sent(None, removals, true);
-                let _ = self.confirm(reply.map(drop));
-            }
-            Outcome::Sent => self.sent(None, removals, true),
-            Outcome::Failed(failure) => {
-                self.outcome_unknown = true;
-                log::warn!(
-                    "redis persistence: cannot send owed writes to `{}`: {}",
                     self.hash,
                     failure.error
                 );
