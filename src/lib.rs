@@ -32,9 +32,10 @@
 //! `ClientPersistence` impl adapts the two to Paho; every rule taken from
 //! Paho C lives in one module, with the Paho C function it comes from.
 //!
-//! Also here: [`decode`], which turns the records Paho stores into readable
-//! messages (used by the `paho-mqtt-redis` command of feature `cli`), and
-//! [`RedisPersistence::stats`], the store's counters.
+//! Also here: [`RedisPersistence::stats`], the store's counters, and with
+//! feature `decode` the `decode` module, which turns the records Paho stores
+//! into readable messages (the `paho-mqtt-redis` command of feature `cli`
+//! uses it and turns `decode` on).
 //!
 //! Note that [`RedisPersistence`]'s `contains_key` deliberately answers
 //! inverted, to undo an inversion in paho-mqtt 0.14: see
@@ -58,6 +59,7 @@
 
 mod config;
 mod core;
+#[cfg(feature = "decode")]
 pub mod decode;
 mod error;
 mod paho;

@@ -24,6 +24,8 @@ pub enum Kind {
 
 impl Kind {
     /// The key prefix of this kind for `version`, such as `sc5-`.
+    // Public through `decode`; the core itself only reads prefixes.
+    #[cfg(any(feature = "decode", test))]
     pub fn prefix(self, version: Version) -> &'static str {
         match (self, version) {
             (Kind::PublishSent, Version::V3) => "s-",
@@ -123,7 +125,10 @@ pub(crate) fn put_failure_ignored(key: &str) -> bool {
 /// Paho C's command type numbers are the MQTT packet type numbers
 /// (`MQTTAsync_persistCommand` writes `command.type` first).
 pub(crate) const PUBLISH_COMMAND: i32 = 3;
+// Only the decoder reads records other than PUBLISH commands.
+#[cfg(any(feature = "decode", test))]
 pub(crate) const SUBSCRIBE_COMMAND: i32 = 8;
+#[cfg(feature = "decode")]
 pub(crate) const UNSUBSCRIBE_COMMAND: i32 = 10;
 
 /// What the store needs to know of a command record: its type, and for a
