@@ -35,7 +35,7 @@ fn run(transport: &str) {
     let topic = support::unique_id("hung/stream");
     let subscriber = support::mqtt::Subscriber::start(&broker.uri(), &topic);
     let store = RedisPersistence::with_url(&url).expect("a valid URL");
-    let stats = store.stats_handle();
+    let kept = store.clone();
     let client = support::mqtt::client(&broker.uri(), &support::unique_id("hung"), store);
     let lost = Arc::new(AtomicUsize::new(0));
     let counted = Arc::clone(&lost);
@@ -80,7 +80,7 @@ fn run(transport: &str) {
          {MESSAGES} | delivered: {} distinct of {MESSAGES} | MQTT connection lost: {} | store timeouts: {}",
         distinct.len(),
         lost.load(Ordering::SeqCst),
-        stats.stats().timeouts,
+        kept.stats().timeouts,
     );
     let _ = client.disconnect(None).wait_for(Duration::from_secs(5));
 }

@@ -71,7 +71,7 @@ pub use crate::core::BYTE_COUNT_FIELD as BUDGET_COUNTER_FIELD;
 pub use config::{Builder, Config, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IO_TIMEOUT, DEFAULT_PORT};
 pub use error::Error;
 pub use persistence::RedisPersistence;
-pub use stats::{Stats, StatsHandle};
+pub use stats::Stats;
 
 /// The README's Rust examples, compiled as doctests so they stay true.
 #[doc = include_str!("../README.md")]

@@ -11,7 +11,7 @@ use crate::core::drive::{self, Confirmations, Runner, Served};
 use crate::core::{Core, Exchange, Plan, Settings};
 use crate::stats::{Counters, Operation};
 use crate::transport::Transport;
-use crate::{Error, Stats, StatsHandle};
+use crate::{Error, Stats};
 
 /// The largest record `put` accepts: Redis's own limit on one value
 /// (`proto-max-bulk-len`, 512 MiB by default). An MQTT packet is at most
@@ -116,16 +116,57 @@ const MAX_VALUE_BYTES: usize = 512 * 1024 * 1024;
 /// `tests/qos2_restart.rs` pins this, and fails once paho-mqtt fixes the
 /// conversion.
 ///
+/// # A handle the application keeps
+///
+/// Paho takes the store by value, so keep a clone: `RedisPersistence` is a
+/// cheap handle (one `Arc`) on shared state, and every clone sees the store
+/// Paho drives: its [`stats`](Self::stats), [`hash_name`](Self::hash_name),
+/// [`unwritten`](Self::unwritten) records and [`contains`](Self::contains).
+///
+/// ```no_run
+/// use paho_mqtt as mqtt;
+/// use paho_mqtt_redis::RedisPersistence;
+///
+/// let store = RedisPersistence::with_url("redis://127.0.0.1:6379/0")?;
+/// let client = mqtt::CreateOptionsBuilder::new()
+///     .server_uri("tcp://127.0.0.1:1883")
+///     .client_id("gateway-17")
+///     .user_persistence(store.clone())
+///     .create_client()?;
+/// // Paho has opened the store through its clone.
+/// println!("store `{}`", store.hash_name().unwrap_or_default());
+/// if store.unwritten() > 0 {
+///     println!("{} messages are not crash-safe yet", store.unwritten());
+/// }
+/// println!("{} Redis round trips", store.stats().round_trips);
+/// # drop(client);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// A clone is the same store, not a second one: hand one clone to one Paho
+/// client. A second client opening it closes the first one's session in it,
+/// as a second `open` does. The connection to Redis closes when Paho closes
+/// the store, or when the last clone is dropped.
+///
 /// # Threads
 ///
 /// `RedisPersistence` is `Send` and `Sync`. Paho C may call it from its send
-/// and receive threads; every call takes an internal lock, so calls never
-/// interleave on the Redis connection.
-#[derive(Debug)]
+/// and receive threads, and the application from its own; every call takes
+/// an internal lock, so calls never interleave on the Redis connection.
+/// [`stats`](Self::stats) and [`config`](Self::config) take no lock.
+#[derive(Debug, Clone)]
 pub struct RedisPersistence {
+    shared: Arc<Shared>,
+}
+
+/// The store behind every clone of a [`RedisPersistence`].
+#[derive(Debug)]
+struct Shared {
     config: Config,
     /// Outside the lock: `stats()` never waits for a Redis call.
     counters: Arc<Counters>,
+    /// The open store's hash, outside the lock for the same reason.
+    hash: Mutex<Option<String>>,
     state: Mutex<State>,
 }
 
@@ -170,20 +211,24 @@ impl RedisPersistence {
     pub fn from_config(config: Config) -> Self {
         let counters = Arc::new(Counters::new());
         let transport = Transport::new(&config, Arc::clone(&counters));
-        Self { config, counters, state: Mutex::new(State { transport, core: None }) }
+        let state = Mutex::new(State { transport, core: None });
+        Self { shared: Arc::new(Shared { config, counters, hash: Mutex::new(None), state }) }
     }
 
     /// The configuration.
     pub fn config(&self) -> &Config {
-        &self.config
+        &self.shared.config
     }
 
-    /// The name of the Redis hash of the open store, or `None` before `open`.
+    /// The name of the Redis hash of the open store, or `None` before `open`
+    /// and after `close`. Never waits for a Redis call in progress.
     pub fn hash_name(&self) -> Option<String> {
-        self.lock().core.as_ref().map(|core| core.hash().to_owned())
+        self.shared.hash.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// Whether `key` is in the store: the plain answer, for Rust callers.
+    /// Answered from the store's index, without a round trip, but it waits
+    /// for a Paho call in progress (at most `connect_timeout + io_timeout`).
     ///
     /// (The trait's [`ClientPersistence::contains_key`] answers inverted for
     /// Paho C's sake; see the type's documentation.)
@@ -195,32 +240,27 @@ impl RedisPersistence {
     /// trips, bytes, errors, reconnects, and the calls answered locally (see
     /// [`Stats`]). Lock-free: never waits for a Redis call in progress.
     pub fn stats(&self) -> Stats {
-        self.counters.snapshot()
-    }
-
-    /// A handle on this store's counters, to keep after the store is moved
-    /// into Paho's create options.
-    pub fn stats_handle(&self) -> StatsHandle {
-        StatsHandle::new(Arc::clone(&self.counters))
+        self.shared.counters.snapshot()
     }
 
     /// How many records Redis has not taken yet (it was unreachable, or it
-    /// refused them): they are in memory only until it does.
+    /// refused them): they are in memory only until it does. Lock-free, like
+    /// [`stats`](Self::stats) (it is [`Stats::unwritten_records`]).
     pub fn unwritten(&self) -> usize {
-        self.lock().core.as_ref().map_or(0, Core::unwritten)
+        usize::try_from(self.shared.counters.unwritten_records()).unwrap_or(usize::MAX)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave `State` half-updated in a
         // way that matters (the worst case is a stale connection), and a
         // poisoned lock must not turn into a panic inside a Paho callback.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.shared.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn settings(&self) -> Settings {
         Settings {
-            budget: self.config.max_store_bytes(),
-            defer_qos1_removals: self.config.defer_qos1_removals(),
+            budget: self.shared.config.max_store_bytes(),
+            defer_qos1_removals: self.shared.config.defer_qos1_removals(),
             ..Settings::default()
         }
     }
@@ -234,23 +274,25 @@ impl RedisPersistence {
         let State { transport, core } = &mut *state;
         let core = core.as_mut().ok_or(Error::NotOpen)?;
         transport.begin_call();
-        call(core, &mut Connected { transport, config: &self.config })
+        call(core, &mut Connected { transport, config: &self.shared.config })
     }
 
     fn try_open(&self, client_id: &str, server_uri: &str) -> Result<String, Error> {
-        let hash = self.config.hash_name(client_id, server_uri);
+        let hash = self.shared.config.hash_name(client_id, server_uri);
         let mut state = self.lock();
         let State { transport, core } = &mut *state;
         transport.begin_call();
-        let mut runner = Connected { transport, config: &self.config };
+        let mut runner = Connected { transport, config: &self.shared.config };
         if let Some(mut previous) = core.take() {
             // Paho opens a store once; a second open must not drop what the
             // first one still owes Redis silently.
             drive::close(&mut previous, &mut runner);
+            self.set_hash_name(None);
         }
-        let mut opened = Core::new(hash.clone(), self.settings(), Arc::clone(&self.counters));
+        let mut opened = Core::new(hash.clone(), self.settings(), Arc::clone(&self.shared.counters));
         drive::open(&mut opened, &mut runner)?;
         *core = Some(opened);
+        self.set_hash_name(Some(hash.clone()));
         Ok(hash)
     }
 
@@ -263,17 +305,17 @@ impl RedisPersistence {
             _ => return Err(Error::ValueTooLarge { key: key.to_owned(), max: MAX_VALUE_BYTES }),
         };
         self.with_open(|core, runner| drive::put(core, runner, key, buffers))?;
-        self.counters.add_bytes_written(len);
+        self.shared.counters.add_bytes_written(len);
         Ok(())
     }
 
     fn try_get(&self, key: &str) -> Result<Vec<u8>, Error> {
         let got = self.with_open(|core, runner| drive::get(core, runner, key));
         match &got {
-            Ok((_, Served::Snapshot)) => self.counters.add_snapshot_hit(),
-            Ok((_, Served::Cache)) => self.counters.add_cache_hit(),
+            Ok((_, Served::Snapshot)) => self.shared.counters.add_snapshot_hit(),
+            Ok((_, Served::Cache)) => self.shared.counters.add_cache_hit(),
             Ok((_, Served::Redis)) => {}
-            Err(Error::KeyNotFound { .. }) => self.counters.add_index_hit(),
+            Err(Error::KeyNotFound { .. }) => self.shared.counters.add_index_hit(),
             Err(_) => {}
         }
         got.map(|(value, _)| value)
@@ -283,7 +325,7 @@ impl RedisPersistence {
         self.with_open(|core, runner| {
             if !core.contains(key) {
                 // Never written (Paho removes every key a message might have used).
-                self.counters.add_index_hit();
+                self.shared.counters.add_index_hit();
             }
             drive::remove(core, runner, key)
         })
@@ -302,10 +344,15 @@ impl RedisPersistence {
         let State { transport, core } = &mut *state;
         transport.begin_call();
         if let Some(core) = core.as_mut() {
-            drive::close(core, &mut Connected { transport, config: &self.config });
+            drive::close(core, &mut Connected { transport, config: &self.shared.config });
         }
         transport.disconnect();
         *core = None;
+        self.set_hash_name(None);
+    }
+
+    fn set_hash_name(&self, hash: Option<String>) {
+        *self.shared.hash.lock().unwrap_or_else(PoisonError::into_inner) = hash;
     }
 }
 
@@ -356,8 +403,8 @@ fn report(counters: &Counters, operation: &str, key: Option<&str>, error: Error)
 impl ClientPersistence for RedisPersistence {
     fn open(&mut self, client_id: &str, server_uri: &str) -> paho_mqtt::Result<()> {
         let hash =
-            self.try_open(client_id, server_uri).map_err(|e| report(&self.counters, "open", None, e))?;
-        log::debug!("redis persistence: opened `{hash}` on {}", self.config.address());
+            self.try_open(client_id, server_uri).map_err(|e| report(&self.shared.counters, "open", None, e))?;
+        log::debug!("redis persistence: opened `{hash}` on {}", self.shared.config.address());
         Ok(())
     }
 
@@ -367,28 +414,28 @@ impl ClientPersistence for RedisPersistence {
     }
 
     fn put(&mut self, key: &str, buffers: Vec<&[u8]>) -> paho_mqtt::Result<()> {
-        self.counters.record(Operation::Put);
-        self.try_put(key, &buffers).map_err(|e| report(&self.counters, "put", Some(key), e))
+        self.shared.counters.record(Operation::Put);
+        self.try_put(key, &buffers).map_err(|e| report(&self.shared.counters, "put", Some(key), e))
     }
 
     fn get(&mut self, key: &str) -> paho_mqtt::Result<Vec<u8>> {
-        self.counters.record(Operation::Get);
-        self.try_get(key).map_err(|e| report(&self.counters, "get", Some(key), e))
+        self.shared.counters.record(Operation::Get);
+        self.try_get(key).map_err(|e| report(&self.shared.counters, "get", Some(key), e))
     }
 
     fn remove(&mut self, key: &str) -> paho_mqtt::Result<()> {
-        self.counters.record(Operation::Remove);
-        self.try_remove(key).map_err(|e| report(&self.counters, "remove", Some(key), e))
+        self.shared.counters.record(Operation::Remove);
+        self.try_remove(key).map_err(|e| report(&self.shared.counters, "remove", Some(key), e))
     }
 
     fn keys(&mut self) -> paho_mqtt::Result<Vec<String>> {
-        self.counters.record(Operation::Keys);
-        self.try_keys().map_err(|e| report(&self.counters, "keys", None, e))
+        self.shared.counters.record(Operation::Keys);
+        self.try_keys().map_err(|e| report(&self.shared.counters, "keys", None, e))
     }
 
     fn clear(&mut self) -> paho_mqtt::Result<()> {
-        self.counters.record(Operation::Clear);
-        self.try_clear().map_err(|e| report(&self.counters, "clear", None, e))
+        self.shared.counters.record(Operation::Clear);
+        self.try_clear().map_err(|e| report(&self.shared.counters, "clear", None, e))
     }
 
     /// Returns `true` when `key` is **absent**: see the type's documentation.
@@ -398,14 +445,14 @@ impl ClientPersistence for RedisPersistence {
     /// than assume its PUBREL went out, which risks a duplicate instead of a
     /// loss.
     fn contains_key(&mut self, key: &str) -> bool {
-        self.counters.record(Operation::ContainsKey);
+        self.shared.counters.record(Operation::ContainsKey);
         match self.contains(key) {
             Ok(present) => {
-                self.counters.add_index_hit();
+                self.shared.counters.add_index_hit();
                 answer_for_paho_c(present)
             }
             Err(e) => {
-                drop(report(&self.counters, "contains_key", Some(key), e));
+                drop(report(&self.shared.counters, "contains_key", Some(key), e));
                 answer_for_paho_c(false)
             }
         }

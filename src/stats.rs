@@ -10,9 +10,10 @@
 
 /// A snapshot of a store's counters, taken by `RedisPersistence::stats()`.
 ///
-/// Every field counts from the creation of the store and only grows (it
-/// wraps at `u64::MAX`, which no store reaches). Subtract two snapshots to get
-/// the activity of an interval. The counters are read one by one while other
+/// Every field but [`unwritten_records`](Self::unwritten_records) (a gauge)
+/// counts from the creation of the store and only grows (it wraps at
+/// `u64::MAX`, which no store reaches). Subtract two snapshots to get the
+/// activity of an interval. Every clone of a store shares its counters. The counters are read one by one while other
 /// threads may be updating them, so a snapshot taken during calls may be a few
 /// operations apart from one field to the next.
 ///
@@ -31,7 +32,8 @@ pub struct Stats {
     pub keys: u64,
     /// `clear` calls: Paho emptying the store (a clean session).
     pub clears: u64,
-    /// `contains_key` calls, and `RedisPersistence::contains` calls.
+    /// `contains_key` calls by Paho (the application's
+    /// `RedisPersistence::contains` calls are not counted).
     pub contains_key_calls: u64,
     /// Requests sent to Redis and answered (a pipeline counts once), retries included.
     pub round_trips: u64,
@@ -60,34 +62,6 @@ pub struct Stats {
     /// messages would not survive a crash: an application that prefers to
     /// refuse publishing then can check it before each publish.
     pub unwritten_records: u64,
-}
-
-/// A handle on a store's counters that stays with the application after the
-/// store itself has been handed to Paho, from
-/// [`RedisPersistence::stats_handle`](crate::RedisPersistence::stats_handle).
-///
-/// ```
-/// use paho_mqtt_redis::RedisPersistence;
-///
-/// let persistence = RedisPersistence::new();
-/// let stats = persistence.stats_handle();
-/// // ... `.user_persistence(persistence)` moves the store into Paho ...
-/// assert_eq!(stats.stats().round_trips, 0);
-/// ```
-#[derive(Debug, Clone)]
-pub struct StatsHandle {
-    counters: std::sync::Arc<Counters>,
-}
-
-impl StatsHandle {
-    pub(crate) fn new(counters: std::sync::Arc<Counters>) -> Self {
-        Self { counters }
-    }
-
-    /// The counters now. Lock-free.
-    pub fn stats(&self) -> Stats {
-        self.counters.snapshot()
-    }
 }
 
 /// One of the store operations that Paho (or a Rust caller) invokes; each has its own counter.
@@ -190,6 +164,11 @@ impl Counters {
     /// Sets the number of command records held in memory only.
     pub(crate) fn set_unwritten_records(&self, records: usize) {
         self.unwritten_records.set(widen(records));
+    }
+
+    /// The current number of records held in memory only.
+    pub(crate) fn unwritten_records(&self) -> u64 {
+        self.unwritten_records.get()
     }
 
     /// The current values, read counter by counter.

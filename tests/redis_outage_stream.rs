@@ -30,7 +30,7 @@ fn one_round(outage_at: usize, outage_len: usize) {
         .io_timeout(Duration::from_millis(300))
         .build()
         .expect("valid");
-    let stats = persistence.stats_handle();
+    let kept = persistence.clone();
     let publisher = client(&broker.uri(), &client_id, persistence);
     connect(&publisher, persistent_session());
 
@@ -60,9 +60,9 @@ fn one_round(outage_at: usize, outage_len: usize) {
     });
     assert!(emptied, "the store empties once everything is acknowledged");
     assert!(
-        stats.stats().errors > 0 || stats.stats().reconnects > 0,
+        kept.stats().errors > 0 || kept.stats().reconnects > 0,
         "the outage was felt: {:?}",
-        stats.stats()
+        kept.stats()
     );
 }
 

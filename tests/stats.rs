@@ -19,17 +19,17 @@ fn online_qos1_publishes_are_counted_call_by_call() {
     let topic = support::unique_id("stats/topic");
     let subscriber = Subscriber::start(&broker.uri(), &topic);
     let persistence = RedisPersistence::with_url(&redis.url()).expect("valid");
-    let stats = persistence.stats_handle();
+    let kept = persistence.clone();
     let publisher = client(&broker.uri(), &support::unique_id("stats"), persistence);
     connect(&publisher, persistent_session());
-    let before = stats.stats();
+    let before = kept.stats();
 
     let messages = 20u64;
     for n in 0..messages {
         publisher.publish(mqtt::Message::new(&topic, format!("m{n}"), 1)).wait_for(TIMEOUT).expect("acked");
     }
     assert_eq!(subscriber.collect(messages as usize, TIMEOUT, Duration::ZERO).len() as u64, messages);
-    let after = stats.stats();
+    let after = kept.stats();
     let delta = |f: fn(&paho_mqtt_redis::Stats) -> u64| f(&after) - f(&before);
 
     assert_eq!(delta(|s| s.puts), 2 * messages, "command record and PUBLISH record: {after:?}");

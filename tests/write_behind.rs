@@ -151,7 +151,7 @@ fn publish_around_a_stopped_redis(unix: bool) -> u64 {
     let subscriber = Subscriber::start(&broker.uri(), &topic);
     let store =
         RedisPersistence::builder().url(url).io_timeout(Duration::from_millis(500)).build().expect("valid");
-    let stats = store.stats_handle();
+    let kept = store.clone();
     let publisher = client(&broker.uri(), &support::unique_id("write-behind"), store);
     connect(&publisher, persistent_session());
     let publish = |n: usize| {
@@ -160,11 +160,11 @@ fn publish_around_a_stopped_redis(unix: bool) -> u64 {
     for n in 0..20 {
         assert!(publish(n), "publish {n} before the stop");
     }
-    let before = stats.stats().timeouts;
+    let before = kept.stats().timeouts;
     let frozen = redis.freeze();
     let returned = (20..60).filter(|&n| publish(n)).count();
     let connected = publisher.is_connected();
-    let timeouts = stats.stats().timeouts - before;
+    let timeouts = kept.stats().timeouts - before;
     frozen.thaw();
     assert_eq!(returned, 40, "publishes that returned while Redis was stopped");
     assert!(connected, "the MQTT client stayed connected");
