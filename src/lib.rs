@@ -42,6 +42,9 @@
 //! [its documentation](RedisPersistence#contains_key-answers-inverted-on-purpose).
 
 #![forbid(unsafe_code)]
+// docs.rs builds with `--cfg docsrs` on nightly (see Cargo.toml), where each
+// feature-gated item is shown with the feature it needs.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 // Paho calls this crate through `extern "C"` callbacks, where a panic aborts
 // the whole process: library code must not contain a way to panic.
 #![cfg_attr(
@@ -60,6 +63,7 @@
 mod config;
 mod core;
 #[cfg(feature = "decode")]
+#[cfg_attr(docsrs, doc(cfg(feature = "decode")))]
 pub mod decode;
 mod error;
 mod paho;
