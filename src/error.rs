@@ -12,6 +12,12 @@ use std::time::Duration;
 ///
 /// No variant ever carries a password.
 ///
+/// The cause behind [`Error::Connect`] and [`Error::Command`] is kept whole
+/// and reachable through [`std::error::Error::source`], but as a boxed error
+/// rather than redis-rs's own type, so that a new major version of redis-rs
+/// does not change this crate's API. [`Error::is_timeout`] and
+/// [`Error::redis_code`] answer what a caller usually asks of it.
+///
 /// [`RedisPersistence`]: crate::RedisPersistence
 /// [`RedisPersistence::with_url`]: crate::RedisPersistence::with_url
 /// [`RedisPersistence::contains`]: crate::RedisPersistence::contains
@@ -77,21 +83,25 @@ pub enum Error {
     Connect {
         /// Where we tried to connect: `host:port` or a socket path, never credentials.
         addr: String,
-        /// The error reported by redis-rs.
+        /// What went wrong, as redis-rs reported it (see the enum's
+        /// documentation); [`Error::is_timeout`] tells a timeout.
         #[source]
-        source: redis::RedisError,
+        source: Cause,
     },
 
     /// Redis answered a command with an error, or the connection broke during it.
     #[error("Redis {command} on `{hash}` failed: {source}")]
     Command {
-        /// The Redis command, such as `HSET`.
+        /// The Redis command that failed, as sent: `HSET`, `HDEL`, `HGET`,
+        /// `HGETALL`, `HKEYS`, `DEL`, `TYPE`, or `EVALSHA` for the store's
+        /// scripts (a write with a removal, or any write under `max_store_bytes`).
         command: &'static str,
         /// The Redis hash that holds the store.
         hash: String,
-        /// The error reported by redis-rs.
+        /// What went wrong, as redis-rs reported it (see the enum's
+        /// documentation); [`Error::redis_code`] gives Redis's error code.
         #[source]
-        source: redis::RedisError,
+        source: Cause,
     },
 
     /// The store's Redis key exists but is not a hash: something else uses the name.
@@ -123,8 +133,66 @@ pub enum Error {
     },
 }
 
+/// The cause behind [`Error::Connect`] and [`Error::Command`]: redis-rs's
+/// error, boxed so that its type is not part of this crate's API.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+impl Error {
+    /// Connecting to Redis failed with `source`.
+    pub(crate) fn connect(addr: String, source: redis::RedisError) -> Self {
+        Error::Connect { addr, source: Box::new(source) }
+    }
+
+    /// Redis command `command` on the store `hash` failed with `source`.
+    pub(crate) fn command(command: &'static str, hash: &str, source: redis::RedisError) -> Self {
+        Error::Command { command, hash: hash.to_owned(), source: Box::new(source) }
+    }
+
+    /// Whether Redis did not answer within `io_timeout` (or did not accept
+    /// the connection within `connect_timeout`).
+    pub fn is_timeout(&self) -> bool {
+        self.redis_error().is_some_and(redis::RedisError::is_timeout)
+    }
+
+    /// The code of Redis's error reply, such as `OOM`, `LOADING`, `NOPERM` or
+    /// `WRONGPASS`; `None` when Redis sent no error reply (a broken
+    /// connection, a timeout) and for the other variants.
+    pub fn redis_code(&self) -> Option<&str> {
+        self.redis_error()?.code()
+    }
+
+    fn redis_error(&self) -> Option<&redis::RedisError> {
+        match self {
+            Error::Connect { source, .. } | Error::Command { source, .. } => source.downcast_ref(),
+            _ => None,
+        }
+    }
+}
+
 impl From<Error> for paho_mqtt::Error {
     fn from(_: Error) -> Self {
         paho_mqtt::Error::PersistenceError
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cause_is_reachable_through_source_without_naming_redis_types() {
+        let timed_out = std::io::Error::new(std::io::ErrorKind::TimedOut, "no reply");
+        let error = Error::command("EVALSHA", "dev:broker:1883", timed_out.into());
+        assert_eq!(error.to_string(), "Redis EVALSHA on `dev:broker:1883` failed: no reply");
+        let source = std::error::Error::source(&error).expect("a cause");
+        assert!(source.downcast_ref::<redis::RedisError>().is_some(), "{source:?}");
+        assert!(error.is_timeout());
+        assert_eq!(error.redis_code(), None, "no error reply");
+
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let error = Error::connect("127.0.0.1:6379".to_owned(), refused.into());
+        assert!(!error.is_timeout());
+        assert!(!Error::NotOpen.is_timeout());
+        assert_eq!(Error::NotOpen.redis_code(), None);
     }
 }

@@ -402,8 +402,9 @@ fn report(counters: &Counters, operation: &str, key: Option<&str>, error: Error)
 
 impl ClientPersistence for RedisPersistence {
     fn open(&mut self, client_id: &str, server_uri: &str) -> paho_mqtt::Result<()> {
-        let hash =
-            self.try_open(client_id, server_uri).map_err(|e| report(&self.shared.counters, "open", None, e))?;
+        let hash = self
+            .try_open(client_id, server_uri)
+            .map_err(|e| report(&self.shared.counters, "open", None, e))?;
         log::debug!("redis persistence: opened `{hash}` on {}", self.shared.config.address());
         Ok(())
     }

@@ -40,7 +40,8 @@ fn the_application_sees_the_store_paho_drives_through_its_clone() {
 
     let client_id = unique_id("kept");
     let publisher = client(&broker.uri(), &client_id, store.clone());
-    let hash = store.hash_name().expect("Paho opened the store through its clone when the client was created");
+    let hash =
+        store.hash_name().expect("Paho opened the store through its clone when the client was created");
     assert_eq!(hash, store_hash(&client_id, &broker.uri()));
 
     // Offline: each queued QoS 1 publish is a command record in Redis, and
@@ -104,6 +105,9 @@ fn the_application_sees_the_store_paho_drives_through_its_clone() {
 fn clones_are_one_store() {
     let store = RedisPersistence::with_url("redis://127.0.0.1:1/0").expect("valid");
     let clone = store.clone();
-    assert!(std::ptr::eq(store.config(), clone.config()), "a clone shares the configuration, not a copy of it");
+    assert!(
+        std::ptr::eq(store.config(), clone.config()),
+        "a clone shares the configuration, not a copy of it"
+    );
     assert_eq!(format!("{store:?}"), format!("{clone:?}"));
 }

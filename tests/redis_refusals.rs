@@ -207,8 +207,8 @@ fn redis_at_maxmemory_refuses_a_write_clearly_and_the_record_waits_in_memory() {
     let value = vec![7u8; 64 * 1024];
     store.put("q-2", vec![&value[..]]).expect("Paho carries on: kept in memory");
     assert!(
-        logged_here("WARN", &["put of key \"q-2\"", "OOM"]),
-        "Redis's reason in the log: {:#?}",
+        logged_here("WARN", &["put of key \"q-2\"", "Redis HSET on `dev:broker:1883` failed", "OOM"]),
+        "Redis's reason, and the command it refused, in the log: {:#?}",
         lines_here()
     );
     assert_eq!(store.unwritten(), 1);
@@ -222,6 +222,25 @@ fn redis_at_maxmemory_refuses_a_write_clearly_and_the_record_waits_in_memory() {
     let mut stored: Vec<String> = redis.connection().hkeys(HASH).expect("HKEYS");
     stored.sort();
     assert_eq!(stored, ["c-3", "q-2", "s-1"]);
+}
+
+/// With a budget every write is the budget script, and the log names the
+/// command Redis refused as sent: `EVALSHA`, not the `HSET` it runs.
+#[test]
+fn a_refused_budget_write_is_logged_as_the_script_it_is() {
+    let redis = RedisServer::start_with(&["--maxmemory", "2mb", "--maxmemory-policy", "noeviction"]);
+    let mut store = budget_store(&redis, 1 << 30);
+    store.put("s-1", vec![b"before"]).expect("put");
+    let filler = fill_to_maxmemory(&redis);
+    store.put("q-2", vec![&[7u8; 64 * 1024][..]]).expect("Paho carries on: kept in memory");
+    assert!(
+        logged_here("WARN", &["put of key \"q-2\"", "Redis EVALSHA on `dev:broker:1883` failed", "OOM"]),
+        "{:#?}",
+        lines_here()
+    );
+    assert!(!logged_here("WARN", &["HSET on"]), "{:#?}", lines_here());
+    assert_eq!(store.unwritten(), 1);
+    let () = redis.connection().del(&filler).expect("DEL");
 }
 
 /// At `maxmemory`, the write that moves a message from its command record to

@@ -82,6 +82,8 @@ struct Handoff {
 #[derive(Debug)]
 struct Unconfirmed {
     seq: u64,
+    /// The Redis command it went out as, for the error of a refusal.
+    command: &'static str,
     /// The record `put` wrote, if any, for the log.
     key: Option<FieldName>,
     /// The records the write carried (in flight in the cache).
@@ -543,7 +545,7 @@ impl Core {
     }
 
     fn command_error(&self, command: &'static str, source: RedisError) -> Error {
-        Error::Command { command, hash: self.hash.clone(), source }
+        Error::command(command, &self.hash, source)
     }
 
     fn opened(&mut self, outcome: Outcome, generation: u64) -> Result<Answer, Error> {
@@ -645,11 +647,28 @@ impl Core {
     fn sent(&mut self, key: Option<&FieldName>, removals: usize, records: bool) {
         self.next_seq = self.next_seq.wrapping_add(1);
         let seq = self.next_seq;
+        let removals = removals.min(self.removals_owed.len());
+        let owed = self.removals_owed.get(..removals).unwrap_or_default();
+        // Named as the plan that was sent named it.
+        let command = if records {
+            let records = Records { kept: None, new: None };
+            Command::Write { records, removals: owed, tied: &self.tied }
+        } else {
+            Command::Remove(owed)
+        }
+        .redis_name(self.settings.budget);
         let carried = if records { self.cache.send_waiting(seq) } else { cache::Carried::new() };
-        let removals = self.removals_owed.drain(..removals.min(self.removals_owed.len())).collect();
+        let removals = self.removals_owed.drain(..removals).collect();
         let tied =
             if records { self.tied.drain(..).zip(self.tied_to.drain(..)).collect() } else { SmallVec::new() };
-        self.unconfirmed.push_back(Unconfirmed { seq, key: key.cloned(), records: carried, removals, tied });
+        self.unconfirmed.push_back(Unconfirmed {
+            seq,
+            command,
+            key: key.cloned(),
+            records: carried,
+            removals,
+            tied,
+        });
     }
 
     /// Takes in Redis's reply to the oldest write or removal sent and not
@@ -657,7 +676,7 @@ impl Core {
     /// memory again, its removals are owed again (a write and its removals
     /// are all or nothing). Returns the refusal, as an error.
     pub(crate) fn confirm(&mut self, reply: Result<(), RedisError>) -> Option<Error> {
-        let Unconfirmed { seq, key, records, removals, tied } = self.unconfirmed.pop_front()?;
+        let Unconfirmed { seq, command, key, records, removals, tied } = self.unconfirmed.pop_front()?;
         let source = match reply {
             Ok(()) => {
                 if records.len() > 1 {
@@ -687,8 +706,7 @@ impl Core {
                 self.removals_owed.push(command);
             }
         }
-        let scripted = !self.removals_owed.is_empty() || !self.tied.is_empty();
-        let error = self.write_error(scripted, source);
+        let error = self.write_error(command, source);
         match &key {
             Some(key) => log::warn!(
                 "redis persistence: put of key {:?} is kept in memory ({} records wait for Redis): {error}",
@@ -719,17 +737,14 @@ impl Core {
     }
 
     /// The error for a write Redis refused.
-    fn write_error(&self, scripted: bool, source: RedisError) -> Error {
+    fn write_error(&self, command: &'static str, source: RedisError) -> Error {
         match (self.settings.budget, source.code()) {
             (Some(limit), Some("STOREFULL")) => Error::StoreFull {
                 hash: self.hash.clone(),
                 limit,
                 detail: source.detail().unwrap_or("no room").to_owned(),
             },
-            _ => {
-                let command = if scripted { "EVALSHA" } else { "HSET" };
-                self.command_error(command, source)
-            }
+            _ => self.command_error(command, source),
         }
     }
 

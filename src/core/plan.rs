@@ -57,6 +57,26 @@ pub(crate) enum Command<'a> {
     DropByteCount,
 }
 
+impl Command<'_> {
+    /// The Redis command this becomes, as sent: the name errors and logs give
+    /// (a write under a budget is the budget's script, not an `HSET`).
+    pub(crate) fn redis_name(&self, budget: Option<u64>) -> &'static str {
+        match self {
+            Command::ReadAll => "HGETALL",
+            Command::KeyType => "TYPE",
+            Command::Read(_) => "HGET",
+            Command::ListFields => "HKEYS",
+            Command::DeleteAll => "DEL",
+            Command::Write { removals: [], tied: [], .. } if budget.is_none() => "HSET",
+            Command::Write { .. } => "EVALSHA",
+            Command::Remove(_) if budget.is_none() => "HDEL",
+            Command::Remove(_) => "EVALSHA",
+            Command::SetByteCount(_) => "HSET",
+            Command::DropByteCount => "HDEL",
+        }
+    }
+}
+
 /// The records a write carries: those Redis has not taken yet, then the new one.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Records<'a> {

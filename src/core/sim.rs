@@ -125,10 +125,10 @@ impl SimRedis {
                 return Exchange {
                     replies: SmallVec::new(),
                     failure: Some(Failure {
-                        error: Error::Connect {
-                            addr: "simulated".to_owned(),
-                            source: io::Error::new(io::ErrorKind::ConnectionRefused, "refused").into(),
-                        },
+                        error: Error::connect(
+                            "simulated".to_owned(),
+                            io::Error::new(io::ErrorKind::ConnectionRefused, "refused").into(),
+                        ),
                         may_run_late: false,
                     }),
                     generation: self.generation,
@@ -142,11 +142,11 @@ impl SimRedis {
                 return Exchange {
                     replies: SmallVec::new(),
                     failure: Some(Failure {
-                        error: Error::Command {
-                            command: "simulated",
-                            hash: plan.hash.to_owned(),
-                            source: io::Error::new(io::ErrorKind::TimedOut, "timed out").into(),
-                        },
+                        error: Error::command(
+                            "simulated",
+                            plan.hash,
+                            io::Error::new(io::ErrorKind::TimedOut, "timed out").into(),
+                        ),
                         may_run_late: true,
                     }),
                     generation: self.generation,

@@ -6,23 +6,6 @@ use super::resp;
 use super::scripts::SCRIPTS;
 use crate::core::{Command, Plan, BYTE_COUNT_FIELD};
 
-/// The name of the Redis command a plan command becomes, for errors and logs.
-pub(super) fn name(plan: &Plan<'_>, command: &Command<'_>) -> &'static str {
-    match command {
-        Command::ReadAll => "HGETALL",
-        Command::KeyType => "TYPE",
-        Command::Read(_) => "HGET",
-        Command::ListFields => "HKEYS",
-        Command::DeleteAll => "DEL",
-        Command::Write { removals: [], tied: [], .. } if plan.budget.is_none() => "HSET",
-        Command::Write { .. } => "EVALSHA",
-        Command::Remove(_) if plan.budget.is_none() => "HDEL",
-        Command::Remove(_) => "EVALSHA",
-        Command::SetByteCount(_) => "HSET",
-        Command::DropByteCount => "HDEL",
-    }
-}
-
 /// Appends `plan`'s commands to `packed`.
 pub(super) fn encode(plan: &Plan<'_>, packed: &mut BytesMut) {
     let hash = plan.hash.as_bytes();

@@ -55,12 +55,12 @@ impl Link {
         hash: &str,
         mut command: impl FnMut(&mut redis::Connection) -> RedisResult<T>,
     ) -> Result<T, Error> {
-        let fail = |source: RedisError| Error::Command { command: name, hash: hash.to_owned(), source };
+        let fail = |source: RedisError| Error::command(name, hash, source);
         if self.hung.load(Ordering::Acquire) {
             // Nothing is sent: the probe has not heard from Redis yet.
             let source =
                 std::io::Error::new(std::io::ErrorKind::TimedOut, "Redis has not answered since a timeout");
-            return Err(Error::Connect { addr: config.address(), source: source.into() });
+            return Err(Error::connect(config.address(), source.into()));
         }
         let conn = self.connected(config)?;
         let error = match command(conn) {
@@ -120,7 +120,7 @@ impl Link {
                     .and_then(|mut conn| {
                         redis::cmd("PING")
                             .query::<String>(&mut conn)
-                            .map_err(|source| Error::Connect { addr: config.address(), source })
+                            .map_err(|source| Error::connect(config.address(), source))
                     })
                     .is_ok();
                 if answered {
@@ -141,7 +141,7 @@ impl Link {
             let conn = match connect(config) {
                 Ok(conn) => conn,
                 Err(error) => {
-                    if matches!(&error, Error::Connect { source, .. } if source.is_timeout()) {
+                    if matches!(error, Error::Connect { .. }) && error.is_timeout() {
                         self.counters.add_timeout();
                         self.probe(config);
                     }
@@ -165,7 +165,7 @@ fn unusable_after(error: &RedisError, conn: &redis::Connection) -> bool {
 }
 
 fn connect(config: &Config) -> Result<redis::Connection, Error> {
-    let connect_error = |source: RedisError| Error::Connect { addr: config.address(), source };
+    let connect_error = |source: RedisError| Error::connect(config.address(), source);
     let client =
         redis::Client::open(config.connection_info().map_err(connect_error)?).map_err(connect_error)?;
     let conn = client.get_connection_with_timeout(config.connect_timeout()).map_err(connect_error)?;

@@ -165,7 +165,8 @@ impl Pipelined {
     /// Waits (at most `io_timeout`, once) for every reply still due.
     pub(crate) fn settle(&mut self, config: &Config) {
         if self.may_wait() && !self.outstanding.is_empty() {
-            let _ = self.wait_for(config, 0);
+            // Its error is the next call's to meet: nothing here names a command.
+            let _ = self.wait_for(config, 0, "", "");
         }
     }
 
@@ -185,12 +186,26 @@ impl Pipelined {
     }
 
     /// Waits until at most `left` plans and `left_bytes` bytes are
-    /// unanswered, or `io_timeout` passed.
-    fn wait_for(&mut self, config: &Config, left: usize) -> Result<(), Error> {
-        self.wait_until(config, left, usize::MAX)
+    /// unanswered, or `io_timeout` passed. `name` is the command the caller
+    /// waits to send (or to read the answer of), named in the error.
+    fn wait_for(
+        &mut self,
+        config: &Config,
+        left: usize,
+        name: &'static str,
+        hash: &str,
+    ) -> Result<(), Error> {
+        self.wait_until(config, left, usize::MAX, name, hash)
     }
 
-    fn wait_until(&mut self, config: &Config, left: usize, left_bytes: usize) -> Result<(), Error> {
+    fn wait_until(
+        &mut self,
+        config: &Config,
+        left: usize,
+        left_bytes: usize,
+        name: &'static str,
+        hash: &str,
+    ) -> Result<(), Error> {
         let deadline = Instant::now() + config.io_timeout();
         self.waited_in_call = true;
         while self.outstanding.len() > left || self.outstanding_bytes > left_bytes {
@@ -207,11 +222,11 @@ impl Pipelined {
                         config.address(),
                         config.io_timeout()
                     );
-                    return Err(Error::Command {
-                        command: "HSET",
-                        hash: String::new(),
-                        source: io_error(std::io::ErrorKind::TimedOut, "no reply within io_timeout"),
-                    });
+                    let waited = io_error(
+                        std::io::ErrorKind::TimedOut,
+                        "no reply to earlier commands within io_timeout",
+                    );
+                    return Err(Error::command(name, hash, waited));
                 }
                 Err(RecvTimeoutError::Disconnected) => {
                     self.disconnect();
@@ -223,10 +238,10 @@ impl Pipelined {
     }
 
     fn closed(&self, config: &Config) -> Error {
-        Error::Connect {
-            addr: config.address(),
-            source: io_error(std::io::ErrorKind::ConnectionAborted, "the connection closed"),
-        }
+        Error::connect(
+            config.address(),
+            io_error(std::io::ErrorKind::ConnectionAborted, "the connection closed"),
+        )
     }
 
     /// One reply off the connection: it answers the oldest plan's next command.
@@ -270,7 +285,7 @@ impl Pipelined {
     }
 
     fn send_behind(&mut self, config: &Config, plan: &Plan<'_>) -> Outcome {
-        let name = plan.commands.first().map_or("HSET", |command| encode::name(plan, command));
+        let name = plan.commands.first().map_or("HSET", |command| command.redis_name(plan.budget));
         if self.reload_scripts {
             self.reload_scripts = false;
             self.disconnect();
@@ -287,7 +302,7 @@ impl Pipelined {
                 // Nothing sent: the core keeps the records in memory.
                 return Err((self.busy(name, plan), false));
             }
-            self.wait_until(config, MAX_OUTSTANDING_COMMANDS.saturating_sub(1), room)
+            self.wait_until(config, MAX_OUTSTANDING_COMMANDS.saturating_sub(1), room, name, plan.hash)
                 .map_err(|error| (error, false))?;
         }
         self.write(config, name, plan)?;
@@ -298,11 +313,11 @@ impl Pipelined {
     }
 
     fn busy(&self, name: &'static str, plan: &Plan<'_>) -> Error {
-        Error::Command {
-            command: name,
-            hash: plan.hash.to_owned(),
-            source: io_error(std::io::ErrorKind::WouldBlock, "Redis has not answered what was sent"),
-        }
+        Error::command(
+            name,
+            plan.hash,
+            io_error(std::io::ErrorKind::WouldBlock, "Redis has not answered what was sent"),
+        )
     }
 
     /// Writes the encoded plan, connecting first (and once more if the
@@ -311,7 +326,7 @@ impl Pipelined {
         for attempt in 0..2 {
             if self.conn.is_none() {
                 self.connect(config).map_err(|error| {
-                    if matches!(&error, Error::Connect { source, .. } if source.is_timeout()) {
+                    if matches!(error, Error::Connect { .. }) && error.is_timeout() {
                         self.counters.add_timeout();
                     }
                     (error, false)
@@ -334,10 +349,7 @@ impl Pipelined {
                     if timed_out || attempt == 1 {
                         // Part of it may have gone out and run late.
                         let source = RedisError::from(error);
-                        return Err((
-                            Error::Command { command: name, hash: plan.hash.to_owned(), source },
-                            true,
-                        ));
+                        return Err((Error::command(name, plan.hash, source), true));
                     }
                     log::info!("redis persistence: connection lost during {name}; reconnecting");
                 }
@@ -349,12 +361,12 @@ impl Pipelined {
     /// A plan whose replies the caller needs: waits for what is outstanding,
     /// then for one reply per command.
     fn exchange(&mut self, config: &Config, plan: &Plan<'_>) -> Outcome {
-        let name = plan.commands.first().map_or("HGET", |command| encode::name(plan, command));
+        let name = plan.commands.first().map_or("HGET", |command| command.redis_name(plan.budget));
         if !self.outstanding.is_empty() {
             if !self.may_wait() {
                 return Err((self.busy(name, plan), false));
             }
-            self.wait_for(config, 0).map_err(|error| (error, false))?;
+            self.wait_for(config, 0, name, plan.hash).map_err(|error| (error, false))?;
         }
         self.packed.clear();
         encode::encode(plan, &mut self.packed);
@@ -371,10 +383,7 @@ impl Pipelined {
                         Err(error) if super::is_reply_error(&error) => Err(error),
                         Err(error) => {
                             self.disconnect();
-                            return Err((
-                                Error::Command { command: name, hash: plan.hash.to_owned(), source: error },
-                                true,
-                            ));
+                            return Err((Error::command(name, plan.hash, error), true));
                         }
                     };
                     if let Ok(Reply::Value(Some(value))) = &reply {
@@ -397,7 +406,7 @@ impl Pipelined {
                     self.hung = true;
                     self.counters.add_timeout();
                     let source = io_error(std::io::ErrorKind::TimedOut, "no reply within io_timeout");
-                    return Err((Error::Command { command: name, hash: plan.hash.to_owned(), source }, true));
+                    return Err((Error::command(name, plan.hash, source), true));
                 }
             }
         }
@@ -414,7 +423,7 @@ impl Pipelined {
     /// Opens the socket (bounded by `connect_timeout`), authenticates, selects
     /// the database, loads the scripts, and starts the reader thread.
     fn connect(&mut self, config: &Config) -> Result<(), Error> {
-        let connect_error = |source: RedisError| Error::Connect { addr: config.address(), source };
+        let connect_error = |source: RedisError| Error::connect(config.address(), source);
         let info = config.connection_info().map_err(connect_error)?;
         let redis::ConnectionAddr::Unix(path) = info.addr() else {
             return Err(connect_error(io_error(
