@@ -21,6 +21,42 @@ cargo test --features "$features"
 echo "== cargo test, default features (URL schemes whose feature is off)"
 cargo test --test config
 
+# The published crate holds only what users and its own `cargo test` need
+# (`include` in Cargo.toml). Any path outside this set fails the run, so that
+# shipping a new file is a decision: benchmarks/, scripts/, .ci/, fuzz/,
+# .cargo/ and Cross.toml are repository-only.
+echo "== cargo package --list"
+listed=$(cargo package --list --allow-dirty)
+allowed='^(Cargo\.toml|Cargo\.toml\.orig|Cargo\.lock|\.cargo_vcs_info\.json|README\.md|LICENSE|CHANGELOG\.md'
+allowed+='|src/.+\.rs|tests/.+'
+allowed+='|examples/(crash_recovery|redis_persist_pub|inflight_memory|hung_redis|restore_order|capture_fixtures)\.rs'
+allowed+='|examples/support/mqtt_wire\.rs)$'
+unexpected=$(grep -Ev "$allowed" <<<"$listed" || true)
+if [ -n "$unexpected" ]; then
+  printf 'not expected in the package (see include in Cargo.toml):\n%s\n' "$unexpected" >&2
+  exit 1
+fi
+for needed in README.md LICENSE src/lib.rs tests/support/mod.rs tests/fixtures/records/manifest.tsv; do
+  grep -qx "$needed" <<<"$listed" || { echo "missing from the package: $needed" >&2; exit 1; }
+done
+
+# Unpacked outside the repository, as users get it (no .cargo/config.toml),
+# the crate must build, its tests compile, and the decoder's fixture tests pass.
+echo "== the packaged crate: build, tests compile, fixture tests"
+version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
+target_dir=${CARGO_TARGET_DIR:-$PWD/target}
+cargo package --allow-dirty --no-verify --quiet
+unpacked=$(mktemp -d)
+trap 'rm -rf "$unpacked"' EXIT
+tar -xzf "$target_dir/package/paho-mqtt-redis-$version.crate" -C "$unpacked"
+(
+  cd "$unpacked/paho-mqtt-redis-$version"
+  # The repository's target directory: dependencies are built already.
+  export CARGO_TARGET_DIR="$target_dir"
+  cargo test --locked --no-run --features "$features"
+  cargo test --locked --lib --features "$features" decode::
+)
+
 # The same suite for aarch64 and armv7 under qemu-user (see the README's
 # "Cross-compiling"); PMR_SKIP_CROSS=1 leaves it out of a quick local run.
 if [ "${PMR_SKIP_CROSS:-0}" = 1 ]; then
