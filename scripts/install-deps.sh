@@ -28,3 +28,10 @@ fi
 for component in rustfmt clippy; do
   rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
 done
+
+# `--rust VERSION` also installs that toolchain (scripts/test.sh asks for the
+# rust-version of Cargo.toml, to check that the claim holds).
+if [ "${1:-}" = --rust ]; then
+  toolchain=${2:?--rust needs a version}
+  rustup toolchain list | grep -q "^$toolchain-" || rustup toolchain install "$toolchain" --profile minimal
+fi

@@ -6,7 +6,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bash scripts/install-deps.sh
+# The oldest Rust Cargo.toml claims (rust-version), as a release: 1.88 is 1.88.0.
+msrv=$(sed -n 's/^rust-version = "\(.*\)"$/\1/p' Cargo.toml)
+[[ $msrv =~ ^[0-9]+\.[0-9]+$ ]] && msrv+=.0
+
+bash scripts/install-deps.sh --rust "$msrv"
 
 # Every feature but `vendored-ssl`, which only builds OpenSSL from source;
 # `cli` adds the paho-mqtt-redis command and its tests (tests/cli.rs).
@@ -20,6 +24,10 @@ echo "== cargo test (features: $features)"
 cargo test --features "$features"
 echo "== cargo test, default features (URL schemes whose feature is off)"
 cargo test --test config
+# The crate and all its targets compile with the oldest Rust it claims. The
+# tests run with the current stable above only.
+echo "== cargo check with Rust $msrv (rust-version, features: $features)"
+cargo "+$msrv" check --locked --all-targets --features "$features"
 
 # The published crate holds only what users and its own `cargo test` need
 # (`include` in Cargo.toml). Any path outside this set fails the run, so that
