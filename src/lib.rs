@@ -32,8 +32,9 @@
 //! `ClientPersistence` impl adapts the two to Paho; every rule taken from
 //! Paho C lives in one module, with the Paho C function it comes from.
 //!
-//! Also here: [`RedisPersistence::stats`], the store's counters, and with
-//! feature `decode` the `decode` module, which turns the records Paho stores
+//! Also here: [`RedisPersistence::stats`], the store's counters; [`admin`],
+//! which finds, reads and purges the stores on a Redis; and with feature
+//! `decode` the `decode` module, which turns the records Paho stores
 //! into readable messages (the `paho-mqtt-redis` command of feature `cli`
 //! uses it and turns `decode` on).
 //!
@@ -60,6 +61,7 @@
     )
 )]
 
+pub mod admin;
 mod config;
 mod core;
 #[cfg(feature = "decode")]

@@ -244,4 +244,54 @@ fn the_budget_counter_is_not_a_record() {
     assert_eq!(stores[0]["records"], 1, "{listed}");
     let shown = stdout(&cli(&["show", "budgeted", "--url", &redis.url()]));
     assert!(shown.contains("s-1") && !shown.contains(paho_mqtt_redis::BUDGET_COUNTER_FIELD), "{shown}");
+    let purged =
+        stdout(&cli(&["purge", "budgeted", "--server", "broker:1883", "--yes", "--url", &redis.url()]));
+    assert_eq!(purged.trim(), "deleted store budgeted:broker:1883 (1 record(s))");
+}
+
+/// The command takes its URL through the library's `Builder`: a Unix socket
+/// with `?db=N` reaches the same database the store wrote to.
+#[cfg(feature = "unix-socket")]
+#[test]
+fn the_url_means_what_it_means_to_the_store() {
+    let redis = RedisServer::start();
+    let url = format!("{}?db=3", redis.unix_url());
+    let mut store = RedisPersistence::with_url(&url).expect("valid");
+    mqtt::ClientPersistence::open(&mut store, "in-db-3", "broker:1883").expect("open");
+    mqtt::ClientPersistence::put(&mut store, "s-1", vec![&fixture("v311-inflight", "s-3")]).expect("put");
+    mqtt::ClientPersistence::close(&mut store).expect("close");
+
+    let listed = json(&cli(&["list", "--url", &url, "--json"]));
+    let stores = listed.as_array().expect("an array of stores");
+    assert_eq!(stores.len(), 1, "{listed}");
+    assert_eq!(stores[0]["client_id"], "in-db-3", "{listed}");
+    let elsewhere = json(&cli(&["list", "--url", &redis.url(), "--json"]));
+    assert_eq!(elsewhere.as_array().map(Vec::len), Some(0), "database 0 holds no store: {elsewhere}");
+}
+
+/// A bad URL gets the library's error, which never repeats a password.
+#[test]
+fn a_bad_url_is_the_librarys_error_without_the_password() {
+    let output = cli(&["list", "--url", "redis://user:s3cret-pw@127.0.0.1:notaport/0"]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("invalid Redis URL") && stderr.contains("expected redis://"), "{stderr}");
+    assert!(!stderr.contains("s3cret-pw"), "{stderr}");
+}
+
+#[test]
+fn a_wrong_password_is_a_clear_error_without_the_password() {
+    let redis = RedisServer::start();
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("right-pw")
+        .query::<()>(&mut redis.connection())
+        .expect("CONFIG SET requirepass");
+    let output = cli(&["list", "--url", &format!("redis://:wrong-pw@127.0.0.1:{}/0", redis.port())]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let expected = format!("cannot connect to Redis at 127.0.0.1:{}", redis.port());
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert!(!stderr.contains("wrong-pw") && !stderr.contains("right-pw"), "{stderr}");
 }

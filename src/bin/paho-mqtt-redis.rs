@@ -8,17 +8,19 @@
 //!
 //! A store is the Redis hash `{prefix}{client_id}:{server_uri}`, where Paho's
 //! server URI has lost its scheme: `host:port`, `[v6 address]:port`,
-//! `host:port/path` for websockets, or a socket path for `unix://`. The name is
-//! split from the right, so client ids may contain `:`; see [`split_store_name`].
-
-use std::collections::BTreeMap;
-use std::io::Write;
-use std::process::ExitCode;
-use std::time::Duration;
+//! `host:port/path` for websockets, or a socket path for `unix://`.
+//!
+//! Redis is configured through the library's `Builder` and reached through
+//! `paho_mqtt_redis::admin`: the same URLs, feature checks, timeouts and
+//! errors as the store itself. This file only parses arguments and prints.
 
 use clap::{Args, Parser, Subcommand};
+use paho_mqtt_redis::admin::{self, Size, Store, Stores};
 use paho_mqtt_redis::decode::{self, Content, DecodeError, PropertyValue, Record};
+use paho_mqtt_redis::{Config, RedisPersistence};
 use serde_json::{json, Value};
+use std::io::Write;
+use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
 #[command(version, about = "Inspect the MQTT stores that paho-mqtt-redis keeps in Redis")]
@@ -29,7 +31,8 @@ struct Cli {
 
 #[derive(Args, Debug)]
 struct Common {
-    /// The Redis server: redis://[user:password@]host[:port][/db] or redis+unix:///path[?db=N].
+    /// The Redis server: redis://[user:password@]host[:port][/db], redis+unix:///path[?db=N]
+    /// (feature unix-socket) or rediss://… (feature tls).
     #[arg(
         long,
         default_value = "redis://127.0.0.1:6379/0",
@@ -109,126 +112,27 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
 /// The outcome of a command: `Err` for a failure to report, `Ok(Err)` for a broken stdout.
 type Outcome = Result<std::io::Result<()>>;
 
-fn connect(url: &str) -> Result<redis::Connection> {
-    let client = redis::Client::open(url).map_err(|e| format!("invalid Redis URL: {e}"))?;
-    client
-        .get_connection_with_timeout(Duration::from_secs(5))
-        .map_err(|e| format!("cannot connect to Redis: {e}"))
+/// `common`'s Redis and prefix, configured as a store's would be.
+fn config(common: &Common) -> Result<Config> {
+    let builder = RedisPersistence::builder().url(common.url.as_str()).key_prefix(common.prefix.as_str());
+    builder.into_config().map_err(failed)
 }
 
-fn redis_error(command: &str) -> impl Fn(redis::RedisError) -> String + '_ {
-    move |e| format!("Redis {command} failed: {e}")
+/// The stores under `common`'s prefix, on its Redis.
+fn connect(common: &Common) -> Result<Stores> {
+    Stores::connect(&config(common)?).map_err(failed)
 }
 
-/// One store found in Redis.
-struct Store {
-    hash: String,
-    client_id: String,
-    server: String,
-}
-
-/// Splits a hash name (without the prefix) into client id and server URI, or `None`.
-///
-/// The server URI is Paho's, without its scheme, so it is found from the right:
-/// - it ends with `:PORT` or `:PORT/path` (1 to 5 digits): the host is what
-///   precedes that colon back to the previous `:`, or, for an IPv6 host, back
-///   to its `[`; the client id is everything before, and may contain `:`;
-/// - otherwise it is a socket path (`unix://`): it starts at the last `:/`.
-fn split_store_name(name: &str) -> Option<(&str, &str)> {
-    let port_colon = name.char_indices().rev().filter(|&(_, c)| c == ':').map(|(i, _)| i).find(|&i| {
-        let after = name.get(i + 1..).unwrap_or_default();
-        let (port, _path) = after.split_once('/').map_or((after, ""), |(port, path)| (port, path));
-        (1..=5).contains(&port.len()) && port.bytes().all(|b| b.is_ascii_digit())
-    });
-    let separator = match port_colon {
-        Some(port_colon) => {
-            let before = name.get(..port_colon)?;
-            if before.ends_with(']') {
-                let bracket = before.rfind('[')?;
-                bracket.checked_sub(1).filter(|&i| name.get(i..bracket) == Some(":"))?
-            } else {
-                before.rfind(':')?
-            }
-        }
-        None => name.rfind(":/")?,
-    };
-    let client_id = name.get(..separator)?;
-    let server = name.get(separator + 1..)?;
-    (!client_id.is_empty() && !server.is_empty()).then_some((client_id, server))
-}
-
-/// A Redis glob pattern matching `literal` exactly.
-fn glob_escape(literal: &str) -> String {
-    let mut pattern = String::with_capacity(literal.len());
-    for c in literal.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            pattern.push('\\');
-        }
-        pattern.push(c);
-    }
-    pattern
-}
-
-/// A server as Paho names it in the hash: `tcp://host:port` → `host:port`.
-fn server_name(server: &str) -> &str {
-    server.split_once("://").map_or(server, |(_, rest)| rest)
-}
-
-/// The stores whose names start with `prefix` + `client_prefix`, via SCAN (never KEYS).
-fn scan_stores(conn: &mut redis::Connection, prefix: &str, client_prefix: &str) -> Result<Vec<Store>> {
-    let pattern = format!("{}{}*", glob_escape(prefix), glob_escape(client_prefix));
-    let mut cursor: u64 = 0;
-    let mut stores = Vec::new();
-    loop {
-        let (next, names): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .arg("TYPE")
-            .arg("hash")
-            .query(conn)
-            .map_err(redis_error("SCAN"))?;
-        for name in names {
-            let Ok(hash) = String::from_utf8(name) else { continue };
-            let Some(rest) = hash.strip_prefix(prefix) else { continue };
-            if let Some((client_id, server)) = split_store_name(rest) {
-                let (client_id, server) = (client_id.to_owned(), server.to_owned());
-                stores.push(Store { hash, client_id, server });
-            }
-        }
-        cursor = next;
-        if cursor == 0 {
-            break;
-        }
-    }
-    stores.sort_by(|a, b| (&a.client_id, &a.server).cmp(&(&b.client_id, &b.server)));
-    stores.dedup_by(|a, b| a.hash == b.hash); // SCAN may return a key twice
-    Ok(stores)
-}
-
-/// Record count and total value bytes of a store, in one pipeline after HKEYS; `None`
-/// when no field is a Paho key (a hash of something else that happens to match).
-fn measure(conn: &mut redis::Connection, hash: &str) -> Result<Option<(usize, u64)>> {
-    let mut fields: Vec<String> = redis::cmd("HKEYS").arg(hash).query(conn).map_err(redis_error("HKEYS"))?;
-    fields.retain(|field| field != paho_mqtt_redis::BUDGET_COUNTER_FIELD);
-    if !fields.iter().any(|field| decode::parse_key(field).is_ok()) {
-        return Ok(None);
-    }
-    let mut pipe = redis::pipe();
-    for field in &fields {
-        pipe.cmd("HSTRLEN").arg(hash).arg(field);
-    }
-    let lengths: Vec<u64> = pipe.query(conn).map_err(redis_error("HSTRLEN"))?;
-    Ok(Some((fields.len(), lengths.iter().sum())))
+/// A failure of the library, for the user: its message names what failed.
+fn failed(error: paho_mqtt_redis::Error) -> String {
+    error.to_string()
 }
 
 fn list(common: &Common, json: bool, out: &mut impl Write) -> Outcome {
-    let mut conn = connect(&common.url)?;
+    let mut stores = connect(common)?;
     let mut rows = Vec::new();
-    for store in scan_stores(&mut conn, &common.prefix, "")? {
-        if let Some((records, bytes)) = measure(&mut conn, &store.hash)? {
+    for store in stores.list(None).map_err(failed)? {
+        if let Some(Size { records, bytes, .. }) = stores.size(&store).map_err(failed)? {
             rows.push((store, records, bytes));
         }
     }
@@ -267,43 +171,27 @@ fn print_table(rows: &[(Store, usize, u64)], out: &mut impl Write) -> std::io::R
 }
 
 fn show(common: &Common, client_id: &str, server: Option<&str>, json: bool, out: &mut impl Write) -> Outcome {
-    let mut conn = connect(&common.url)?;
+    let mut connection = connect(common)?;
     let stores = match server {
-        Some(server) => {
-            let server = server_name(server).to_owned();
-            let hash = format!("{}{client_id}:{server}", common.prefix);
-            let exists: bool =
-                redis::cmd("EXISTS").arg(&hash).query(&mut conn).map_err(redis_error("EXISTS"))?;
-            if exists {
-                vec![Store { hash, client_id: client_id.to_owned(), server }]
-            } else {
-                Vec::new()
-            }
-        }
-        None => {
-            let mut stores = scan_stores(&mut conn, &common.prefix, &format!("{client_id}:"))?;
-            stores.retain(|store| store.client_id == client_id);
-            stores
-        }
+        Some(server) => connection.find(client_id, server).map_err(failed)?.into_iter().collect(),
+        None => connection.list(Some(client_id)).map_err(failed)?,
     };
     if stores.is_empty() {
         return Err(format!(
             "no store for client id {client_id:?}{}",
             match server {
-                Some(server) => format!(" and server {:?}", server_name(server)),
+                Some(server) => format!(" and server {:?}", admin::server_name(server)),
                 None => String::new(),
             }
         ));
     }
     let mut shown = Vec::new();
     for store in stores {
-        let records: BTreeMap<Vec<u8>, Vec<u8>> =
-            redis::cmd("HGETALL").arg(&store.hash).query(&mut conn).map_err(redis_error("HGETALL"))?;
-        let mut decoded: Vec<(String, std::result::Result<Record, DecodeError>, Vec<u8>)> = records
+        let mut decoded: Vec<Decoded> = connection
+            .records(&store)
+            .map_err(failed)?
             .into_iter()
-            .filter(|(field, _)| field != paho_mqtt_redis::BUDGET_COUNTER_FIELD.as_bytes())
-            .map(|(field, value)| {
-                let key = String::from_utf8_lossy(&field).into_owned();
+            .map(|(key, value)| {
                 let record = decode::decode(&key, &value);
                 (key, record, value)
             })
@@ -429,60 +317,14 @@ fn record_json(record: &Record) -> Value {
 }
 
 fn purge(common: &Common, client_id: &str, server: &str, yes: bool, out: &mut impl Write) -> Outcome {
-    let hash = format!("{}{client_id}:{}", common.prefix, server_name(server));
+    let hash = config(common)?.hash_name(client_id, admin::server_name(server));
     if !yes {
         return Err(format!(
             "purge deletes every in-flight message in `{hash}`; run it again with --yes to confirm"
         ));
     }
-    let mut conn = connect(&common.url)?;
-    let (records, deleted): (usize, u64) = redis::pipe()
-        .atomic()
-        .cmd("HLEN")
-        .arg(&hash)
-        .cmd("DEL")
-        .arg(&hash)
-        .query(&mut conn)
-        .map_err(redis_error("DEL"))?;
-    if deleted == 0 {
-        return Err(format!("no store `{hash}`: nothing deleted"));
-    }
-    Ok(writeln!(out, "deleted store {hash} ({records} record(s))"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn store_names_split_from_the_right() {
-        let cases = [
-            ("gateway-17:127.0.0.1:1883", Some(("gateway-17", "127.0.0.1:1883"))),
-            ("a:b:c:broker.example:8883", Some(("a:b:c", "broker.example:8883"))),
-            ("dev:[::1]:1883", Some(("dev", "[::1]:1883"))),
-            ("dev:with:colons:[fe80::1]:1883", Some(("dev:with:colons", "[fe80::1]:1883"))),
-            ("ws-client:host:80/mqtt", Some(("ws-client", "host:80/mqtt"))),
-            ("local:/run/mosquitto.sock", Some(("local", "/run/mosquitto.sock"))),
-            ("id:host:1883", Some(("id", "host:1883"))),
-            ("host:1883", None),
-            (":host:1883", None),
-            ("no-separator", None),
-            ("dev[::1]:1883", None),
-        ];
-        for (name, expected) in cases {
-            assert_eq!(split_store_name(name), expected, "{name}");
-        }
-    }
-
-    #[test]
-    fn glob_characters_are_escaped() {
-        assert_eq!(glob_escape("a*b?[c]\\d"), "a\\*b\\?\\[c\\]\\\\d");
-        assert_eq!(glob_escape("plain:id"), "plain:id");
-    }
-
-    #[test]
-    fn a_scheme_on_the_server_is_ignored() {
-        assert_eq!(server_name("tcp://127.0.0.1:1883"), "127.0.0.1:1883");
-        assert_eq!(server_name("127.0.0.1:1883"), "127.0.0.1:1883");
+    match connect(common)?.purge(client_id, server).map_err(failed)? {
+        Some(records) => Ok(writeln!(out, "deleted store {hash} ({records} record(s))")),
+        None => Err(format!("no store `{hash}`: nothing deleted")),
     }
 }

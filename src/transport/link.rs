@@ -164,7 +164,8 @@ fn unusable_after(error: &RedisError, conn: &redis::Connection) -> bool {
     !conn.is_open() || error.is_timeout() || error.is_io_error() || error.is_connection_dropped()
 }
 
-fn connect(config: &Config) -> Result<redis::Connection, Error> {
+/// A new connection to the Redis of `config`, with its timeouts set.
+pub(crate) fn connect(config: &Config) -> Result<redis::Connection, Error> {
     let connect_error = |source: RedisError| Error::connect(config.address(), source);
     let client =
         redis::Client::open(config.connection_info().map_err(connect_error)?).map_err(connect_error)?;

@@ -19,6 +19,8 @@ mod pipelined;
 mod resp;
 mod scripts;
 
+pub(crate) use link::connect;
+
 use std::sync::Arc;
 
 use bytes::BytesMut;

@@ -1,0 +1,114 @@
+//! `paho_mqtt_redis::admin` against a real redis-server: the stores a
+//! `RedisPersistence` wrote, found, measured, read and purged through the
+//! same configuration; and the errors a caller can act on.
+
+mod support;
+
+use std::time::Duration;
+
+use paho_mqtt::ClientPersistence;
+use paho_mqtt_redis::admin::{Size, Stores};
+use paho_mqtt_redis::{Error, RedisPersistence};
+use support::RedisServer;
+
+#[test]
+fn the_stores_a_persistence_wrote_are_found_measured_read_and_purged() {
+    let redis = RedisServer::start();
+    let builder = || RedisPersistence::builder().url(redis.url()).key_prefix("mqtt:").max_store_bytes(10_000);
+    for (client_id, records) in [("gw:1", 2), ("gw", 1)] {
+        let mut store = builder().build().expect("valid");
+        store.open(client_id, "10.0.0.1:1883").expect("open");
+        for n in 0..records {
+            store.put(&format!("s-{n}"), vec![b"abc".as_slice(), b"de".as_slice()]).expect("put");
+        }
+        store.close().expect("close");
+    }
+    // Not under the prefix: never listed.
+    let mut other = RedisPersistence::with_url(&redis.url()).expect("valid");
+    other.open("gw", "10.0.0.1:1883").expect("open");
+    other.put("s-1", vec![b"x".as_slice()]).expect("put");
+
+    let config = builder().into_config().expect("valid");
+    let mut stores = Stores::connect(&config).expect("connect");
+    let all = stores.list(None).expect("list");
+    let names: Vec<(&str, &str, &str)> =
+        all.iter().map(|s| (s.client_id.as_str(), s.server.as_str(), s.hash.as_str())).collect();
+    assert_eq!(
+        names,
+        [
+            ("gw", "10.0.0.1:1883", "mqtt:gw:10.0.0.1:1883"),
+            ("gw:1", "10.0.0.1:1883", "mqtt:gw:1:10.0.0.1:1883")
+        ]
+    );
+    let gw1 = stores.list(Some("gw:1")).expect("list");
+    assert_eq!(gw1.len(), 1);
+    let size = stores.size(&gw1[0]).expect("size");
+    assert_eq!(
+        size.map(|Size { records, bytes, .. }| (records, bytes)),
+        Some((2, 10)),
+        "the byte count is no record"
+    );
+    let mut records = stores.records(&gw1[0]).expect("records");
+    records.sort();
+    assert_eq!(records, [("s-0".to_owned(), b"abcde".to_vec()), ("s-1".to_owned(), b"abcde".to_vec())]);
+
+    let found = stores.find("gw", "tcp://10.0.0.1:1883").expect("find");
+    assert_eq!(found.as_ref().map(|s| s.hash.as_str()), Some("mqtt:gw:10.0.0.1:1883"));
+    assert_eq!(stores.find("nobody", "10.0.0.1:1883").expect("find"), None);
+    assert_eq!(stores.purge("gw", "tcp://10.0.0.1:1883").expect("purge"), Some(1));
+    assert_eq!(stores.purge("gw", "10.0.0.1:1883").expect("purge"), None, "already gone");
+    assert_eq!(stores.list(None).expect("list").len(), 1);
+    assert_eq!(other.keys().expect("keys"), ["s-1"], "the store without the prefix is untouched");
+}
+
+#[test]
+fn a_refused_connection_keeps_its_cause_and_never_the_password() {
+    let redis = RedisServer::start();
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("right-pw")
+        .query::<()>(&mut redis.connection())
+        .expect("CONFIG SET requirepass");
+    let url = format!("redis://:wrong-pw@127.0.0.1:{}/0", redis.port());
+    let config = RedisPersistence::builder().url(url).into_config().expect("valid");
+    let error = Stores::connect(&config).expect_err("a wrong password");
+    assert!(matches!(error, Error::Connect { .. }), "{error:?}");
+    assert!(!error.is_timeout());
+    let source = std::error::Error::source(&error).expect("the cause is kept");
+    assert!(source.downcast_ref::<redis::RedisError>().is_some());
+    let shown = format!("{error} {error:?}");
+    assert!(!shown.contains("wrong-pw") && !shown.contains("right-pw"), "{shown}");
+}
+
+#[test]
+fn a_refused_command_tells_its_redis_code() {
+    let redis = RedisServer::start();
+    redis::cmd("ACL")
+        .arg(&["SETUSER", "no-scan", "on", ">scan-pw", "~*", "+@all", "-scan"][..])
+        .query::<()>(&mut redis.connection())
+        .expect("ACL SETUSER");
+    let url = format!("redis://no-scan:scan-pw@127.0.0.1:{}/0", redis.port());
+    let config = RedisPersistence::builder().url(url).into_config().expect("valid");
+    let error = Stores::connect(&config).expect("connect").list(None).expect_err("SCAN is not allowed");
+    assert!(matches!(error, Error::Command { command: "SCAN", .. }), "{error:?}");
+    assert_eq!(error.redis_code(), Some("NOPERM"), "{error}");
+    assert!(!error.is_timeout());
+}
+
+#[test]
+fn a_hung_redis_is_a_timeout() {
+    let redis = RedisServer::start();
+    let config = RedisPersistence::builder()
+        .url(redis.url())
+        .io_timeout(Duration::from_millis(200))
+        .into_config()
+        .expect("valid");
+    let mut stores = Stores::connect(&config).expect("connect");
+    let frozen = redis.freeze();
+    let error = stores.list(None).expect_err("no answer");
+    frozen.thaw();
+    assert!(error.is_timeout(), "{error:?}");
+    assert!(matches!(error, Error::Command { command: "SCAN", .. }), "{error:?}");
+    assert_eq!(error.redis_code(), None);
+}
