@@ -25,7 +25,12 @@
 #   for a flash partition: bytes the file system sent to its block device
 #   (/sys/block/loopN/stat, after sync) and write_bytes of /proc/<pid>/io for
 #   the publisher and redis-server. Variants: redis-unix with Redis RAM only,
-#   redis-unix with Redis AOF (appendfsync everysec), paho-file.
+#   redis-unix with Redis AOF (appendfsync everysec, then always), paho-file,
+#   and redis-unix with RDB snapshots (save 60 1, appendonly no): paced only,
+#   FLASH_RDB_SECONDS (default 150) at FLASH_RATE, long enough for two
+#   snapshots, whose count (rdb_saves) is recorded as redis_snapshots, since
+#   RDB costs per snapshot, not per message. scripts/bench-durability.sh
+#   measures what each of these settings loses on kill -9 and power loss.
 #
 # Results: benchmarks/publish-runs.csv and benchmarks/flash-runs.csv (one line
 # per run), then scripts/chart.py writes benchmarks/publish-summary.md and
@@ -41,6 +46,7 @@ COUNT_SEQ="${COUNT_SEQ:-2000}"
 FLASH_COUNT="${FLASH_COUNT:-10000}"
 FLASH_PACED_COUNT="${FLASH_PACED_COUNT:-400}"
 FLASH_RATE="${FLASH_RATE:-20}"
+FLASH_RDB_SECONDS="${FLASH_RDB_SECONDS:-150}"
 export PAYLOAD="${PAYLOAD:-256}" WINDOW="${WINDOW:-64}"
 read -r -a VARIANTS <<< "${VARIANTS:-naive-tcp naive-unix redis-tcp redis-unix redis-tcp-defer redis-unix-defer paho-file none}"
 
@@ -153,7 +159,7 @@ fi
 
 if [ "$phase" = flash ] || [ "$phase" = all ]; then
   csv="benchmarks/flash-runs.csv"
-  echo "$header,fs_written_bytes" > "$csv"
+  echo "$header,fs_written_bytes,redis_snapshots" > "$csv"
   if [ "$(id -u)" -ne 0 ] || ! command -v losetup > /dev/null; then
     echo "flash: needs root and losetup to make a loop-mounted ext4; skipped" >&2
     exit 0
@@ -166,30 +172,52 @@ if [ "$phase" = flash ] || [ "$phase" = all ]; then
   mount "$loop_device" "$work/flash"
   stat_file="/sys/block/$(basename "$loop_device")/stat"
   fs_written() { sync; sleep 1; sync; awk '{ print $7 * 512 }' "$stat_file"; }
-  echo "== flash: $FLASH_COUNT msgs per run, store on ext4 on $loop_device"
+  rdb_saves() {
+    if [ -n "$redis_pid" ]; then
+      redis-cli -p "$redis_port" INFO persistence | tr -d '\r' | awk -F: '$1 == "rdb_saves" { print $2 }'
+    else
+      echo 0
+    fi
+  }
+  echo "== flash: $FLASH_COUNT msgs per window run, $FLASH_PACED_COUNT paced at $FLASH_RATE msgs/s, store on ext4 on $loop_device"
   flash_run() {
     local label="$1" variant="$2" mode="$3" count="$4"
     local before; before="$(fs_written)"
+    local saves_before; saves_before="$(rdb_saves)"
     run_one "$csv.tmp" "$label" "$variant" "$mode" "$count"
+    local saves_after; saves_after="$(rdb_saves)"
     local after; after="$(fs_written)"
-    echo "$(cat "$csv.tmp"),$((after - before))" >> "$csv"
+    echo "$(cat "$csv.tmp"),$((after - before)),$((saves_after - saves_before))" >> "$csv"
     rm -f "$csv.tmp"
-    echo "    file system on $loop_device received $((after - before)) bytes"
+    echo "    file system on $loop_device received $((after - before)) bytes; Redis snapshots: $((saves_after - saves_before))"
   }
-  mkdir -p "$work/flash/redis-ram" "$work/flash/redis-aof" "$work/flash/paho"
+  stop_redis() { kill "$redis_pid"; wait "$redis_pid" 2>/dev/null || true; redis_pid=""; }
+  mkdir -p "$work/flash/redis-ram" "$work/flash/redis-rdb" "$work/flash/redis-aof" \
+    "$work/flash/redis-aof-always" "$work/flash/paho"
   # Control: what the idle file system receives in 10 s (journal, atime: should be 0).
   before="$(fs_written)"; sleep 10; after="$(fs_written)"
   echo "    idle control: file system on $loop_device received $((after - before)) bytes in 10 s"
-  echo "idle-10s,none,idle,0,10,0,0,0,0,0,,$((after - before))" >> "$csv"
+  echo "idle-10s,none,idle,0,10,0,0,0,0,0,,$((after - before)),0" >> "$csv"
   start_redis redis-ram "$work/flash/redis-ram"
   flash_run redis-ram redis-unix window "$FLASH_COUNT"
   RATE="$FLASH_RATE" flash_run redis-ram redis-unix sequential "$FLASH_PACED_COUNT"
-  kill "$redis_pid"; wait "$redis_pid" 2>/dev/null || true
+  stop_redis
+  # RDB costs a snapshot a minute (once anything changed), whatever the
+  # message rate: a burst would measure no snapshot at all, so only a paced
+  # run long enough for two snapshots (Redis counts 60 s from its start).
+  start_redis redis-rdb "$work/flash/redis-rdb" --save '60 1'
+  RATE="$FLASH_RATE" flash_run redis-rdb-60s redis-unix sequential \
+    "$(awk -v s="$FLASH_RDB_SECONDS" -v r="$FLASH_RATE" 'BEGIN { printf "%d", s * r }')"
+  echo "    dump.rdb: $(stat -c %s "$work/flash/redis-rdb/dump.rdb" 2>/dev/null || echo none) bytes"
+  stop_redis
   start_redis redis-aof "$work/flash/redis-aof" --appendonly yes --appendfsync everysec
   flash_run redis-aof-everysec redis-unix window "$FLASH_COUNT"
   RATE="$FLASH_RATE" flash_run redis-aof-everysec redis-unix sequential "$FLASH_PACED_COUNT"
-  kill "$redis_pid"; wait "$redis_pid" 2>/dev/null || true
-  redis_pid=""
+  stop_redis
+  start_redis redis-aof-always "$work/flash/redis-aof-always" --appendonly yes --appendfsync always
+  flash_run redis-aof-always redis-unix window "$FLASH_COUNT"
+  RATE="$FLASH_RATE" flash_run redis-aof-always redis-unix sequential "$FLASH_PACED_COUNT"
+  stop_redis
   flash_files="$work/flash/paho"
   flash_run paho-file paho-file window "$FLASH_COUNT"
   RATE="$FLASH_RATE" flash_run paho-file paho-file sequential "$FLASH_PACED_COUNT"
