@@ -48,6 +48,10 @@ const MAX_OUTSTANDING_BYTES: usize = 15 * 1024;
 /// What the kernel charges a Unix socket's send buffer per write, besides the
 /// bytes (about 770 measured), rounded up.
 const WRITE_OVERHEAD: usize = 1024;
+/// The most one `write` takes (see `Connection::write_by`): one allocation of
+/// the kernel's for a Unix socket (it allocates up to about half the send
+/// buffer, 208 KiB by default, at a time). Smaller than nearly every record.
+const WRITE_CHUNK: usize = 16 * 1024;
 /// How often a connect to a Redis whose accept backlog is full is tried again.
 const CONNECT_RETRY: Duration = Duration::from_millis(5);
 
@@ -62,6 +66,41 @@ type Outcome = Result<Option<SmallVec<[Result<Reply, RedisError>; 2]>>, (Error, 
 struct Connection {
     stream: UnixStream,
     replies: Receiver<RedisResult<Value>>,
+    /// The socket's write timeout now (a system call to change).
+    write_timeout: Duration,
+}
+
+impl Connection {
+    /// Writes all of `bytes` by `deadline`. The socket's timeout bounds each
+    /// wait for room in the socket's buffer, not a `write`: one `write` of a
+    /// large record to a Redis that reads slowly but steadily waits many
+    /// times (measured: 16 MiB at 640 KiB/s took 25 s with a 200 ms
+    /// timeout). So a `write` takes at most `WRITE_CHUNK`, which waits once.
+    fn write_by(&mut self, mut bytes: &[u8], deadline: Instant, io_timeout: Duration) -> std::io::Result<()> {
+        while !bytes.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "not written within the call's time",
+                ));
+            }
+            // Only a call near its end changes the timeout (one more system call).
+            let timeout = left.min(io_timeout);
+            if timeout != self.write_timeout {
+                self.stream.set_write_timeout(Some(timeout))?;
+                self.write_timeout = timeout;
+            }
+            let chunk = bytes.get(..WRITE_CHUNK).unwrap_or(bytes);
+            match (&self.stream).write(chunk) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(written) => bytes = bytes.get(written..).unwrap_or_default(),
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The pipelined transport.
@@ -82,6 +121,10 @@ pub(crate) struct Pipelined {
     hung: bool,
     /// A call already waited once.
     waited_in_call: bool,
+    /// When the current call must be done waiting (`connect_timeout +
+    /// io_timeout` after its first wait could start), so that a hung or slow
+    /// Redis costs a call at most that, whatever the call does.
+    call_deadline: Option<Instant>,
     /// A write was refused with `NOSCRIPT`: reconnect (which loads them) first.
     reload_scripts: bool,
 }
@@ -121,6 +164,7 @@ impl Pipelined {
             delivered: Confirmations::new(),
             hung: false,
             waited_in_call: false,
+            call_deadline: None,
             reload_scripts: false,
         }
     }
@@ -131,6 +175,7 @@ impl Pipelined {
 
     pub(crate) fn begin_call(&mut self) {
         self.waited_in_call = false;
+        self.call_deadline = None;
         self.collect();
     }
 
@@ -206,7 +251,7 @@ impl Pipelined {
         name: &'static str,
         hash: &str,
     ) -> Result<(), Error> {
-        let deadline = Instant::now() + config.io_timeout();
+        let deadline = self.wait_deadline(config);
         self.waited_in_call = true;
         while self.outstanding.len() > left || self.outstanding_bytes > left_bytes {
             let Some(conn) = &self.conn else { return Err(self.closed(config)) };
@@ -312,6 +357,18 @@ impl Pipelined {
         Ok(None)
     }
 
+    /// The current call's deadline, set at its first use.
+    fn call_deadline(&mut self, config: &Config) -> Instant {
+        *self.call_deadline.get_or_insert_with(|| {
+            Instant::now() + config.connect_timeout().saturating_add(config.io_timeout())
+        })
+    }
+
+    /// `io_timeout` from now, or the call's deadline if that is sooner.
+    fn wait_deadline(&mut self, config: &Config) -> Instant {
+        (Instant::now() + config.io_timeout()).min(self.call_deadline(config))
+    }
+
     fn busy(&self, name: &'static str, plan: &Plan<'_>) -> Error {
         Error::command(
             name,
@@ -332,8 +389,9 @@ impl Pipelined {
                     (error, false)
                 })?;
             }
+            let deadline = self.wait_deadline(config);
             let Some(conn) = &mut self.conn else { continue };
-            match conn.stream.write_all(&self.packed) {
+            match conn.write_by(&self.packed, deadline, config.io_timeout()) {
                 Ok(()) => {
                     self.counters.add_round_trip();
                     return Ok(());
@@ -371,7 +429,7 @@ impl Pipelined {
         self.packed.clear();
         encode::encode(plan, &mut self.packed);
         self.write(config, name, plan)?;
-        let deadline = Instant::now() + config.io_timeout();
+        let deadline = self.wait_deadline(config);
         let mut replies = SmallVec::new();
         for (answered, command) in plan.commands.iter().enumerate() {
             let Some(conn) = &self.conn else { return Err((self.closed(config), true)) };
@@ -431,9 +489,16 @@ impl Pipelined {
                 "not a Unix socket address",
             )));
         };
-        let stream = connect_unix(path, config.connect_timeout()).map_err(|e| connect_error(e.into()))?;
-        stream.set_write_timeout(Some(config.io_timeout())).map_err(|e| connect_error(e.into()))?;
-        stream.set_read_timeout(Some(config.connect_timeout())).map_err(|e| connect_error(e.into()))?;
+        // The connect and the handshake share `connect_timeout`, within the call's deadline.
+        let deadline = (Instant::now() + config.connect_timeout()).min(self.call_deadline(config));
+        let left = |deadline: Instant| {
+            let left = deadline.saturating_duration_since(Instant::now());
+            (!left.is_zero()).then_some(left).ok_or_else(|| {
+                connect_error(io_error(std::io::ErrorKind::TimedOut, "no answer within connect_timeout"))
+            })
+        };
+        let stream = connect_unix(path, left(deadline)?).map_err(|e| connect_error(e.into()))?;
+        stream.set_write_timeout(Some(left(deadline)?)).map_err(|e| connect_error(e.into()))?;
         let mut parser = redis::Parser::new();
         let mut reader = BufReader::new(stream.try_clone().map_err(|e| connect_error(e.into()))?);
         let settings = info.redis_settings();
@@ -458,10 +523,12 @@ impl Pipelined {
         }
         (&stream).write_all(&handshake).map_err(|e| connect_error(e.into()))?;
         for _ in 0..expected {
+            stream.set_read_timeout(Some(left(deadline)?)).map_err(|e| connect_error(e.into()))?;
             let value = parser.parse_value(&mut reader).map_err(connect_error)?;
             value.extract_error().map_err(connect_error)?;
         }
         stream.set_read_timeout(None).map_err(|e| connect_error(e.into()))?;
+        stream.set_write_timeout(Some(config.io_timeout())).map_err(|e| connect_error(e.into()))?;
         let (sender, replies) = mpsc::channel();
         std::thread::Builder::new()
             .name("redis-persistence-replies".to_owned())
@@ -480,7 +547,7 @@ impl Pipelined {
             self.counters.add_reconnect();
         }
         self.generation = self.generation.wrapping_add(1);
-        self.conn = Some(Connection { stream, replies });
+        self.conn = Some(Connection { stream, replies, write_timeout: config.io_timeout() });
         // It answered the handshake.
         self.hung = false;
         Ok(())
@@ -519,5 +586,71 @@ fn connect_unix(path: &Path, timeout: Duration) -> std::io::Result<UnixStream> {
             }
             Err(error) => return Err(error),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::os::unix::net::UnixListener;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+    use crate::core::Records;
+
+    /// A Redis that reads slowly: it answers the handshake, then takes 32 KiB
+    /// every 50 ms. Writing 16 MiB to it takes 25 s, each `write` making some
+    /// progress within `io_timeout`; the call must give up by its deadline,
+    /// `connect_timeout + io_timeout`, as with a hung Redis.
+    #[test]
+    fn a_slow_reader_costs_a_call_no_more_than_a_hung_redis() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("slow.sock");
+        let listener = UnixListener::bind(&path).expect("bind");
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().expect("accept");
+            for _ in scripts::SOURCES {
+                stream.write_all(b"$1\r\nx\r\n").expect("a handshake reply");
+            }
+            let mut chunk = vec![0u8; 32 * 1024];
+            while !stopped.load(Ordering::Relaxed) {
+                match stream.read(&mut chunk) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        });
+        let timeout = Duration::from_millis(200);
+        let config = crate::RedisPersistence::builder()
+            .url(format!("redis+unix://{}", path.display()))
+            .connect_timeout(timeout)
+            .io_timeout(timeout)
+            .into_config()
+            .expect("valid");
+        let counters = Arc::new(Counters::new());
+        let mut transport = Pipelined::new(Arc::clone(&counters));
+        let value = vec![7u8; 16 << 20];
+        let parts = [value.as_slice()];
+        let records = Records { kept: None, new: Some(("s-1", &parts[..])) };
+        let commands = [Command::Write { records, removals: &[], tied: &[] }].into_iter().collect();
+        let plan = Plan { hash: "slow:broker:1883", budget: None, commands };
+
+        transport.begin_call();
+        let started = Instant::now();
+        let exchange = transport.run(&config, &plan);
+        let took = started.elapsed();
+        stop.store(true, Ordering::Relaxed);
+        transport.disconnect();
+        let _ = server.join();
+
+        let shown = format!("{exchange:?} after {took:?}");
+        let failure = exchange.failure.unwrap_or_else(|| panic!("the write did not complete: {shown}"));
+        assert!(failure.error.is_timeout(), "{:?}", failure.error);
+        assert!(failure.may_run_late, "part of it was written");
+        assert_eq!(counters.snapshot().timeouts, 1);
+        // 5 s is 12 times the deadline (400 ms), and 1/5 of what writing it all takes.
+        assert!(took < Duration::from_secs(5), "the call took {took:?}");
     }
 }
