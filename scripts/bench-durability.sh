@@ -69,6 +69,7 @@ mkdir -p benchmarks
 log="benchmarks/durability-run.txt"
 if [ "$phase" = all ]; then : > "$log"; fi
 say() { echo "$*" | tee -a "$log"; }
+say "\$ scripts/bench-durability.sh $phase    # COUNT=$COUNT RATE=$RATE OFFSETS=\"$OFFSETS\" COUNT0=$COUNT0 PAYLOAD=$PAYLOAD"
 
 cargo build -q --release --features unix-socket --example durability_fill
 fill_bin="$PWD/target/release/examples/durability_fill"
