@@ -78,6 +78,18 @@ pub enum Error {
     #[error("the store is not open (Paho calls `open` before any other operation)")]
     NotOpen,
 
+    /// A Paho call came through a clone other than the one that opened the
+    /// store: a second Paho client given a clone of a store in use, or the
+    /// application calling Paho's callbacks on the clone it kept.
+    #[error(
+        "the store `{hash}` is open through another clone of this RedisPersistence: \
+         each Paho client needs its own store"
+    )]
+    OpenElsewhere {
+        /// The Redis hash of the open store.
+        hash: String,
+    },
+
     /// Connecting (or reconnecting) to Redis failed.
     #[error("cannot connect to Redis at {addr}: {source}")]
     Connect {

@@ -2,6 +2,7 @@
 //! the store's core: it runs the core's plans on the transport, inverts
 //! `contains_key` for paho-mqtt 0.14, logs failures and counts calls.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use paho_mqtt::ClientPersistence;
@@ -143,10 +144,13 @@ const MAX_VALUE_BYTES: usize = 512 * 1024 * 1024;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 ///
-/// A clone is the same store, not a second one: hand one clone to one Paho
-/// client. A second client opening it closes the first one's session in it,
-/// as a second `open` does. The connection to Redis closes when Paho closes
-/// the store, or when the last clone is dropped.
+/// A clone is the same store, not a second one. The store belongs to the
+/// clone that opened it, the one Paho was given: Paho's calls through any
+/// other clone fail with [`Error::OpenElsewhere`] (and `close` does nothing),
+/// so a second Paho client given a clone fails to be created instead of
+/// sharing the first one's session. Each Paho client needs its own
+/// `RedisPersistence`. The connection to Redis closes when Paho closes the
+/// store, or when the last clone is dropped.
 ///
 /// # Threads
 ///
@@ -154,9 +158,18 @@ const MAX_VALUE_BYTES: usize = 512 * 1024 * 1024;
 /// and receive threads, and the application from its own; every call takes
 /// an internal lock, so calls never interleave on the Redis connection.
 /// [`stats`](Self::stats) and [`config`](Self::config) take no lock.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct RedisPersistence {
     shared: Arc<Shared>,
+    /// Which clone this is: the store belongs to the one that opened it.
+    handle: usize,
+}
+
+impl Clone for RedisPersistence {
+    fn clone(&self) -> Self {
+        let handle = self.shared.next_handle.fetch_add(1, Ordering::Relaxed);
+        Self { shared: Arc::clone(&self.shared), handle }
+    }
 }
 
 /// The store behind every clone of a [`RedisPersistence`].
@@ -168,6 +181,7 @@ struct Shared {
     /// The open store's hash, outside the lock for the same reason.
     hash: Mutex<Option<String>>,
     state: Mutex<State>,
+    next_handle: AtomicUsize,
 }
 
 /// What changes while the store is in use; guarded by one lock.
@@ -176,6 +190,8 @@ struct State {
     transport: Transport,
     /// `None` before `open` and after `close`.
     core: Option<Core>,
+    /// The clone that opened `core`.
+    opened_by: usize,
 }
 
 impl Default for RedisPersistence {
@@ -211,8 +227,12 @@ impl RedisPersistence {
     pub fn from_config(config: Config) -> Self {
         let counters = Arc::new(Counters::new());
         let transport = Transport::new(&config, Arc::clone(&counters));
-        let state = Mutex::new(State { transport, core: None });
-        Self { shared: Arc::new(Shared { config, counters, hash: Mutex::new(None), state }) }
+        let state = Mutex::new(State { transport, core: None, opened_by: 0 });
+        let next_handle = AtomicUsize::new(1);
+        Self {
+            shared: Arc::new(Shared { config, counters, hash: Mutex::new(None), state, next_handle }),
+            handle: 0,
+        }
     }
 
     /// The configuration.
@@ -271,8 +291,11 @@ impl RedisPersistence {
         call: impl FnOnce(&mut Core, &mut Connected<'_>) -> Result<T, Error>,
     ) -> Result<T, Error> {
         let mut state = self.lock();
-        let State { transport, core } = &mut *state;
+        let State { transport, core, opened_by } = &mut *state;
         let core = core.as_mut().ok_or(Error::NotOpen)?;
+        if *opened_by != self.handle {
+            return Err(Error::OpenElsewhere { hash: core.hash().to_owned() });
+        }
         transport.begin_call();
         call(core, &mut Connected { transport, config: &self.shared.config })
     }
@@ -280,7 +303,10 @@ impl RedisPersistence {
     fn try_open(&self, client_id: &str, server_uri: &str) -> Result<String, Error> {
         let hash = self.shared.config.hash_name(client_id, server_uri);
         let mut state = self.lock();
-        let State { transport, core } = &mut *state;
+        let State { transport, core, opened_by } = &mut *state;
+        if let Some(open) = core.as_ref().filter(|_| *opened_by != self.handle) {
+            return Err(Error::OpenElsewhere { hash: open.hash().to_owned() });
+        }
         transport.begin_call();
         let mut runner = Connected { transport, config: &self.shared.config };
         if let Some(mut previous) = core.take() {
@@ -292,6 +318,7 @@ impl RedisPersistence {
         let mut opened = Core::new(hash.clone(), self.settings(), Arc::clone(&self.shared.counters));
         drive::open(&mut opened, &mut runner)?;
         *core = Some(opened);
+        *opened_by = self.handle;
         self.set_hash_name(Some(hash.clone()));
         Ok(hash)
     }
@@ -341,7 +368,10 @@ impl RedisPersistence {
 
     fn try_close(&self) {
         let mut state = self.lock();
-        let State { transport, core } = &mut *state;
+        let State { transport, core, opened_by } = &mut *state;
+        if core.is_some() && *opened_by != self.handle {
+            return; // another clone's store: not this one's to close
+        }
         transport.begin_call();
         if let Some(core) = core.as_mut() {
             drive::close(core, &mut Connected { transport, config: &self.shared.config });

@@ -9,6 +9,7 @@ mod support;
 use std::time::Duration;
 
 use paho_mqtt as mqtt;
+use paho_mqtt::ClientPersistence;
 use paho_mqtt_redis::{RedisPersistence, BUDGET_COUNTER_FIELD};
 use redis::Commands;
 use support::mqtt::{assert_delivered, client, connect, persistent_session, store_hash, Subscriber};
@@ -101,13 +102,47 @@ fn the_application_sees_the_store_paho_drives_through_its_clone() {
     assert!(matches!(store.contains("c-1"), Err(paho_mqtt_redis::Error::NotOpen)));
 }
 
+/// Every clone sees the calls made through another.
 #[test]
 fn clones_are_one_store() {
-    let store = RedisPersistence::with_url("redis://127.0.0.1:1/0").expect("valid");
-    let clone = store.clone();
-    assert!(
-        std::ptr::eq(store.config(), clone.config()),
-        "a clone shares the configuration, not a copy of it"
-    );
-    assert_eq!(format!("{store:?}"), format!("{clone:?}"));
+    let redis = RedisServer::start();
+    let mut paho_side = RedisPersistence::with_url(&redis.url()).expect("valid");
+    let kept = paho_side.clone();
+    assert!(std::ptr::eq(paho_side.config(), kept.config()), "one configuration, not a copy");
+    paho_side.open("dev", "broker:1883").expect("open");
+    paho_side.put("s-1", vec![b"x".as_slice()]).expect("put");
+    assert_eq!(kept.hash_name().as_deref(), Some("dev:broker:1883"));
+    assert_eq!(kept.contains("s-1").ok(), Some(true));
+    assert_eq!(kept.stats().puts, 1);
+    assert!(!paho_side.contains_key("s-1"), "inverted for Paho C: present");
+    assert_eq!(kept.stats().contains_key_calls, 1);
+    paho_side.close().expect("close");
+    assert_eq!(kept.hash_name(), None);
+}
+
+/// Paho calls through another clone than the one that opened the store
+/// fail, and `close` through it does nothing: a second Paho client given a
+/// clone of a store in use is refused, and the first one's session is intact.
+#[test]
+fn a_second_paho_client_cannot_take_over_a_store_in_use() {
+    support::init_logging();
+    let redis = RedisServer::start();
+    let port = support::free_port(); // no broker: messages stay queued
+    let server_uri = format!("tcp://127.0.0.1:{port}");
+    let store = RedisPersistence::with_url(&redis.url()).expect("valid");
+    let first = client(&server_uri, "first", store.clone());
+    let hash = store.hash_name().expect("open");
+    let created = mqtt::AsyncClient::new(support::mqtt::create_options(&server_uri, "second", store.clone()));
+    assert!(created.is_err(), "a second client on one store is refused");
+    assert_eq!(store.hash_name().as_deref(), Some(hash.as_str()), "the first client's store is still open");
+
+    let mut other = store.clone();
+    let refused = other.put("s-1", vec![b"x".as_slice()]).expect_err("not the clone that opened it");
+    assert!(matches!(refused, mqtt::Error::PersistenceError), "{refused:?}");
+    other.close().expect("close is a no-op");
+    first.publish(mqtt::Message::new("kept/second", "still mine", 1));
+    assert!(wait_until(TIMEOUT, || fields(&redis, &hash).len() == 1), "{:?}", fields(&redis, &hash));
+    assert_eq!(fields(&redis, &format!("second:127.0.0.1:{port}")), Vec::<String>::new());
+    drop(first);
+    assert_eq!(store.hash_name(), None, "the first client closed its store");
 }
