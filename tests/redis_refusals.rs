@@ -243,6 +243,32 @@ fn a_refused_budget_write_is_logged_as_the_script_it_is() {
     let () = redis.connection().del(&filler).expect("DEL");
 }
 
+/// A removal Redis refuses stays owed and goes again on its own: still an
+/// `HDEL`, and named so (it was logged as the write script once).
+#[test]
+fn an_owed_removal_sent_again_is_named_as_sent() {
+    let redis = RedisServer::start();
+    redis::cmd("ACL")
+        .arg(&["SETUSER", "no-hdel", "on", ">pw", "~*", "+@all", "-hdel"][..])
+        .query::<()>(&mut redis.connection())
+        .expect("ACL SETUSER");
+    support::log_capture::install();
+    let url = format!("redis://no-hdel:pw@127.0.0.1:{}/0", redis.port());
+    let mut store = RedisPersistence::with_url(&url).expect("valid");
+    store.open("dev", "broker:1883").expect("open");
+    store.put("s-1", vec![b"x"]).expect("put");
+    store.remove("s-1").expect("Paho ignores a failed remove: it stays owed");
+    store.close().expect("close sends the owed removal again");
+    let lines = lines_here();
+    let refusals: Vec<&String> =
+        lines.iter().filter(|line| line.to_lowercase().contains("permission")).collect();
+    assert!(refusals.len() >= 2, "the removal, then its retry at close: {lines:#?}");
+    assert!(
+        refusals.iter().all(|line| line.contains("Redis HDEL on `dev:broker:1883` failed")),
+        "{refusals:#?}"
+    );
+}
+
 /// At `maxmemory`, the write that moves a message from its command record to
 /// its PUBLISH record is refused whole: Redis refuses a script at its first
 /// write, before it removed anything, so the message stays in Redis (as its

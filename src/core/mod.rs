@@ -99,9 +99,17 @@ enum Pending {
     Open,
     KeyType,
     Put(PendingPut),
-    Get { key: String },
-    Remove { removals: usize },
-    Flush { removals: usize },
+    Get {
+        key: String,
+    },
+    Remove {
+        removals: usize,
+    },
+    /// `records`: the flush wrote the records waiting in memory (else it only removed).
+    Flush {
+        removals: usize,
+        records: bool,
+    },
     Resync,
     Clear,
     ByteCount,
@@ -428,7 +436,7 @@ impl Core {
         if !kept && removals == 0 {
             return self.plan([]);
         }
-        self.pending.push_back(Pending::Flush { removals });
+        self.pending.push_back(Pending::Flush { removals, records: kept });
         let command = if kept {
             Command::Write {
                 records: Records { kept: Some(&self.cache), new: None },
@@ -500,8 +508,8 @@ impl Core {
                 self.owed_sent(removals, false, outcome);
                 Ok(Answer::Done)
             }
-            Pending::Flush { removals } => {
-                self.owed_sent(removals, true, outcome);
+            Pending::Flush { removals, records } => {
+                self.owed_sent(removals, records, outcome);
                 Ok(Answer::Done)
             }
             Pending::Resync => {
