@@ -43,7 +43,7 @@ pub struct Store {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct Size {
-    /// Records (the budget's byte count is not one).
+    /// Records: fields that are Paho keys (the budget's byte count is not one).
     pub records: usize,
     /// Bytes of the records' values.
     pub bytes: u64,
@@ -56,12 +56,17 @@ impl Stores {
     }
 
     /// The store of `client_id` on `server` (a scheme such as `tcp://` is
-    /// ignored), or `None` when Redis holds no such hash.
+    /// ignored), or `None` when Redis holds no such key; [`Error::NotAHash`]
+    /// when the key holds something else.
     pub fn find(&mut self, client_id: &str, server: &str) -> Result<Option<Store>, Error> {
         let server = server_name(server);
         let hash = self.config.hash_name(client_id, server);
-        let exists: bool = self.query("EXISTS", &hash, |conn| redis::cmd("EXISTS").arg(&hash).query(conn))?;
-        Ok(exists.then(|| Store { client_id: client_id.to_owned(), server: server.to_owned(), hash }))
+        let found: String = self.query("TYPE", &hash, |conn| redis::cmd("TYPE").arg(&hash).query(conn))?;
+        match found.as_str() {
+            "none" => Ok(None),
+            "hash" => Ok(Some(Store { client_id: client_id.to_owned(), server: server.to_owned(), hash })),
+            _ => Err(Error::NotAHash { hash, found }),
+        }
     }
 
     /// Every store under the key prefix, or only `client_id`'s, sorted by
@@ -78,6 +83,7 @@ impl Stores {
             scan.arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000).arg("TYPE").arg("hash");
             let (next, names): (u64, Vec<Vec<u8>>) = self.query("SCAN", &pattern, |conn| scan.query(conn))?;
             for name in names {
+                // Paho's client ids and server URIs are UTF-8: any other name is no store.
                 let Ok(hash) = String::from_utf8(name) else { continue };
                 let Some((found, server)) = hash.strip_prefix(&prefix).and_then(split_store_name) else {
                     continue;
@@ -101,21 +107,23 @@ impl Stores {
     /// hash is a Paho key (a hash of something else whose name matched).
     pub fn size(&mut self, store: &Store) -> Result<Option<Size>, Error> {
         let hash = &store.hash;
-        let mut fields: Vec<String> =
+        let fields: Vec<Vec<u8>> =
             self.query("HKEYS", hash, |conn| redis::cmd("HKEYS").arg(hash).query(conn))?;
-        fields.retain(|field| field != BYTE_COUNT_FIELD);
-        if !fields.iter().any(|field| paho::parse_key(field).is_ok()) {
+        let records: Vec<Vec<u8>> = fields.into_iter().filter(|field| is_record(field)).collect();
+        if records.is_empty() {
             return Ok(None);
         }
         let mut pipe = redis::pipe();
-        for field in &fields {
-            pipe.cmd("HSTRLEN").arg(&store.hash).arg(field);
+        for field in &records {
+            pipe.cmd("HSTRLEN").arg(hash).arg(field);
         }
         let lengths: Vec<u64> = self.query("HSTRLEN", hash, |conn| pipe.query(conn))?;
-        Ok(Some(Size { records: fields.len(), bytes: lengths.iter().sum() }))
+        Ok(Some(Size { records: records.len(), bytes: lengths.iter().sum() }))
     }
 
-    /// Every record of the store, as (key, value), in no particular order.
+    /// Every field of the store but the budget's byte count, as (key, value),
+    /// in no particular order: Paho's records, and anything else written
+    /// there (a field name that is not UTF-8 is shown lossily).
     pub fn records(&mut self, store: &Store) -> Result<Vec<(String, Vec<u8>)>, Error> {
         let hash = &store.hash;
         let fields: Vec<(Vec<u8>, Vec<u8>)> =
@@ -129,21 +137,19 @@ impl Stores {
 
     /// Deletes the store of `client_id` on `server`: every message in flight
     /// there is lost. Returns how many records it held, or `None` when there
-    /// was no such store.
+    /// was no such key; [`Error::NotAHash`], and nothing deleted, when the
+    /// key holds something else.
     pub fn purge(&mut self, client_id: &str, server: &str) -> Result<Option<usize>, Error> {
         let hash = self.config.hash_name(client_id, server_name(server));
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("HLEN")
-            .arg(&hash)
-            .cmd("HEXISTS")
-            .arg(&hash)
-            .arg(BYTE_COUNT_FIELD)
-            .cmd("DEL")
-            .arg(&hash);
-        let (fields, byte_count, deleted): (usize, bool, u64) =
-            self.query("DEL", &hash, |conn| pipe.query(conn))?;
-        Ok((deleted > 0).then(|| fields.saturating_sub(usize::from(byte_count))))
+        // One script: the type is checked and the hash deleted with nothing in between.
+        let script = redis::Script::new(PURGE_SCRIPT);
+        let (found, fields): (String, Vec<Vec<u8>>) =
+            self.query("EVALSHA", &hash, |conn| script.key(&hash).invoke(conn))?;
+        match found.as_str() {
+            "none" => Ok(None),
+            "hash" => Ok(Some(fields.iter().filter(|field| is_record(field)).count())),
+            _ => Err(Error::NotAHash { hash, found }),
+        }
     }
 
     /// Runs `command`; a failure names the Redis command and the key it was for.
@@ -155,6 +161,21 @@ impl Stores {
     ) -> Result<T, Error> {
         command(&mut self.conn).map_err(|source| Error::command(name, key, source))
     }
+}
+
+/// Deletes `KEYS[1]` if it is a hash; returns its type and the fields it had.
+const PURGE_SCRIPT: &str = r"
+local found = redis.call('TYPE', KEYS[1]).ok
+if found ~= 'hash' then return {found, {}} end
+local fields = redis.call('HKEYS', KEYS[1])
+redis.call('DEL', KEYS[1])
+return {found, fields}
+";
+
+/// Whether a field of a store is one of Paho's records (the budget's byte
+/// count is not, nor is anything else written there).
+fn is_record(field: &[u8]) -> bool {
+    std::str::from_utf8(field).is_ok_and(|key| paho::parse_key(key).is_ok())
 }
 
 /// A server URI as Paho names it in a store's hash, without its scheme:

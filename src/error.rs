@@ -104,11 +104,14 @@ pub enum Error {
     /// Redis answered a command with an error, or the connection broke during it.
     #[error("Redis {command} on `{hash}` failed: {source}")]
     Command {
-        /// The Redis command that failed, as sent: `HSET`, `HDEL`, `HGET`,
+        /// The Redis command that failed, or that could not be sent because
+        /// Redis had not answered the ones before it: `HSET`, `HDEL`, `HGET`,
         /// `HGETALL`, `HKEYS`, `DEL`, `TYPE`, or `EVALSHA` for the store's
-        /// scripts (a write with a removal, or any write under `max_store_bytes`).
+        /// scripts (a write with a removal, any write or removal under
+        /// `max_store_bytes`, and [`admin::Stores::purge`](crate::admin::Stores::purge));
+        /// also `SCAN` and `HSTRLEN` for [`admin`](crate::admin).
         command: &'static str,
-        /// The Redis hash that holds the store.
+        /// The Redis hash that holds the store (the pattern, for `SCAN`).
         hash: String,
         /// What went wrong, as redis-rs reported it (see the enum's
         /// documentation); [`Error::redis_code`] gives Redis's error code.

@@ -37,12 +37,14 @@ pub struct Stats {
     pub contains_key_calls: u64,
     /// Requests sent to Redis and answered (a pipeline counts once), retries included.
     pub round_trips: u64,
-    /// Record bytes sent to Redis by `put` (values only: no keys, no protocol overhead).
+    /// Record bytes of the `put` calls that succeeded (values only: no keys,
+    /// no protocol overhead), including records kept in memory until Redis
+    /// takes them.
     pub bytes_written: u64,
     /// Record bytes received from Redis (values only).
     pub bytes_read: u64,
     /// Calls that failed and were reported to Paho as a persistence error
-    /// (or, for `contains_key`, answered "absent" because Redis could not be asked).
+    /// (or, for `contains_key`, answered "absent" because the store was not open).
     pub errors: u64,
     /// Connections to Redis re-established after one broke.
     pub reconnects: u64,
@@ -51,8 +53,9 @@ pub struct Stats {
     pub timeouts: u64,
     /// `get` calls answered from the local cache, without a round trip.
     pub cache_hits: u64,
-    /// `remove` and `contains_key` calls answered from the local index of
-    /// fields, without a round trip (for example the remove of a key that is not stored).
+    /// `remove`, `contains_key` and `get` calls answered from the local index
+    /// of fields, without a round trip: the remove of a key that is not
+    /// stored, every `contains_key`, the `get` of an unknown key.
     pub index_hits: u64,
     /// Records served from the snapshot read when the store was opened, without a round trip.
     pub snapshot_hits: u64,
@@ -121,7 +124,7 @@ impl Counters {
         self.round_trips.add(1);
     }
 
-    /// Counts `bytes` of record values sent to Redis.
+    /// Counts `bytes` of record values a `put` stored.
     pub(crate) fn add_bytes_written(&self, bytes: usize) {
         self.bytes_written.add(widen(bytes));
     }

@@ -112,3 +112,39 @@ fn a_hung_redis_is_a_timeout() {
     assert!(matches!(error, Error::Command { command: "SCAN", .. }), "{error:?}");
     assert_eq!(error.redis_code(), None);
 }
+
+/// A key under a store's name that is not a hash is reported, never
+/// deleted; a hash with fields that are not Paho keys, or not UTF-8, is
+/// measured by its records only.
+#[test]
+fn what_is_not_a_store_is_reported_and_left_alone() {
+    let redis = RedisServer::start();
+    let mut conn = redis.connection();
+    redis::cmd("SET").arg("gw:10.0.0.1:1883").arg("someone else's").query::<()>(&mut conn).expect("SET");
+    redis::cmd("HSET")
+        .arg("odd:10.0.0.1:1883")
+        .arg(b"s-1".as_slice())
+        .arg(b"12345".as_slice())
+        .arg(b"\xff\xfe".as_slice())
+        .arg(b"not UTF-8".as_slice())
+        .arg(b"note".as_slice())
+        .arg(b"not a Paho key".as_slice())
+        .query::<()>(&mut conn)
+        .expect("HSET");
+
+    let config = RedisPersistence::builder().url(redis.url()).into_config().expect("valid");
+    let mut stores = Stores::connect(&config).expect("connect");
+    let error = stores.find("gw", "10.0.0.1:1883").expect_err("a string");
+    assert!(matches!(&error, Error::NotAHash { found, .. } if found == "string"), "{error:?}");
+    let error = stores.purge("gw", "10.0.0.1:1883").expect_err("a string");
+    assert!(matches!(&error, Error::NotAHash { .. }), "{error:?}");
+    let kept: String = redis::cmd("GET").arg("gw:10.0.0.1:1883").query(&mut conn).expect("GET");
+    assert_eq!(kept, "someone else's", "nothing deleted");
+
+    let listed = stores.list(None).expect("list");
+    assert_eq!(listed.iter().map(|s| s.hash.as_str()).collect::<Vec<_>>(), ["odd:10.0.0.1:1883"]);
+    let size = stores.size(&listed[0]).expect("size").expect("one Paho record");
+    assert_eq!((size.records, size.bytes), (1, 5));
+    assert_eq!(stores.records(&listed[0]).expect("records").len(), 3, "every field is shown");
+    assert_eq!(stores.purge("odd", "10.0.0.1:1883").expect("purge"), Some(1), "one record");
+}

@@ -295,3 +295,20 @@ fn a_wrong_password_is_a_clear_error_without_the_password() {
     assert!(stderr.contains(&expected), "{stderr}");
     assert!(!stderr.contains("wrong-pw") && !stderr.contains("right-pw"), "{stderr}");
 }
+
+/// The timeout goes to the library's builder, which checks it.
+#[test]
+fn the_timeout_is_checked_and_bounds_a_hung_redis() {
+    let redis = RedisServer::start();
+    for bad in ["0", "-1", "soon"] {
+        let output = cli(&["list", "--url", &redis.url(), "--timeout", bad]);
+        assert_ne!(output.status.code(), Some(0), "--timeout {bad}");
+        assert!(!String::from_utf8_lossy(&output.stderr).is_empty(), "--timeout {bad}: a reason");
+    }
+    let frozen = redis.freeze();
+    let output = cli(&["list", "--url", &redis.url(), "--timeout", "0.3"]);
+    frozen.thaw();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("Redis SCAN on") || stderr.contains("cannot connect"), "{stderr}");
+}

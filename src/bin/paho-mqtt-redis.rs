@@ -21,6 +21,7 @@ use paho_mqtt_redis::{Config, RedisPersistence};
 use serde_json::{json, Value};
 use std::io::Write;
 use std::process::ExitCode;
+use std::time::Duration;
 
 #[derive(Parser, Debug)]
 #[command(version, about = "Inspect the MQTT stores that paho-mqtt-redis keeps in Redis")]
@@ -43,6 +44,9 @@ struct Common {
     /// The key prefix the stores were created with (`key_prefix` of the builder).
     #[arg(long, default_value = "")]
     prefix: String,
+    /// How long to wait for Redis to accept the connection, and for each answer, in seconds.
+    #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
+    timeout: f64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -114,7 +118,13 @@ type Outcome = Result<std::io::Result<()>>;
 
 /// `common`'s Redis and prefix, configured as a store's would be.
 fn config(common: &Common) -> Result<Config> {
-    let builder = RedisPersistence::builder().url(common.url.as_str()).key_prefix(common.prefix.as_str());
+    let timeout = Duration::try_from_secs_f64(common.timeout)
+        .map_err(|_| format!("invalid --timeout {}: a number of seconds", common.timeout))?;
+    let builder = RedisPersistence::builder()
+        .url(common.url.as_str())
+        .key_prefix(common.prefix.as_str())
+        .connect_timeout(timeout)
+        .io_timeout(timeout);
     builder.into_config().map_err(failed)
 }
 
