@@ -74,6 +74,19 @@ tar -xzf "$target_dir/package/paho-mqtt-redis-$version.crate" -C "$unpacked"
   cargo test --locked --lib --features "$features" decode::
 )
 
+# The fuzz targets (fuzz/, libFuzzer) replay their seeds, so that a target
+# that no longer builds, or a seed that now crashes, fails here; built on
+# stable without coverage, they do not fuzz: `cargo +nightly fuzz run decode`
+# (cargo-fuzz) does.
+echo "== fuzz targets: build, replay the seeds"
+(
+  cd fuzz
+  cargo build --locked --bins
+  for target in url decode; do
+    "./target/debug/$target" "seeds/$target" -runs=0
+  done
+)
+
 # The same suite for aarch64 and armv7 under qemu-user (see the README's
 # "Cross-compiling"); PMR_SKIP_CROSS=1 leaves it out of a quick local run.
 if [ "${PMR_SKIP_CROSS:-0}" = 1 ]; then
