@@ -106,6 +106,12 @@ impl Connection {
 /// The pipelined transport.
 pub(crate) struct Pipelined {
     conn: Option<Connection>,
+    /// A connection given up on with commands unanswered: shut down for
+    /// writing, so that Redis runs what it was sent and then closes it. No
+    /// new connection is opened until it has, so that nothing sent on it can
+    /// run after anything sent on the next one (such as the check of the
+    /// hash after reconnecting).
+    draining: Option<Connection>,
     generation: u64,
     counters: Arc<Counters>,
     packed: BytesMut,
@@ -141,10 +147,12 @@ impl std::fmt::Debug for Pipelined {
 }
 
 impl Drop for Pipelined {
-    /// The reader thread holds its own handle on the socket: shut it down, so
-    /// that the thread ends and Redis sees the connection close.
+    /// The reader threads hold their own handles on the sockets: shut them
+    /// down, so that the threads end and Redis sees the connections close.
     fn drop(&mut self) {
-        self.disconnect();
+        for conn in [self.conn.take(), self.draining.take()].into_iter().flatten() {
+            let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+        }
     }
 }
 
@@ -156,6 +164,7 @@ impl Pipelined {
     pub(crate) fn new(counters: Arc<Counters>) -> Self {
         Self {
             conn: None,
+            draining: None,
             generation: 0,
             counters,
             packed: BytesMut::with_capacity(super::BUFFER_INITIAL),
@@ -181,8 +190,9 @@ impl Pipelined {
 
     pub(crate) fn may_wait(&self) -> bool {
         // Hung with no connection left (a write timed out), nothing would
-        // tell it answers again: a call may then try once more.
-        !self.waited_in_call && (!self.hung || self.conn.is_none())
+        // tell it answers again (unless Redis closes a connection it was
+        // draining): a call may then try once more.
+        !self.waited_in_call && (!self.hung || (self.conn.is_none() && self.draining.is_none()))
     }
 
     /// The replies that came in since the last call, oldest first.
@@ -191,10 +201,16 @@ impl Pipelined {
         std::mem::take(&mut self.delivered)
     }
 
+    /// Leaves the connection. One with commands unanswered is drained (see
+    /// `draining`); any other is closed, and its reader thread stops.
     pub(crate) fn disconnect(&mut self) {
         if let Some(conn) = self.conn.take() {
-            // The reader thread sees the end of the stream and stops.
-            let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+            if self.outstanding.is_empty() {
+                let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+            } else {
+                let _ = conn.stream.shutdown(std::net::Shutdown::Write);
+                self.draining = Some(conn);
+            }
         }
         // Sent and never answered: their outcome is unknown; they are sent
         // again (every write is idempotent) once the core hears of it.
@@ -217,6 +233,7 @@ impl Pipelined {
 
     /// Takes in the replies that have arrived, without waiting.
     fn collect(&mut self) {
+        self.drain(None);
         loop {
             let Some(conn) = &self.conn else { return };
             match conn.replies.try_recv() {
@@ -228,6 +245,35 @@ impl Pipelined {
                 }
             }
         }
+    }
+
+    /// Discards what a connection being drained still answers (its commands
+    /// were reported as aborted, and are sent again), until Redis closes it
+    /// or, with a deadline, the deadline passes. Returns whether it is closed.
+    fn drain(&mut self, deadline: Option<Instant>) -> bool {
+        let Some(draining) = &self.draining else { return true };
+        let closed = loop {
+            let next = match deadline {
+                None => draining.replies.try_recv().map_err(|error| error == TryRecvError::Disconnected),
+                Some(deadline) => {
+                    let wait = deadline.saturating_duration_since(Instant::now());
+                    draining
+                        .replies
+                        .recv_timeout(wait)
+                        .map_err(|error| error == RecvTimeoutError::Disconnected)
+                }
+            };
+            match next {
+                Ok(_) => {}
+                Err(closed) => break closed,
+            }
+        };
+        if closed {
+            // Redis ran what it was sent and closed the connection: it answers.
+            self.draining = None;
+            self.hung = false;
+        }
+        closed
     }
 
     /// Waits until at most `left` plans and `left_bytes` bytes are
@@ -482,6 +528,13 @@ impl Pipelined {
     /// the database, loads the scripts, and starts the reader thread.
     fn connect(&mut self, config: &Config) -> Result<(), Error> {
         let connect_error = |source: RedisError| Error::connect(config.address(), source);
+        // The connect and the handshake share `connect_timeout`, within the call's deadline.
+        let deadline = (Instant::now() + config.connect_timeout()).min(self.call_deadline(config));
+        // Hung, the drain is not waited for: the calls that follow see it end.
+        if !self.drain(Some(if self.hung { Instant::now() } else { deadline })) {
+            let waited = "Redis has not closed the connection given up on within connect_timeout";
+            return Err(connect_error(io_error(std::io::ErrorKind::TimedOut, waited)));
+        }
         let info = config.connection_info().map_err(connect_error)?;
         let redis::ConnectionAddr::Unix(path) = info.addr() else {
             return Err(connect_error(io_error(
@@ -489,8 +542,6 @@ impl Pipelined {
                 "not a Unix socket address",
             )));
         };
-        // The connect and the handshake share `connect_timeout`, within the call's deadline.
-        let deadline = (Instant::now() + config.connect_timeout()).min(self.call_deadline(config));
         let left = |deadline: Instant| {
             let left = deadline.saturating_duration_since(Instant::now());
             (!left.is_zero()).then_some(left).ok_or_else(|| {
@@ -652,5 +703,87 @@ mod tests {
         assert_eq!(counters.snapshot().timeouts, 1);
         // 5 s is 12 times the deadline (400 ms), and 1/5 of what writing it all takes.
         assert!(took < Duration::from_secs(5), "the call took {took:?}");
+    }
+
+    /// After a write timed out on a connection with a command still
+    /// unanswered, no new connection is opened before Redis has closed the
+    /// old one: otherwise what it still had to run could run after the new
+    /// connection's commands. A fake Redis answers nothing on the first
+    /// connection until told, then reads it to the end, and checks that no
+    /// second connection is waiting to be accepted before it closes it.
+    #[test]
+    fn a_connection_given_up_on_is_closed_by_redis_before_the_next_opens() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("stalling.sock");
+        let listener = UnixListener::bind(&path).expect("bind");
+        let (drain_now, drain_signal) = mpsc::channel::<()>();
+        let (closed_first, first_closed) = mpsc::channel::<bool>();
+        let server = std::thread::spawn(move || {
+            let (mut first, _) = listener.accept().expect("accept");
+            for _ in scripts::SOURCES {
+                first.write_all(b"$1\r\nx\r\n").expect("a handshake reply");
+            }
+            drain_signal.recv().expect("told to drain");
+            let mut rest = Vec::new();
+            let _ = first.read_to_end(&mut rest); // until the client's end of writing
+            listener.set_nonblocking(true).expect("non-blocking");
+            let early = listener.accept().is_ok();
+            drop(first);
+            closed_first.send(early).expect("report");
+            listener.set_nonblocking(false).expect("blocking");
+            let (mut second, _) = listener.accept().expect("the second connection");
+            for _ in scripts::SOURCES {
+                second.write_all(b"$1\r\nx\r\n").expect("a handshake reply");
+            }
+            let mut chunk = [0u8; 4096];
+            let _ = second.read(&mut chunk);
+            second.write_all(b":1\r\n").expect("a reply");
+            let _ = second.read(&mut chunk);
+        });
+        let timeout = Duration::from_millis(200);
+        let config = crate::RedisPersistence::builder()
+            .url(format!("redis+unix://{}", path.display()))
+            .connect_timeout(timeout)
+            .io_timeout(timeout)
+            .into_config()
+            .expect("valid");
+        let mut transport = Pipelined::new(Arc::new(Counters::new()));
+        let big = vec![7u8; 4 << 20];
+        let (big, small) = ([big.as_slice()], [b"x".as_slice()]);
+
+        transport.begin_call();
+        let unanswered = transport.run(&config, &read("s-1"));
+        assert!(
+            unanswered.failure.is_some_and(|failure| failure.error.is_timeout()),
+            "the read is not answered"
+        );
+        transport.begin_call();
+        let given_up = transport.run(&config, &write("s-2", &big));
+        assert!(given_up.failure.is_some_and(|failure| failure.error.is_timeout()), "the socket filled");
+        transport.begin_call();
+        let meanwhile = transport.run(&config, &write("s-3", &small));
+        assert!(meanwhile.failure.is_some(), "no connection while Redis has not closed the old one");
+
+        drain_now.send(()).expect("signal");
+        let early = first_closed.recv().expect("the first connection closed");
+        assert!(!early, "a second connection was opened before Redis closed the first");
+        transport.begin_call();
+        let after = transport.run(&config, &write("s-4", &small));
+        assert!(after.failure.is_none(), "{:?}", after.failure);
+        assert!(after.sent);
+        drop(transport);
+        let _ = server.join();
+    }
+
+    const HASH: &str = "stalling:broker:1883";
+
+    fn read(key: &str) -> Plan<'_> {
+        Plan { hash: HASH, budget: None, commands: [Command::Read(key)].into_iter().collect() }
+    }
+
+    fn write<'a>(key: &'a str, parts: &'a [&'a [u8]]) -> Plan<'a> {
+        let records = Records { kept: None, new: Some((key, parts)) };
+        let commands = [Command::Write { records, removals: &[], tied: &[] }].into_iter().collect();
+        Plan { hash: HASH, budget: None, commands }
     }
 }
