@@ -48,10 +48,14 @@ const MAX_OUTSTANDING_BYTES: usize = 15 * 1024;
 /// What the kernel charges a Unix socket's send buffer per write, besides the
 /// bytes (about 770 measured), rounded up.
 const WRITE_OVERHEAD: usize = 1024;
-/// The most one `write` takes (see `Connection::write_by`): one allocation of
-/// the kernel's for a Unix socket (it allocates up to about half the send
-/// buffer, 208 KiB by default, at a time). Smaller than nearly every record.
-const WRITE_CHUNK: usize = 16 * 1024;
+/// The most one `write` takes (see `Connection::write_by`), at most: a Unix
+/// socket's write is allocated (and waited for) in pieces of up to half the
+/// send buffer less 64 bytes (`unix_stream_sendmsg`), so a smaller buffer
+/// than the default 208 KiB makes the chunk smaller. Larger than nearly
+/// every record.
+const WRITE_CHUNK_MAX: usize = 16 * 1024;
+/// The least chunk, whatever the send buffer says.
+const WRITE_CHUNK_MIN: usize = 1024;
 /// How often a connect to a Redis whose accept backlog is full is tried again.
 const CONNECT_RETRY: Duration = Duration::from_millis(5);
 
@@ -68,6 +72,8 @@ struct Connection {
     replies: Receiver<RedisResult<Value>>,
     /// The socket's write timeout now (a system call to change).
     write_timeout: Duration,
+    /// The most one `write` takes: see `write_by`.
+    write_chunk: usize,
 }
 
 impl Connection {
@@ -75,7 +81,8 @@ impl Connection {
     /// wait for room in the socket's buffer, not a `write`: one `write` of a
     /// large record to a Redis that reads slowly but steadily waits many
     /// times (measured: 16 MiB at 640 KiB/s took 25 s with a 200 ms
-    /// timeout). So a `write` takes at most `WRITE_CHUNK`, which waits once.
+    /// timeout). So a `write` takes at most `write_chunk`, which the kernel
+    /// allocates (and waits for) at once.
     fn write_by(&mut self, mut bytes: &[u8], deadline: Instant, io_timeout: Duration) -> std::io::Result<()> {
         while !bytes.is_empty() {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -91,7 +98,7 @@ impl Connection {
                 self.stream.set_write_timeout(Some(timeout))?;
                 self.write_timeout = timeout;
             }
-            let chunk = bytes.get(..WRITE_CHUNK).unwrap_or(bytes);
+            let chunk = bytes.get(..self.write_chunk).unwrap_or(bytes);
             match (&self.stream).write(chunk) {
                 Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
                 Ok(written) => bytes = bytes.get(written..).unwrap_or_default(),
@@ -448,6 +455,9 @@ impl Pipelined {
                     if timed_out {
                         self.counters.add_timeout();
                         self.hung = true;
+                        // Part of it may be in the socket: nobody waits for
+                        // its reply, and the connection is drained, not cut.
+                        self.outstanding.push_back((0, false));
                     }
                     self.disconnect();
                     if timed_out || attempt == 1 {
@@ -530,10 +540,18 @@ impl Pipelined {
         let connect_error = |source: RedisError| Error::connect(config.address(), source);
         // The connect and the handshake share `connect_timeout`, within the call's deadline.
         let deadline = (Instant::now() + config.connect_timeout()).min(self.call_deadline(config));
-        // Hung, the drain is not waited for: the calls that follow see it end.
-        if !self.drain(Some(if self.hung { Instant::now() } else { deadline })) {
-            let waited = "Redis has not closed the connection given up on within connect_timeout";
-            return Err(connect_error(io_error(std::io::ErrorKind::TimedOut, waited)));
+        if self.draining.is_some() {
+            // Hung, the drain is not waited for: the calls that follow see it end.
+            if self.hung && !self.drain(Some(Instant::now())) {
+                let busy = "Redis has not closed the connection given up on yet";
+                return Err(connect_error(io_error(std::io::ErrorKind::WouldBlock, busy)));
+            }
+            if !self.drain(Some(deadline)) {
+                // Its close will tell that Redis answers: no call waits for it again.
+                self.hung = true;
+                let waited = "Redis has not closed the connection given up on within connect_timeout";
+                return Err(connect_error(io_error(std::io::ErrorKind::TimedOut, waited)));
+            }
         }
         let info = config.connection_info().map_err(connect_error)?;
         let redis::ConnectionAddr::Unix(path) = info.addr() else {
@@ -551,7 +569,8 @@ impl Pipelined {
         let stream = connect_unix(path, left(deadline)?).map_err(|e| connect_error(e.into()))?;
         stream.set_write_timeout(Some(left(deadline)?)).map_err(|e| connect_error(e.into()))?;
         let mut parser = redis::Parser::new();
-        let mut reader = BufReader::new(stream.try_clone().map_err(|e| connect_error(e.into()))?);
+        let read_half = stream.try_clone().map_err(|e| connect_error(e.into()))?;
+        let mut reader = BufReader::new(ReadBy { stream: read_half, deadline: Some(deadline) });
         let settings = info.redis_settings();
         let mut handshake = BytesMut::new();
         let mut expected = 0;
@@ -574,11 +593,13 @@ impl Pipelined {
         }
         (&stream).write_all(&handshake).map_err(|e| connect_error(e.into()))?;
         for _ in 0..expected {
-            stream.set_read_timeout(Some(left(deadline)?)).map_err(|e| connect_error(e.into()))?;
             let value = parser.parse_value(&mut reader).map_err(connect_error)?;
             value.extract_error().map_err(connect_error)?;
         }
+        reader.get_mut().deadline = None;
         stream.set_read_timeout(None).map_err(|e| connect_error(e.into()))?;
+        let send_buffer = socket2::SockRef::from(&stream).send_buffer_size().unwrap_or(0);
+        let write_chunk = (send_buffer / 2).saturating_sub(64).clamp(WRITE_CHUNK_MIN, WRITE_CHUNK_MAX);
         stream.set_write_timeout(Some(config.io_timeout())).map_err(|e| connect_error(e.into()))?;
         let (sender, replies) = mpsc::channel();
         std::thread::Builder::new()
@@ -588,7 +609,14 @@ impl Pipelined {
                 loop {
                     let reply = parser.parse_value(&mut reader);
                     let end = reply.as_ref().is_err_and(|error| !super::is_reply_error(error));
-                    if sender.send(reply).is_err() || end {
+                    if sender.send(reply).is_err() {
+                        return;
+                    }
+                    if end {
+                        // Unreadable replies: Redis may still be running what
+                        // it was sent. The channel stays open (the store sees
+                        // no close) until Redis closes the connection.
+                        let _ = std::io::copy(&mut reader, &mut std::io::sink());
                         return;
                     }
                 }
@@ -598,10 +626,34 @@ impl Pipelined {
             self.counters.add_reconnect();
         }
         self.generation = self.generation.wrapping_add(1);
-        self.conn = Some(Connection { stream, replies, write_timeout: config.io_timeout() });
+        self.conn = Some(Connection { stream, replies, write_timeout: config.io_timeout(), write_chunk });
         // It answered the handshake.
         self.hung = false;
         Ok(())
+    }
+}
+
+/// The read half of a connection; until `deadline` is cleared (after the
+/// handshake), every `read` must end by it: the socket's timeout bounds
+/// one `read`, and a reply may take several.
+struct ReadBy {
+    stream: UnixStream,
+    deadline: Option<Instant>,
+}
+
+impl std::io::Read for ReadBy {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if let Some(deadline) = self.deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no answer within connect_timeout",
+                ));
+            }
+            self.stream.set_read_timeout(Some(left))?;
+        }
+        (&self.stream).read(buf)
     }
 }
 
@@ -767,12 +819,55 @@ mod tests {
         drain_now.send(()).expect("signal");
         let early = first_closed.recv().expect("the first connection closed");
         assert!(!early, "a second connection was opened before Redis closed the first");
+        // The reader thread sees the close a moment after the server's report.
+        let seen = Instant::now() + Duration::from_secs(10);
+        while transport.draining.is_some() && Instant::now() < seen {
+            std::thread::sleep(Duration::from_millis(5));
+            transport.collect();
+        }
         transport.begin_call();
         let after = transport.run(&config, &write("s-4", &small));
         assert!(after.failure.is_none(), "{:?}", after.failure);
         assert!(after.sent);
         drop(transport);
         let _ = server.join();
+    }
+
+    /// A handshake answered a byte at a time is bounded by the same
+    /// deadline: the socket's timeout bounds one `read`, and a reply takes many.
+    #[test]
+    fn a_trickling_handshake_costs_no_more_than_a_hung_redis() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("trickling.sock");
+        let listener = UnixListener::bind(&path).expect("bind");
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().expect("accept");
+            for byte in b"$40\r\n0123456789012345678901234567890123456789\r\n".iter().cycle().take(400) {
+                if stream.write_all(&[*byte]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let timeout = Duration::from_millis(200);
+        let config = crate::RedisPersistence::builder()
+            .url(format!("redis+unix://{}", path.display()))
+            .connect_timeout(timeout)
+            .io_timeout(timeout)
+            .into_config()
+            .expect("valid");
+        let mut transport = Pipelined::new(Arc::new(Counters::new()));
+        let small = [b"x".as_slice()];
+        transport.begin_call();
+        let started = Instant::now();
+        let exchange = transport.run(&config, &write("s-1", &small));
+        let took = started.elapsed();
+        drop(transport);
+        let _ = server.join();
+        let failure = exchange.failure.expect("no handshake within the deadline");
+        assert!(failure.error.is_timeout(), "{:?}", failure.error);
+        // The handshake takes 20 s at this pace; the deadline is 400 ms.
+        assert!(took < Duration::from_secs(5), "the call took {took:?}");
     }
 
     const HASH: &str = "stalling:broker:1883";
