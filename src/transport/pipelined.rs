@@ -544,7 +544,8 @@ impl Pipelined {
             // Hung, the drain is not waited for: the calls that follow see it end.
             if self.hung && !self.drain(Some(Instant::now())) {
                 let busy = "Redis has not closed the connection given up on yet";
-                return Err(connect_error(io_error(std::io::ErrorKind::WouldBlock, busy)));
+                // Not a timeout: nothing waited.
+                return Err(connect_error(io_error(std::io::ErrorKind::ResourceBusy, busy)));
             }
             if !self.drain(Some(deadline)) {
                 // Its close will tell that Redis answers: no call waits for it again.
@@ -799,7 +800,8 @@ mod tests {
             .io_timeout(timeout)
             .into_config()
             .expect("valid");
-        let mut transport = Pipelined::new(Arc::new(Counters::new()));
+        let counters = Arc::new(Counters::new());
+        let mut transport = Pipelined::new(Arc::clone(&counters));
         let big = vec![7u8; 4 << 20];
         let (big, small) = ([big.as_slice()], [b"x".as_slice()]);
 
@@ -815,6 +817,7 @@ mod tests {
         transport.begin_call();
         let meanwhile = transport.run(&config, &write("s-3", &small));
         assert!(meanwhile.failure.is_some(), "no connection while Redis has not closed the old one");
+        assert_eq!(counters.snapshot().timeouts, 2, "the read and the write; the refusal waited for nothing");
 
         drain_now.send(()).expect("signal");
         let early = first_closed.recv().expect("the first connection closed");
