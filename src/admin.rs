@@ -7,6 +7,20 @@
 //! query parameters, AUTH, database, timeouts and errors. It reads the
 //! stores' hashes directly and keeps no state: run it beside a live client
 //! only to look, and purge a store only while no client uses it.
+//!
+//! ```no_run
+//! use paho_mqtt_redis::admin::Stores;
+//! use paho_mqtt_redis::RedisPersistence;
+//!
+//! let config = RedisPersistence::builder().url("redis+unix:///run/redis/redis.sock").into_config()?;
+//! let mut stores = Stores::connect(&config)?;
+//! for store in stores.list(None)? {
+//!     if let Some(size) = stores.size(&store)? {
+//!         println!("{} on {}: {} records in flight", store.client_id, store.server, size.records);
+//!     }
+//! }
+//! # Ok::<(), paho_mqtt_redis::Error>(())
+//! ```
 
 use std::fmt;
 
