@@ -275,10 +275,12 @@ impl Builder {
     /// so concurrent writers and crashes cannot overshoot it. The count lives
     /// in the hash as the field `paho-mqtt-redis:bytes`, which Paho never sees.
     ///
-    /// A write beyond the limit fails with [`Error::StoreFull`], except the
-    /// write of a command record (`c-`, one per publish), which Paho C cannot
-    /// take failing: that record is kept in memory and written once the store
-    /// has room (see [`RedisPersistence`]). Removals Paho asked for earlier
+    /// Redis refuses a write beyond the limit. A record Paho writes (`c-`,
+    /// `s-`, `sc-`, `r-`, `q-`) is then kept in memory
+    /// ([`RedisPersistence::unwritten`]) and written once the store has room,
+    /// because Paho C carries on whatever such a `put` returns (see
+    /// [`RedisPersistence`]); only a key Paho never writes fails, with
+    /// [`Error::StoreFull`]. Removals Paho asked for earlier
     /// run inside the script of the next write, so a refused write removes
     /// nothing either (Paho removes a message's command record just before it
     /// writes the PUBLISH record that replaces it). To refuse publishes before the

@@ -152,6 +152,13 @@ const MAX_VALUE_BYTES: usize = 512 * 1024 * 1024;
 /// `RedisPersistence`. The connection to Redis closes when Paho closes the
 /// store, or when the last clone is dropped.
 ///
+/// Paho sees only [`paho_mqtt::Error::PersistenceError`] (so
+/// `AsyncClient::new` fails with it); `OpenElsewhere` itself is in the log.
+/// Two stores built separately for one client id are not detected: they
+/// share the hash as two writers, which the store assumes it is not. Once
+/// Paho has closed the store (its client dropped), a clone may serve a new
+/// client; [`stats`](Self::stats) keeps counting across both.
+///
 /// # Threads
 ///
 /// `RedisPersistence` is `Send` and `Sync`. Paho C may call it from its send

@@ -37,19 +37,45 @@ fn store_as_readme_user(redis: &RedisServer, password: &str, prefix: &str) -> Re
         .expect("valid options")
 }
 
+/// Every call reaches Redis under the ACL, over TCP and (with feature
+/// `unix-socket`) the Unix socket, with a database other than 0 (`SELECT`).
+/// A refused write would not fail its `put` (the record waits in memory), so
+/// what Redis holds is checked too.
 #[test]
 fn every_operation_works_under_the_documented_acl() {
     let redis = redis_with_readme_user();
-    let mut store = store_as_readme_user(&redis, PASSWORD, "mqtt:");
-    store.open("dev", "broker:1883").expect("open");
-    store.put("s-1", vec![b"a", b"b"]).expect("put");
-    assert_eq!(store.get("s-1").expect("get"), b"ab");
-    assert_eq!(store.keys().expect("keys"), ["s-1"]);
-    assert!(store.contains("s-1").expect("contains"));
-    store.remove("s-1").expect("remove");
-    store.put("c-1", vec![b"c"]).expect("put");
-    store.clear().expect("clear");
-    assert!(store.keys().expect("keys").is_empty());
+    let mut urls = vec![
+        format!("redis://mqtt:{PASSWORD}@127.0.0.1:{}/0", redis.port()),
+        format!("redis://mqtt:{PASSWORD}@127.0.0.1:{}/1", redis.port()),
+    ];
+    if cfg!(feature = "unix-socket") {
+        urls.push(format!("{}?db=1&user=mqtt&pass={PASSWORD}", redis.unix_url()));
+    }
+    for url in urls {
+        let mut store =
+            RedisPersistence::builder().url(url.as_str()).key_prefix("mqtt:").build().expect("valid");
+        store.open("dev", "broker:1883").expect("open");
+        store.put("s-1", vec![b"a", b"b"]).expect("put");
+        store.put("c-2", vec![b"c"]).expect("put");
+        assert_eq!(store.get("s-1").expect("get"), b"ab");
+        store.remove("s-1").expect("remove");
+        assert_eq!(store.keys().expect("keys"), ["c-2"]);
+        assert!(store.contains("c-2").expect("contains"));
+        assert_eq!(store.unwritten(), 0, "{url}: Redis took every write");
+        let mut admin = redis.connection();
+        let db = if url.ends_with("/0") { 0 } else { 1 };
+        let () = redis::cmd("SELECT").arg(db).query(&mut admin).expect("SELECT");
+        let fields: Vec<String> =
+            redis::cmd("HKEYS").arg("mqtt:dev:broker:1883").query(&mut admin).expect("HKEYS");
+        assert_eq!(fields, ["c-2"], "{url}: what Redis holds");
+        store.clear().expect("clear");
+        assert!(store.keys().expect("keys").is_empty());
+        let fields: Vec<String> =
+            redis::cmd("HKEYS").arg("mqtt:dev:broker:1883").query(&mut admin).expect("HKEYS");
+        assert!(fields.is_empty(), "{url}: cleared in Redis");
+        assert_eq!(store.stats().errors, 0, "{url}");
+        store.close().expect("close");
+    }
 }
 
 #[test]
