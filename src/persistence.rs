@@ -179,6 +179,22 @@ impl Clone for RedisPersistence {
     }
 }
 
+/// No clone has this handle: the store of a clone dropped while open.
+const NO_HANDLE: usize = usize::MAX;
+
+impl Drop for RedisPersistence {
+    /// A clone dropped with its store open (Paho always closes it first, but
+    /// a client may be dropped halfway through its creation) leaves the
+    /// store to no clone, so that another may open it again: that `open`
+    /// writes what the store still owes Redis first.
+    fn drop(&mut self) {
+        let mut state = self.lock();
+        if state.core.is_some() && state.opened_by == self.handle {
+            state.opened_by = NO_HANDLE;
+        }
+    }
+}
+
 /// The store behind every clone of a [`RedisPersistence`].
 #[derive(Debug)]
 struct Shared {
@@ -311,7 +327,7 @@ impl RedisPersistence {
         let hash = self.shared.config.hash_name(client_id, server_uri);
         let mut state = self.lock();
         let State { transport, core, opened_by } = &mut *state;
-        if let Some(open) = core.as_ref().filter(|_| *opened_by != self.handle) {
+        if let Some(open) = core.as_ref().filter(|_| *opened_by != self.handle && *opened_by != NO_HANDLE) {
             return Err(Error::OpenElsewhere { hash: open.hash().to_owned() });
         }
         transport.begin_call();

@@ -146,3 +146,19 @@ fn a_second_paho_client_cannot_take_over_a_store_in_use() {
     drop(first);
     assert_eq!(store.hash_name(), None, "the first client closed its store");
 }
+
+/// A clone dropped with its store open leaves the store to the others: one
+/// may open it again (and the first one's records are still there).
+#[test]
+fn a_store_left_open_by_a_dropped_clone_can_be_opened_again() {
+    let redis = RedisServer::start();
+    let kept = RedisPersistence::with_url(&redis.url()).expect("valid");
+    let mut dropped = kept.clone();
+    dropped.open("dev", "broker:1883").expect("open");
+    dropped.put("s-1", vec![b"x".as_slice()]).expect("put");
+    drop(dropped);
+    let mut next = kept.clone();
+    next.open("dev", "broker:1883").expect("open again through another clone");
+    assert_eq!(next.keys().expect("keys"), ["s-1"]);
+    assert_eq!(kept.hash_name().as_deref(), Some("dev:broker:1883"));
+}
