@@ -708,16 +708,11 @@ mod tests {
     /// `connect_timeout + io_timeout`, as with a hung Redis.
     #[test]
     fn a_slow_reader_costs_a_call_no_more_than_a_hung_redis() {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let path = dir.path().join("slow.sock");
-        let listener = UnixListener::bind(&path).expect("bind");
+        let (dir, listener) = fake_redis();
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = Arc::clone(&stop);
         let server = std::thread::spawn(move || {
-            let (mut stream, _) = listener.accept().expect("accept");
-            for _ in scripts::SOURCES {
-                stream.write_all(b"$1\r\nx\r\n").expect("a handshake reply");
-            }
+            let mut stream = accept_answering_handshake(&listener);
             let mut chunk = vec![0u8; 32 * 1024];
             while !stopped.load(Ordering::Relaxed) {
                 match stream.read(&mut chunk) {
@@ -726,20 +721,12 @@ mod tests {
                 }
             }
         });
-        let timeout = Duration::from_millis(200);
-        let config = crate::RedisPersistence::builder()
-            .url(format!("redis+unix://{}", path.display()))
-            .connect_timeout(timeout)
-            .io_timeout(timeout)
-            .into_config()
-            .expect("valid");
+        let config = config_of(&dir);
         let counters = Arc::new(Counters::new());
         let mut transport = Pipelined::new(Arc::clone(&counters));
         let value = vec![7u8; 16 << 20];
         let parts = [value.as_slice()];
-        let records = Records { kept: None, new: Some(("s-1", &parts[..])) };
-        let commands = [Command::Write { records, removals: &[], tied: &[] }].into_iter().collect();
-        let plan = Plan { hash: "slow:broker:1883", budget: None, commands };
+        let plan = write("s-1", &parts);
 
         transport.begin_call();
         let started = Instant::now();
@@ -766,16 +753,11 @@ mod tests {
     /// second connection is waiting to be accepted before it closes it.
     #[test]
     fn a_connection_given_up_on_is_closed_by_redis_before_the_next_opens() {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let path = dir.path().join("stalling.sock");
-        let listener = UnixListener::bind(&path).expect("bind");
+        let (dir, listener) = fake_redis();
         let (drain_now, drain_signal) = mpsc::channel::<()>();
         let (closed_first, first_closed) = mpsc::channel::<bool>();
         let server = std::thread::spawn(move || {
-            let (mut first, _) = listener.accept().expect("accept");
-            for _ in scripts::SOURCES {
-                first.write_all(b"$1\r\nx\r\n").expect("a handshake reply");
-            }
+            let mut first = accept_answering_handshake(&listener);
             drain_signal.recv().expect("told to drain");
             let mut rest = Vec::new();
             let _ = first.read_to_end(&mut rest); // until the client's end of writing
@@ -784,22 +766,13 @@ mod tests {
             drop(first);
             closed_first.send(early).expect("report");
             listener.set_nonblocking(false).expect("blocking");
-            let (mut second, _) = listener.accept().expect("the second connection");
-            for _ in scripts::SOURCES {
-                second.write_all(b"$1\r\nx\r\n").expect("a handshake reply");
-            }
+            let mut second = accept_answering_handshake(&listener);
             let mut chunk = [0u8; 4096];
             let _ = second.read(&mut chunk);
             second.write_all(b":1\r\n").expect("a reply");
             let _ = second.read(&mut chunk);
         });
-        let timeout = Duration::from_millis(200);
-        let config = crate::RedisPersistence::builder()
-            .url(format!("redis+unix://{}", path.display()))
-            .connect_timeout(timeout)
-            .io_timeout(timeout)
-            .into_config()
-            .expect("valid");
+        let config = config_of(&dir);
         let counters = Arc::new(Counters::new());
         let mut transport = Pipelined::new(Arc::clone(&counters));
         let big = vec![7u8; 4 << 20];
@@ -840,9 +813,7 @@ mod tests {
     /// deadline: the socket's timeout bounds one `read`, and a reply takes many.
     #[test]
     fn a_trickling_handshake_costs_no_more_than_a_hung_redis() {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let path = dir.path().join("trickling.sock");
-        let listener = UnixListener::bind(&path).expect("bind");
+        let (dir, listener) = fake_redis();
         let server = std::thread::spawn(move || {
             let (mut stream, _) = listener.accept().expect("accept");
             for byte in b"$40\r\n0123456789012345678901234567890123456789\r\n".iter().cycle().take(400) {
@@ -852,13 +823,7 @@ mod tests {
                 std::thread::sleep(Duration::from_millis(50));
             }
         });
-        let timeout = Duration::from_millis(200);
-        let config = crate::RedisPersistence::builder()
-            .url(format!("redis+unix://{}", path.display()))
-            .connect_timeout(timeout)
-            .io_timeout(timeout)
-            .into_config()
-            .expect("valid");
+        let config = config_of(&dir);
         let mut transport = Pipelined::new(Arc::new(Counters::new()));
         let small = [b"x".as_slice()];
         transport.begin_call();
@@ -873,7 +838,36 @@ mod tests {
         assert!(took < Duration::from_secs(5), "the call took {took:?}");
     }
 
-    const HASH: &str = "stalling:broker:1883";
+    const HASH: &str = "fake:broker:1883";
+
+    /// `connect_timeout` and `io_timeout` of the tests: a call's deadline is 400 ms.
+    const TIMEOUT: Duration = Duration::from_millis(200);
+
+    /// A socket for a fake Redis, in a directory of its own.
+    fn fake_redis() -> (tempfile::TempDir, UnixListener) {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let listener = UnixListener::bind(dir.path().join("redis.sock")).expect("bind");
+        (dir, listener)
+    }
+
+    /// A store's configuration for the fake Redis in `dir`.
+    fn config_of(dir: &tempfile::TempDir) -> Config {
+        crate::RedisPersistence::builder()
+            .url(format!("redis+unix://{}", dir.path().join("redis.sock").display()))
+            .connect_timeout(TIMEOUT)
+            .io_timeout(TIMEOUT)
+            .into_config()
+            .expect("valid")
+    }
+
+    /// The next connection, its handshake (one `SCRIPT LOAD` per script) answered.
+    fn accept_answering_handshake(listener: &UnixListener) -> UnixStream {
+        let (mut stream, _) = listener.accept().expect("accept");
+        for _ in scripts::SOURCES {
+            stream.write_all(b"$1\r\nx\r\n").expect("a handshake reply");
+        }
+        stream
+    }
 
     fn read(key: &str) -> Plan<'_> {
         Plan { hash: HASH, budget: None, commands: [Command::Read(key)].into_iter().collect() }
