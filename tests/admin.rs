@@ -64,12 +64,7 @@ fn the_stores_a_persistence_wrote_are_found_measured_read_and_purged() {
 #[test]
 fn a_refused_connection_keeps_its_cause_and_never_the_password() {
     let redis = RedisServer::start();
-    redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("requirepass")
-        .arg("right-pw")
-        .query::<()>(&mut redis.connection())
-        .expect("CONFIG SET requirepass");
+    redis.require_password("right-pw");
     let url = format!("redis://:wrong-pw@127.0.0.1:{}/0", redis.port());
     let config = RedisPersistence::builder().url(url).into_config().expect("valid");
     let error = Stores::connect(&config).expect_err("a wrong password");
@@ -84,10 +79,7 @@ fn a_refused_connection_keeps_its_cause_and_never_the_password() {
 #[test]
 fn a_refused_command_tells_its_redis_code() {
     let redis = RedisServer::start();
-    redis::cmd("ACL")
-        .arg(&["SETUSER", "no-scan", "on", ">scan-pw", "~*", "+@all", "-scan"][..])
-        .query::<()>(&mut redis.connection())
-        .expect("ACL SETUSER");
+    redis.add_user("no-scan", "scan-pw", &["~*", "+@all", "-scan"]);
     let url = format!("redis://no-scan:scan-pw@127.0.0.1:{}/0", redis.port());
     let config = RedisPersistence::builder().url(url).into_config().expect("valid");
     let error = Stores::connect(&config).expect("connect").list(None).expect_err("SCAN is not allowed");

@@ -282,12 +282,7 @@ fn a_bad_url_is_the_librarys_error_without_the_password() {
 #[test]
 fn a_wrong_password_is_a_clear_error_without_the_password() {
     let redis = RedisServer::start();
-    redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("requirepass")
-        .arg("right-pw")
-        .query::<()>(&mut redis.connection())
-        .expect("CONFIG SET requirepass");
+    redis.require_password("right-pw");
     let output = cli(&["list", "--url", &format!("redis://:wrong-pw@127.0.0.1:{}/0", redis.port())]);
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);

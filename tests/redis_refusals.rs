@@ -248,10 +248,7 @@ fn a_refused_budget_write_is_logged_as_the_script_it_is() {
 #[test]
 fn an_owed_removal_sent_again_is_named_as_sent() {
     let redis = RedisServer::start();
-    redis::cmd("ACL")
-        .arg(&["SETUSER", "no-hdel", "on", ">pw", "~*", "+@all", "-hdel"][..])
-        .query::<()>(&mut redis.connection())
-        .expect("ACL SETUSER");
+    redis.add_user("no-hdel", "pw", &["~*", "+@all", "-hdel"]);
     support::log_capture::install();
     let url = format!("redis://no-hdel:pw@127.0.0.1:{}/0", redis.port());
     let mut store = RedisPersistence::with_url(&url).expect("valid");

@@ -25,12 +25,7 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 fn redis_with_password() -> RedisServer {
     let redis = RedisServer::start();
-    let () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("requirepass")
-        .arg(PASSWORD)
-        .query(&mut redis.connection())
-        .expect("CONFIG SET requirepass");
+    redis.require_password(PASSWORD);
     redis
 }
 
@@ -71,10 +66,7 @@ fn a_wrong_acl_password_fails_open_with_a_clear_log_line() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     support::log_capture::install();
     let redis = RedisServer::start();
-    let () = redis::cmd("ACL")
-        .arg(&["SETUSER", "mqtt", "on", &format!(">{PASSWORD}"), "~*", "+@all"])
-        .query(&mut redis.connection())
-        .expect("ACL SETUSER");
+    redis.add_user("mqtt", PASSWORD, &["~*", "+@all"]);
     let address = format!("127.0.0.1:{}", redis.port());
     let mut store = RedisPersistence::with_url(&format!("redis://mqtt:{WRONG}@{address}/0")).expect("valid");
     let lines = lines_logged_by(|| {

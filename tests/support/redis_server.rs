@@ -193,6 +193,28 @@ impl RedisServer {
         self.dir.path()
     }
 
+    /// Requires `password` of every client (`CONFIG SET requirepass`).
+    #[allow(dead_code)] // not every test binary needs a password
+    pub fn require_password(&self, password: &str) {
+        let () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("requirepass")
+            .arg(password)
+            .query(&mut self.connection())
+            .expect("CONFIG SET requirepass");
+    }
+
+    /// Adds the ACL user `name` with `password` and `rules` (`ACL SETUSER name on >password rules…`).
+    #[allow(dead_code)] // not every test binary needs a user
+    pub fn add_user(&self, name: &str, password: &str, rules: &[&str]) {
+        let mut cmd = redis::cmd("ACL");
+        cmd.arg("SETUSER").arg(name).arg("on").arg(format!(">{password}"));
+        for rule in rules {
+            cmd.arg(*rule);
+        }
+        let () = cmd.query(&mut self.connection()).expect("ACL SETUSER");
+    }
+
     /// Zeroes the server's command statistics (`CONFIG RESETSTAT`).
     #[allow(dead_code)] // not every test binary counts commands
     pub fn reset_command_counts(&self) {
