@@ -32,11 +32,7 @@ old_bench="$old_target/release/examples/publish_bench"
 old_sha="$(git rev-parse --short "$rev")" new_sha="$(git rev-parse --short HEAD)"
 
 mqtt_port="$(free_port)"
-printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\nmax_inflight_messages 0\n' \
-  "$mqtt_port" > "$work/mosquitto.conf"
-"$mosquitto_bin" -c "$work/mosquitto.conf" > "$work/mosquitto.log" 2>&1 &
-pids+=($!)
-wait_for_port "$mqtt_port"
+start_mosquitto "$mqtt_port" "${bench_mosquitto_options[@]}"
 redis_port="$(free_port)"
 redis-server --port "$redis_port" --bind 127.0.0.1 --unixsocket "$work/redis.sock" --unixsocketperm 700 \
   --save '' --appendonly no --dir "$work" --logfile "$work/redis.log" &

@@ -305,10 +305,7 @@ if [ "$phase" = qos0 ] || [ "$phase" = all ]; then
   csv="benchmarks/durability-qos0.csv"
   echo "connection,persist_qos0,messages,store_puts,store_removes,store_index_hits,store_round_trips,redis_commands,records_left" > "$csv"
   mqtt_port="$(free_port)"
-  printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\n' "$mqtt_port" > "$work/mosquitto.conf"
-  "$mosquitto_bin" -c "$work/mosquitto.conf" > "$work/mosquitto.log" 2>&1 &
-  pids+=($!)
-  wait_for_port "$mqtt_port"
+  start_mosquitto "$mqtt_port" "persistence false"
   mkdir -p "$work/qos0"
   start_redis redis-ram "$work/qos0" "$work/qos0.sock"
   export REDIS_UNIX_URL="redis+unix://$work/qos0.sock"

@@ -76,11 +76,7 @@ bench="$PWD/target/release/examples/publish_bench"
 mkdir -p benchmarks
 
 mqtt_port="$(free_port)"
-printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\nmax_inflight_messages 0\n' \
-  "$mqtt_port" > "$work/mosquitto.conf"
-"$mosquitto_bin" -c "$work/mosquitto.conf" > "$work/mosquitto.log" 2>&1 &
-pids+=($!)
-wait_for_port "$mqtt_port"
+start_mosquitto "$mqtt_port" "${bench_mosquitto_options[@]}"
 export MQTT_URI="tcp://127.0.0.1:$mqtt_port"
 
 # Starts a redis-server: start_redis NAME DIR [extra options...]; sets redis_port and redis_pid.

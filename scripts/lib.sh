@@ -23,6 +23,22 @@ wait_for_port() {
 # Debian installs mosquitto in /usr/sbin, which is not on every PATH.
 mosquitto_bin="$(command -v mosquitto || echo /usr/sbin/mosquitto)"
 
+# Starts mosquitto on 127.0.0.1:$1 with anonymous access and the other
+# arguments as lines of its configuration (in $work), and waits for it.
+start_mosquitto() {
+  local port="$1"; shift
+  printf 'listener %s 127.0.0.1\nallow_anonymous true\n' "$port" > "$work/mosquitto.conf"
+  printf '%s\n' "$@" >> "$work/mosquitto.conf"
+  "$mosquitto_bin" -c "$work/mosquitto.conf" > "$work/mosquitto.log" 2>&1 &
+  pids+=($!)
+  wait_for_port "$port"
+}
+
+# The benchmarks' broker: no persistence of its own, queues and in-flight
+# windows that never limit the publisher (see tests/support/mosquitto.rs for
+# why `max_inflight_messages 0`).
+bench_mosquitto_options=("persistence false" "max_queued_messages 100000" "max_inflight_messages 0")
+
 # Makes the temp dir `work` (named after $1) and an EXIT trap that stops the
 # started servers and removes it. A script that needs more cleanup sets its own.
 make_work_dir() {
