@@ -12,6 +12,19 @@ msrv=$(sed -n 's/^rust-version = "\(.*\)"$/\1/p' Cargo.toml)
 
 bash scripts/install-deps.sh --rust "$msrv"
 
+# Disk: a CI machine may have only a few GiB free (a run ran out of space
+# building the fuzz targets with 7 GiB of builds behind it). Incremental caches
+# and full debug info are most of a debug build and nothing here uses them;
+# line tables keep file:line in backtraces.
+export CARGO_INCREMENTAL=0 CARGO_PROFILE_DEV_DEBUG=line-tables-only
+target_dir=${CARGO_TARGET_DIR:-$PWD/target}
+# With CI=true (a clean clone whose builds nothing reuses) each phase's build
+# is deleted once the phase has passed; a local run keeps them for the next.
+done_with() {
+  if [ "${CI:-}" = true ]; then rm -rf "$@"; fi
+  echo "== disk: $(df -h --output=avail . | tail -n 1 | tr -d ' ') free"
+}
+
 # Every feature but `vendored-ssl`, which only builds OpenSSL from source;
 # `cli` adds the paho-mqtt-redis command and its tests (tests/cli.rs).
 features="unix-socket tls ssl cli"
@@ -33,7 +46,8 @@ if [ "$(printf '%s\n' "$msrv" "$rustc_now" | sort -V | head -n 1)" != "$msrv" ];
 fi
 if rustup toolchain list | grep -q "^$msrv-"; then
   echo "== cargo check with Rust $msrv (rust-version, features: $features)"
-  cargo "+$msrv" check --locked --all-targets --features "$features"
+  CARGO_TARGET_DIR="$target_dir/msrv" cargo "+$msrv" check --locked --all-targets --features "$features"
+  done_with "$target_dir/msrv"
 else
   echo "== WARNING: Rust $msrv (rust-version) could not be installed: NOT checked" >&2
 fi
@@ -58,10 +72,11 @@ for needed in README.md LICENSE src/lib.rs tests/support/mod.rs tests/fixtures/r
 done
 
 # Unpacked outside the repository, as users get it (no .cargo/config.toml),
-# the crate must build, its tests compile, and the decoder's fixture tests pass.
-echo "== the packaged crate: build, tests compile, fixture tests"
+# the crate and all its targets must compile (checked, not linked: linking
+# every test binary again would double the disk the suite needs), and the
+# decoder's fixture tests pass.
+echo "== the packaged crate: all targets compile, fixture tests"
 version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
-target_dir=${CARGO_TARGET_DIR:-$PWD/target}
 cargo package --allow-dirty --no-verify --quiet
 unpacked=$(mktemp -d)
 trap 'rm -rf "$unpacked"' EXIT
@@ -70,9 +85,10 @@ tar -xzf "$target_dir/package/paho-mqtt-redis-$version.crate" -C "$unpacked"
   cd "$unpacked/paho-mqtt-redis-$version"
   # The repository's target directory: dependencies are built already.
   export CARGO_TARGET_DIR="$target_dir"
-  cargo test --locked --no-run --features "$features"
+  cargo check --locked --all-targets --features "$features"
   cargo test --locked --lib --features "$features" decode::
 )
+done_with "$target_dir/debug" "$target_dir/package"
 
 # The fuzz targets (fuzz/, libFuzzer) replay their seeds, so that a target
 # that no longer builds, or a seed that now crashes, fails here; built on
@@ -86,6 +102,7 @@ echo "== fuzz targets: build, replay the seeds"
     "./target/debug/$target" "seeds/$target" -runs=0
   done
 )
+done_with fuzz/target
 
 # The same suite for aarch64 and armv7 under qemu-user (see the README's
 # "Cross-compiling"); PMR_SKIP_CROSS=1 leaves it out of a quick local run.
