@@ -7,12 +7,12 @@
 //! kept here until it does, for Paho carries on without it (see
 //! [`crate::paho::put_failure_ignored`]).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use smallvec::SmallVec;
 
-use super::FieldName;
+use super::{FieldName, KeyMap, KeySet};
 use crate::paho::is_command_key;
 use crate::stats::Counters;
 
@@ -52,9 +52,9 @@ const SPARE_BUFFER_CAPACITY_MAX: usize = 64 * 1024;
 pub(crate) struct RecordCache {
     /// Where the count of records not in Redis is published (`Stats::unwritten_records`).
     counters: Arc<Counters>,
-    records: HashMap<FieldName, Cached>,
+    records: KeyMap<FieldName, Cached>,
     /// The records Redis has not taken yet.
-    waiting: HashSet<FieldName>,
+    waiting: KeySet<FieldName>,
     /// Written records, oldest first, for eviction: an entry whose stamp is
     /// no longer its record's (removed, rewritten, waiting or in flight again)
     /// is skipped.
@@ -89,8 +89,8 @@ impl RecordCache {
     pub(crate) fn new(counters: Arc<Counters>, limits: CacheLimits) -> Self {
         Self {
             counters,
-            records: HashMap::new(),
-            waiting: HashSet::new(),
+            records: KeyMap::default(),
+            waiting: KeySet::default(),
             order: VecDeque::new(),
             next_stamp: 0,
             spare: Vec::new(),

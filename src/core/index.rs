@@ -4,18 +4,24 @@
 //! keep the list of its fields and answer `keys`, `contains_key` and the
 //! `remove` of a key that was never written without asking Redis.
 
-use std::collections::HashSet;
-
+use rustc_hash::{FxHashMap, FxHashSet};
 use smallvec::SmallVec;
 
 /// A hash field name. Paho's keys are at most 13 bytes (`c5-4294967295`), so
 /// they are stored inline: adding a key to the index does not allocate.
 pub(crate) type FieldName = SmallVec<[u8; 16]>;
 
+/// Maps and sets keyed by Paho's keys hash them with FxHash (rustc-hash), not
+/// std's SipHash: SipHash resists keys chosen to collide, and these come from
+/// Paho and from this store's own hash. SipHash took a tenth of a QoS 1
+/// publish's instructions (BENCHMARKS.md, "Instructions per message").
+pub(crate) type KeyMap<K, V> = FxHashMap<K, V>;
+pub(crate) type KeySet<K> = FxHashSet<K>;
+
 /// The fields of the hash, as Paho last wrote or removed them.
 #[derive(Debug, Default)]
 pub(crate) struct FieldIndex {
-    fields: HashSet<FieldName>,
+    fields: KeySet<FieldName>,
 }
 
 impl FieldIndex {

@@ -29,14 +29,14 @@ mod sim;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
 use redis::RedisError;
 use smallvec::SmallVec;
 
 pub(crate) use cache::{CacheLimits, RecordCache};
-pub(crate) use index::{FieldIndex, FieldName};
+pub(crate) use index::{FieldIndex, FieldName, KeyMap, KeySet};
 pub(crate) use plan::{Command, Exchange, Failure, Plan, Records, Reply};
 
 use crate::paho::{self, CommandRemoval, PreviousCall};
@@ -140,10 +140,10 @@ pub(crate) struct Core {
     /// while its removal waits.
     fields: FieldIndex,
     /// The hash as `open` read it, until Paho's restore has read each record.
-    snapshot: HashMap<String, Vec<u8>>,
+    snapshot: KeyMap<String, Vec<u8>>,
     cache: RecordCache,
     /// The command records of QoS ≥ 1 PUBLISH commands: what each will be sent as.
-    publishes: HashMap<FieldName, paho::Command>,
+    publishes: KeyMap<FieldName, paho::Command>,
     /// Fields removed locally whose removal has not reached Redis yet.
     removals_owed: Vec<FieldName>,
     handoff: Option<Handoff>,
@@ -153,7 +153,7 @@ pub(crate) struct Core {
     tied: Vec<FieldName>,
     tied_to: Vec<FieldName>,
     /// The QoS 1 PUBLISH records whose removal `defer_qos1_removals` defers.
-    qos1_publishes: HashSet<FieldName>,
+    qos1_publishes: KeySet<FieldName>,
     previous: PreviousCall,
     /// The connection generation the index was last checked against.
     synced_generation: u64,
@@ -178,14 +178,14 @@ impl Core {
             hash,
             settings,
             fields: FieldIndex::default(),
-            snapshot: HashMap::new(),
+            snapshot: KeyMap::default(),
             cache: RecordCache::new(counters, settings.cache),
-            publishes: HashMap::new(),
+            publishes: KeyMap::default(),
             removals_owed: Vec::new(),
             handoff: None,
             tied: Vec::new(),
             tied_to: Vec::new(),
-            qos1_publishes: HashSet::new(),
+            qos1_publishes: KeySet::default(),
             previous: PreviousCall::Other,
             synced_generation: 0,
             outcome_unknown: false,
@@ -240,7 +240,7 @@ impl Core {
         // Paho writes only after its restore is over; what it did not read by
         // then it never will.
         if !self.snapshot.is_empty() {
-            self.snapshot = HashMap::new();
+            self.snapshot = KeyMap::default();
         }
         let command_record = paho::is_command_key(key);
         match &self.handoff {
@@ -318,7 +318,7 @@ impl Core {
         };
         if let Some(value) = self.snapshot.remove(key) {
             if self.snapshot.is_empty() {
-                self.snapshot = HashMap::new();
+                self.snapshot = KeyMap::default();
             }
             // Paho reads a restored command record again when it sends it.
             self.cache.in_redis(key, &[&value]);
@@ -568,7 +568,7 @@ impl Core {
             Outcome::Sent => Vec::new(),
         };
         self.synced_generation = generation;
-        self.snapshot = HashMap::with_capacity(entries.len());
+        self.snapshot = KeyMap::with_capacity_and_hasher(entries.len(), Default::default());
         let mut byte_count = None;
         let mut bytes = 0u64;
         for (field, value) in entries {
@@ -860,7 +860,7 @@ impl Core {
         self.tied_to.clear();
         self.publishes.clear();
         self.qos1_publishes.clear();
-        self.snapshot = HashMap::new();
+        self.snapshot = KeyMap::default();
         self.synced_generation = generation;
         self.outcome_unknown = false;
         self.flush_due = false;

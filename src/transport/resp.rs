@@ -8,14 +8,19 @@
 //! once per reply (`tests/allocations.rs` counts one allocation per
 //! steady-state `put`, inside redis-rs).
 
-use std::fmt::Write as _;
-
 use bytes::{BufMut, BytesMut};
 
 /// Starts a command of `argc` arguments (the command name counts as one).
 pub(crate) fn begin(buf: &mut BytesMut, argc: usize) {
-    // Writing into a BytesMut cannot fail; there is nothing to handle.
-    let _ = write!(buf, "*{argc}\r\n");
+    header(buf, b'*', argc);
+}
+
+/// `*N\r\n` or `$N\r\n`. Formatted by itoa: `write!` through `core::fmt`
+/// took more instructions than the rest of a command's encoding.
+fn header(buf: &mut BytesMut, kind: u8, n: usize) {
+    buf.put_u8(kind);
+    buf.put_slice(itoa::Buffer::new().format(n).as_bytes());
+    buf.put_slice(b"\r\n");
 }
 
 /// Appends one argument.
@@ -25,19 +30,14 @@ pub(crate) fn arg(buf: &mut BytesMut, bytes: &[u8]) {
 
 /// Appends one argument: a number in decimal, formatted on the stack.
 pub(crate) fn arg_number(buf: &mut BytesMut, number: u64) {
-    let mut digits = [0u8; 20]; // u64::MAX has 20 digits
-    let mut free: &mut [u8] = &mut digits;
-    // Cannot fail: 20 bytes hold any u64.
-    let _ = std::io::Write::write_fmt(&mut free, format_args!("{number}"));
-    let written = 20usize.saturating_sub(free.len());
-    arg(buf, digits.get(..written).unwrap_or_default());
+    arg(buf, itoa::Buffer::new().format(number).as_bytes());
 }
 
 /// Appends one argument of `len` bytes made of `parts` joined, without
 /// joining them first.
 pub(crate) fn arg_from_parts<'a>(buf: &mut BytesMut, len: usize, parts: impl IntoIterator<Item = &'a [u8]>) {
     buf.reserve(len.saturating_add(16));
-    let _ = write!(buf, "${len}\r\n");
+    header(buf, b'$', len);
     for part in parts {
         buf.put_slice(part);
     }
