@@ -20,26 +20,18 @@ ROUNDS="${ROUNDS:-7}" COUNT="${COUNT:-5000}" COUNT_SEQ="${COUNT_SEQ:-2000}"
 
 source scripts/lib.sh
 make_work_dir compare
-old_tree="$work/old"
 old_target="${CARGO_TARGET_DIR:-$PWD/target}/compare-old"
-git worktree add -q --detach "$old_tree" "$rev"
-trap 'stop_started_servers; git worktree remove --force "$old_tree" 2>/dev/null || true; rm -rf "$work"' EXIT
 
 cargo build -q --release --features unix-socket --example publish_bench
 new_bench="$PWD/target/release/examples/publish_bench"
-(cd "$old_tree" && CARGO_TARGET_DIR="$old_target" cargo build -q --release --features unix-socket --example publish_bench)
+build_bench_at "$rev" "$old_target"
 old_bench="$old_target/release/examples/publish_bench"
 old_sha="$(git rev-parse --short "$rev")" new_sha="$(git rev-parse --short HEAD)"
 
 mqtt_port="$(free_port)"
 start_mosquitto "$mqtt_port" "${bench_mosquitto_options[@]}"
-redis_port="$(free_port)"
-redis-server --port "$redis_port" --bind 127.0.0.1 --unixsocket "$work/redis.sock" --unixsocketperm 700 \
-  --save '' --appendonly no --dir "$work" --logfile "$work/redis.log" &
-pids+=($!)
-wait_for_port "$redis_port"
-export MQTT_URI="tcp://127.0.0.1:$mqtt_port" REDIS_URL="redis://127.0.0.1:$redis_port/0"
-export REDIS_UNIX_URL="redis+unix://$work/redis.sock"
+export MQTT_URI="tcp://127.0.0.1:$mqtt_port"
+start_bench_redis
 
 csv="benchmarks/compare-runs.csv"
 [ -f "$csv" ] || echo "date,binary,commit,round,variant,mode,messages,msgs_per_s" > "$csv"

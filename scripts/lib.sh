@@ -45,3 +45,25 @@ make_work_dir() {
   work="$(mktemp -d -t "paho-mqtt-redis-$1.XXXXXX")"
   trap 'stop_started_servers; rm -rf "$work"' EXIT
 }
+
+# Builds examples/publish_bench (release, feature unix-socket) of commit $1
+# into target dir $2, from a worktree under $work removed once built.
+build_bench_at() {
+  local tree="$work/tree-$1" status=0
+  git worktree add -q --detach "$tree" "$1"
+  (cd "$tree" && CARGO_TARGET_DIR="$2" cargo build -q --release --features unix-socket --example publish_bench) || status=$?
+  git worktree remove --force "$tree"
+  return "$status"
+}
+
+# Starts a RAM-only redis-server on a free port and a Unix socket in $work,
+# waits for it, and exports REDIS_URL and REDIS_UNIX_URL for publish_bench.
+start_bench_redis() {
+  local port
+  port="$(free_port)"
+  redis-server --port "$port" --bind 127.0.0.1 --unixsocket "$work/redis.sock" --unixsocketperm 700 \
+    --save '' --appendonly no --dir "$work" --logfile "$work/redis.log" &
+  pids+=($!)
+  wait_for_port "$port"
+  export REDIS_URL="redis://127.0.0.1:$port/0" REDIS_UNIX_URL="redis+unix://$work/redis.sock"
+}
