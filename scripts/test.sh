@@ -14,9 +14,9 @@ bash scripts/install-deps.sh --rust "$msrv"
 
 # Disk: a CI machine may have only a few GiB free (a run ran out of space
 # building the fuzz targets, when a clean clone's builds took about 7 GiB in
-# all; now at most 1.8 GiB at once). Incremental caches
-# and full debug info are most of a debug build and nothing here uses them;
-# line tables keep file:line in backtraces.
+# all; now at most 1.8 GiB at once). Incremental caches and full debug info
+# are most of a debug build and nothing here uses them; line tables keep
+# file:line in backtraces.
 export CARGO_INCREMENTAL=0 CARGO_PROFILE_DEV_DEBUG=line-tables-only
 target_dir=${CARGO_TARGET_DIR:-$PWD/target}
 # With CI=true (a clean clone whose builds nothing reuses) each phase's build

@@ -13,8 +13,9 @@ pub(crate) type FieldName = SmallVec<[u8; 16]>;
 
 /// Maps and sets keyed by Paho's keys hash them with FxHash (rustc-hash), not
 /// std's SipHash: SipHash resists keys chosen to collide, and these come from
-/// Paho and from this store's own hash. SipHash took a tenth of a QoS 1
-/// publish's instructions (BENCHMARKS.md, "Instructions per message").
+/// Paho and from this store's own hash (whoever can write that can delete
+/// it). SipHash took a tenth of the client's instructions in a run of QoS 1
+/// publishes (BENCHMARKS.md, "Instructions per message").
 pub(crate) type KeyMap<K, V> = FxHashMap<K, V>;
 pub(crate) type KeySet<K> = FxHashSet<K>;
 
