@@ -49,7 +49,7 @@ for build in "${builds[@]}"; do
       "$bench" "$variant" sequential "$N" > "$work/$build.$variant.log" 2> "$work/$build.$variant.err"
     grep -q '^RESULT ' "$work/$build.$variant.log" || { cat "$work/$build.$variant.err" >&2; exit 1; }
     total[$build.$variant]="$(sed -n 's/^==[0-9]*== Collected : \([0-9]*\)$/\1/p' "$work/$build.$variant.err")"
-    [ -n "${KEEP:-}" ] && cp "$out" "$KEEP/"
+    if [ -n "${KEEP:-}" ]; then cp "$out" "$KEEP/"; fi
   done
 done
 

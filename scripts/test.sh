@@ -21,11 +21,12 @@ export CARGO_INCREMENTAL=0 CARGO_PROFILE_DEV_DEBUG=line-tables-only
 target_dir=${CARGO_TARGET_DIR:-$PWD/target}
 # With CI=true (a clean clone whose builds nothing reuses) each phase's build
 # is deleted once the phase has passed; a local run keeps them for the next.
+disk_free() { df -h --output=avail . | tail -n 1 | tr -d ' '; }
 done_with() {
   if [ "${CI:-}" = true ]; then rm -rf "$@"; fi
-  echo "== disk: $(df -h --output=avail . | tail -n 1 | tr -d ' ') free"
+  echo "== disk: $(disk_free) free"
 }
-echo "== disk: $(df -h --output=avail . | tail -n 1 | tr -d ' ') free (a clean clone's run built up to 1.8 GiB at once)"
+echo "== disk: $(disk_free) free (a clean clone's run built up to 1.8 GiB at once)"
 
 # Every feature but `vendored-ssl`, which only builds OpenSSL from source;
 # `cli` adds the paho-mqtt-redis command and its tests (tests/cli.rs).
