@@ -26,7 +26,7 @@ use std::fmt;
 
 use redis::{Connection, RedisError};
 
-use crate::core::BYTE_COUNT_FIELD;
+use crate::core::BUDGET_COUNTER_FIELD;
 use crate::{paho, Config, Error};
 
 /// A connection for looking into the stores under one key prefix.
@@ -144,7 +144,7 @@ impl Stores {
             self.query("HGETALL", hash, |conn| redis::cmd("HGETALL").arg(hash).query(conn))?;
         Ok(fields
             .into_iter()
-            .filter(|(field, _)| field != BYTE_COUNT_FIELD.as_bytes())
+            .filter(|(field, _)| field != BUDGET_COUNTER_FIELD.as_bytes())
             .map(|(field, value)| (String::from_utf8_lossy(&field).into_owned(), value))
             .collect())
     }

@@ -73,7 +73,7 @@ mod persistence;
 mod stats;
 mod transport;
 
-pub use crate::core::BYTE_COUNT_FIELD as BUDGET_COUNTER_FIELD;
+pub use crate::core::BUDGET_COUNTER_FIELD;
 pub use config::{Builder, Config, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IO_TIMEOUT, DEFAULT_PORT};
 pub use error::{Cause, Error};
 pub use persistence::RedisPersistence;

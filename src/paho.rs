@@ -215,23 +215,14 @@ pub(crate) enum CommandRemoval {
 
 impl CommandRemoval {
     /// Tells the two apart: only the removal right after the read-back of
-    /// the same record is a PUBLISH being sent.
-    pub(crate) fn of(key: &str, previous: &PreviousCall) -> Self {
-        match previous {
-            PreviousCall::GetCommand(read) if read.as_slice() == key.as_bytes() => CommandRemoval::Sending,
+    /// the same record (`read_back`, the key the call before read) is a
+    /// PUBLISH being sent.
+    pub(crate) fn of(key: &str, read_back: Option<&[u8]>) -> Self {
+        match read_back {
+            Some(read) if read == key.as_bytes() => CommandRemoval::Sending,
             _ => CommandRemoval::Done,
         }
     }
-}
-
-/// The call before the current one, as far as [`CommandRemoval::of`] needs it.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub(crate) enum PreviousCall {
-    /// A `get` of this command record.
-    GetCommand(crate::core::FieldName),
-    /// Anything else.
-    #[default]
-    Other,
 }
 
 /// Whether `key` is the PUBLISH record (`s-` or `s5-`) of message `id`. A
@@ -292,10 +283,9 @@ mod tests {
 
     #[test]
     fn only_a_removal_right_after_its_read_back_is_a_send() {
-        let read = |key: &str| PreviousCall::GetCommand(crate::core::FieldName::from_slice(key.as_bytes()));
-        assert_eq!(CommandRemoval::of("c-1", &read("c-1")), CommandRemoval::Sending);
-        assert_eq!(CommandRemoval::of("c-1", &read("c-6")), CommandRemoval::Done);
-        assert_eq!(CommandRemoval::of("c-1", &PreviousCall::Other), CommandRemoval::Done);
+        assert_eq!(CommandRemoval::of("c-1", Some(b"c-1")), CommandRemoval::Sending);
+        assert_eq!(CommandRemoval::of("c-1", Some(b"c-6")), CommandRemoval::Done);
+        assert_eq!(CommandRemoval::of("c-1", None), CommandRemoval::Done);
     }
 
     #[test]

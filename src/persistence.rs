@@ -320,7 +320,9 @@ impl RedisPersistence {
             return Err(Error::OpenElsewhere { hash: core.hash().to_owned() });
         }
         transport.begin_call();
-        call(core, &mut Connected { transport, config: &self.shared.config })
+        let result = call(core, &mut Connected { transport, config: &self.shared.config });
+        self.shared.counters.set_unwritten_records(core.unwritten());
+        result
     }
 
     fn try_open(&self, client_id: &str, server_uri: &str) -> Result<String, Error> {
@@ -338,7 +340,9 @@ impl RedisPersistence {
             drive::close(&mut previous, &mut runner);
             self.set_hash_name(None);
         }
-        let mut opened = Core::new(hash.clone(), self.settings(), Arc::clone(&self.shared.counters));
+        // A closed (or reopened) store holds nothing in memory any more.
+        self.shared.counters.set_unwritten_records(0);
+        let mut opened = Core::new(hash.clone(), self.settings());
         drive::open(&mut opened, &mut runner)?;
         *core = Some(opened);
         *opened_by = self.handle;
@@ -401,6 +405,7 @@ impl RedisPersistence {
         }
         transport.disconnect();
         *core = None;
+        self.shared.counters.set_unwritten_records(0);
         self.set_hash_name(None);
     }
 

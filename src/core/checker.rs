@@ -29,7 +29,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -38,7 +37,6 @@ use super::drive;
 use super::sim::{Mode, SimRedis};
 use super::{CacheLimits, Core, Settings};
 use crate::paho;
-use crate::stats::Counters;
 
 /// One recorded Paho call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,17 +145,21 @@ struct Checked {
 
 /// Replays `trace` with `schedule`; returns what it checked or the first violation.
 fn replay(trace: &Trace, schedule: &Schedule, pipelined: bool) -> Result<Checked, String> {
-    replay_with(trace, schedule, Settings { cache: SMALL_CACHE, ..Settings::default() }, pipelined)
+    replay_with(trace, schedule, Settings { cache: SMALL_CACHE, ..Settings::default() }, pipelined, false)
 }
 
 /// `pipelined`: against a Redis reached as over the Unix socket, where a
-/// write is durable once sent and its reply comes later.
+/// write is durable once sent and its reply comes later. `legacy_04`: with
+/// 0.4's rule, emulated around the store: every command record's removal
+/// waits for the next write.
 fn replay_with(
     trace: &Trace,
     schedule: &Schedule,
     settings: Settings,
     pipelined: bool,
+    legacy_04: bool,
 ) -> Result<Checked, String> {
+    let mut held_back: Vec<String> = Vec::new();
     let mut redis = SimRedis::default();
     redis.pipelined = pipelined;
     let mut core: Option<Core> = None;
@@ -197,7 +199,7 @@ fn replay_with(
         redis.begin_call();
         match call {
             Call::Open(hash) => {
-                let mut opened = Core::new(hash.clone(), settings, Arc::new(Counters::new()));
+                let mut opened = Core::new(hash.clone(), settings);
                 if drive::open(&mut opened, &mut redis).is_ok() {
                     core = Some(opened);
                 } else {
@@ -224,6 +226,10 @@ fn replay_with(
             }
             Call::Put(key, value) => {
                 let store = core.as_mut().ok_or_else(|| format!("{}: not open", here()))?;
+                for removal in held_back.drain(..) {
+                    drive::remove(store, &mut redis, &removal)
+                        .map_err(|e| format!("{}: remove: {e}", here()))?;
+                }
                 let result = drive::put(store, &mut redis, key, &[value]);
                 match result {
                     Ok(()) => {
@@ -262,7 +268,11 @@ fn replay_with(
             Call::Remove(key) => {
                 let store = core.as_mut().ok_or_else(|| format!("{}: not open", here()))?;
                 let value = model.remove(key);
-                drive::remove(store, &mut redis, key).map_err(|e| format!("{}: remove: {e}", here()))?;
+                if legacy_04 && paho::is_command_key(key) {
+                    held_back.push(key.clone());
+                } else {
+                    drive::remove(store, &mut redis, key).map_err(|e| format!("{}: remove: {e}", here()))?;
+                }
                 if let Some(publish) = value.as_deref().and_then(|value| publish_record_of(key, value)) {
                     if is_sent(&trace.calls, at, &publish) {
                         sent_from.insert(publish.clone(), key.clone());
@@ -475,12 +485,12 @@ fn every_crash_point_of_every_trace_is_safe_with_redis_answering() {
 /// and a message Paho dropped stay restorable.
 #[test]
 fn the_checker_fails_the_04_rule_for_command_records() {
-    let settings = Settings { cache: SMALL_CACHE, legacy_command_removals: true, ..Settings::default() };
+    let settings = Settings { cache: SMALL_CACHE, ..Settings::default() };
     for name in
         ["v311-qos0-online", "v5-qos0-online", "v311-subscribe", "v311-delete-oldest", "v5-delete-oldest"]
     {
         let trace = traces().into_iter().find(|trace| trace.name == name).expect("a trace");
-        let verdict = replay_with(&trace, &Schedule::new(), settings, false);
+        let verdict = replay_with(&trace, &Schedule::new(), settings, false, true);
         assert!(
             verdict.as_ref().is_err_and(|violation| violation.contains("acted on")),
             "{name}: the checker must catch it: {verdict:?}"

@@ -1,7 +1,7 @@
-//! One Paho call, start to end: the core's plan runs, the core takes the
-//! outcome, then the follow-ups the core wants run while Redis has not made
-//! this call wait already. Shared by the store and by the core's simulated
-//! tests, so that both run the very same sequence.
+//! One Paho call, start to end: the core polled for plans, each run and its
+//! outcome taken back, first the call's own, then upkeep while Redis has not
+//! made this call wait already. Shared by the store and by the core's
+//! simulated tests, so that both run the very same sequence.
 
 use redis::RedisError;
 use smallvec::SmallVec;
@@ -34,17 +34,15 @@ pub(crate) trait Runner {
 pub(crate) enum Served {
     /// The hash as `open` read it.
     Snapshot,
-    /// The core's record cache.
+    /// A value the core kept in memory.
     Cache,
     /// A read from Redis.
     Redis,
 }
 
-/// Runs `plan`, unless it is empty. Taking the plan by value ends its borrow
-/// of the core, which then takes the exchange.
-fn send(runner: &mut impl Runner, plan: Plan<'_>) -> Option<Exchange> {
-    (!plan.is_empty()).then(|| runner.run(&plan))
-}
+/// Most upkeep plans after a call: each settles what made it due (a check
+/// of the hash, then what it found owed).
+const UPKEEP_ROUNDS: usize = 4;
 
 /// Gives the core the replies that came in. Never between running a plan
 /// and completing it: a reply to that plan could arrive before the core
@@ -55,46 +53,51 @@ fn absorb(core: &mut Core, runner: &mut impl Runner) {
     }
 }
 
-fn finish(core: &mut Core, runner: &mut impl Runner, exchange: Option<Exchange>) -> Result<Answer, Error> {
-    let result = exchange.map_or(Ok(Answer::Done), |exchange| core.complete(exchange));
-    absorb(core, runner);
-    follow_ups(core, runner);
-    result
+/// Runs the next plan, if the core has one. The plan's borrow of the core
+/// ends here, so that the core can take the exchange.
+fn run_next(core: &mut Core, runner: &mut impl Runner, upkeep: bool) -> Option<Exchange> {
+    let plan = core.poll(runner.generation(), upkeep)?;
+    Some(runner.run(&plan))
 }
 
-/// Runs what the core wants after a call; failures are the core's to log and retry.
-pub(crate) fn follow_ups(core: &mut Core, runner: &mut impl Runner) {
-    // Each follow-up settles what made it due; a few suffice (a check of the
-    // hash, then what it found owed).
-    for _ in 0..4 {
+/// Runs the current call's plans until the core answers it.
+fn answer(core: &mut Core, runner: &mut impl Runner) -> Result<Answer, Error> {
+    while let Some(exchange) = run_next(core, runner, false) {
+        let completed = core.complete(exchange);
+        absorb(core, runner);
+        if let Some(answer) = completed {
+            return answer;
+        }
+    }
+    Ok(Answer::Done)
+}
+
+/// Runs what the core wants besides, while Redis has not made this call
+/// wait; failures are the core's to log and retry.
+fn upkeep(core: &mut Core, runner: &mut impl Runner) {
+    for _ in 0..UPKEEP_ROUNDS {
         if !runner.may_wait() {
             return;
         }
-        let generation = runner.generation();
-        let Some(plan) = core.follow_up(generation) else { return };
-        if let Some(exchange) = send(runner, plan) {
-            let _ = core.complete(exchange);
-            absorb(core, runner);
-        }
+        let Some(exchange) = run_next(core, runner, true) else { return };
+        let _ = core.complete(exchange);
+        absorb(core, runner);
     }
+}
+
+/// The rest of a call, once the core has taken it in.
+fn finish(core: &mut Core, runner: &mut impl Runner) -> Result<(), Error> {
+    let answer = answer(core, runner);
+    upkeep(core, runner);
+    answer.map(drop)
 }
 
 /// `open` of a new core: reads the hash.
 pub(crate) fn open(core: &mut Core, runner: &mut impl Runner) -> Result<(), Error> {
-    let exchange = runner.run(&core.open());
-    // Replies to a store closed before: it is gone.
-    let _ = runner.replies();
-    match core.complete(exchange) {
-        Err(Error::NotAHash { .. }) => {
-            let exchange = runner.run(&core.key_type());
-            core.complete(exchange).map(drop)
-        }
-        Err(error) => Err(error),
-        Ok(_) => {
-            follow_ups(core, runner);
-            Ok(())
-        }
-    }
+    core.open();
+    answer(core, runner)?;
+    upkeep(core, runner);
+    Ok(())
 }
 
 pub(crate) fn put(
@@ -104,57 +107,50 @@ pub(crate) fn put(
     parts: &[&[u8]],
 ) -> Result<(), Error> {
     absorb(core, runner);
-    let exchange = send(runner, core.put(key, parts));
-    finish(core, runner, exchange).map(drop)
+    core.put(key, parts);
+    finish(core, runner)
 }
 
 pub(crate) fn get(core: &mut Core, runner: &mut impl Runner, key: &str) -> Result<(Vec<u8>, Served), Error> {
     absorb(core, runner);
-    let served = core.in_memory(key);
-    let step = match core.get(key) {
-        Ok(Ok(value)) => Ok(Ok(value)),
-        Ok(Err(plan)) => Ok(Err(send(runner, plan))),
-        Err(error) => Err(error),
-    };
-    let result = match step {
-        Ok(Ok(value)) => Ok((value, served.unwrap_or(Served::Cache))),
-        Ok(Err(exchange)) => match exchange.map(|exchange| core.complete(exchange)) {
-            Some(Ok(Answer::Value(value))) => Ok((value, Served::Redis)),
-            Some(Err(error)) => Err(error),
-            Some(Ok(Answer::Done)) | None => Err(Error::KeyNotFound { key: key.to_owned() }),
+    let result = match core.get(key) {
+        Ok(Some(found)) => Ok(found),
+        Ok(None) => match answer(core, runner) {
+            Ok(Answer::Value(value)) => Ok((value, Served::Redis)),
+            Ok(Answer::Done) => Err(Error::KeyNotFound { key: key.to_owned() }),
+            Err(error) => Err(error),
         },
         Err(error) => Err(error),
     };
-    follow_ups(core, runner);
+    upkeep(core, runner);
     result
 }
 
 pub(crate) fn remove(core: &mut Core, runner: &mut impl Runner, key: &str) -> Result<(), Error> {
     absorb(core, runner);
-    let exchange = send(runner, core.remove(key));
-    finish(core, runner, exchange).map(drop)
+    core.remove(key);
+    finish(core, runner)
 }
 
 pub(crate) fn keys(core: &mut Core, runner: &mut impl Runner) -> Vec<String> {
     absorb(core, runner);
     // A check the core wants (a write may have run late) comes first: its
     // outcome may change the keys.
-    follow_ups(core, runner);
+    upkeep(core, runner);
     core.keys()
 }
 
 pub(crate) fn clear(core: &mut Core, runner: &mut impl Runner) -> Result<(), Error> {
     absorb(core, runner);
-    let exchange = send(runner, core.clear());
-    finish(core, runner, exchange).map(drop)
+    core.clear();
+    finish(core, runner)
 }
 
 /// `close`: sends what is still owed, and says what is lost if Redis cannot take it.
 pub(crate) fn close(core: &mut Core, runner: &mut impl Runner) {
     absorb(core, runner);
-    if let Some(exchange) = send(runner, core.close()) {
-        let _ = core.complete(exchange);
-    }
+    core.close();
+    let _ = answer(core, runner);
     // A refusal still to come would leave records only here: wait for them.
     runner.settle();
     absorb(core, runner);

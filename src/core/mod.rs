@@ -1,26 +1,62 @@
 //! The store's core: what the store knows and decides, without a socket.
 //!
-//! Each Paho call goes in as a method call; what must happen in Redis comes
-//! out as a [`Plan`] (commands as data), and what became of it goes back in
-//! as an [`Exchange`] through [`Core::complete`]. After each call the caller
-//! asks [`Core::follow_up`] for what the core wants done next (a check of the
-//! hash after a reconnect, removals owed). Nothing here blocks or does I/O, so
-//! every decision is tested in microseconds, and the crash-point checker
-//! (`checker`, in tests) replays recorded Paho call sequences against a
-//! simulated Redis that fails, hangs, refuses and restarts.
+//! Words used throughout, one name per idea:
+//! - **record**: a Paho key and its value. The **table** ([`table::Table`])
+//!   has one per key the store knows of, with what the store holds of its
+//!   value and its **standing** with Redis.
+//! - **owed**: what Redis must still be told, a write or a removal.
+//! - **plan**: the Redis commands of one exchange, as data borrowing the table.
+//! - **the move**: Paho sending a queued QoS ≥ 1 message takes it from its
+//!   command record to its PUBLISH record (`MQTTAsync_processCommand`
+//!   removes the first before it writes the second: the store's one crash
+//!   window). The removal **rides** inside the PUBLISH record's write.
+//! - **the check**: comparing the table with the hash's fields after a
+//!   reconnect, or after a command whose outcome is unknown (it timed out).
+//! - **budget**: `max_store_bytes`; the hash then keeps its byte count in
+//!   [`BUDGET_COUNTER_FIELD`].
+//!
+//! Paho's calls go in as methods that only change the table; [`Core::poll`]
+//! then yields the next plan (the call's own first, then upkeep: the check,
+//! the byte count's repair, owed records and removals); what became of it
+//! comes back through [`Core::complete`], and replies to plans sent ahead
+//! (write-behind) through [`Core::confirm`]. Which connection the transport
+//! is on, and whether it may still wait in this call, are arguments: nothing
+//! here blocks or does I/O, so the crash-point checker (`checker`) replays
+//! recorded Paho calls against a simulated Redis that fails, hangs, refuses
+//! and restarts, and checks Redis after every call.
+//!
+//! A record's standing, with the transitions that move it:
+//!
+//! ```text
+//!            open                     put                         poll: a write
+//!   InRedis <──── (none) ───────────────────────────> WriteOwed ──────────────> Writing(seq)
+//!     ▲  │                     put ┌───────────────>    ▲                         │  │
+//!     │  │ remove                  │                    └──── refused, or lost ───┘  │
+//!     │  ▼                         │                                                 │
+//!     │ RemovalOwed ── poll ──> Removing(seq) ── confirmed ──> (none)                │
+//!     │      ▲                       │                                               │
+//!     │      └────── refused ────────┘                                               │
+//!     └──────────────────────────────────── confirmed ───────────────────────────────┘
+//!
+//!   the move (a command record removed right after Paho read it back):
+//!   InRedis ── remove ──> AwaitsPublish ── put of its PUBLISH record ──> RidesWith(s-N)
+//!                            │ any other call                               │ a write
+//!                            ▼                                              ▼
+//!                        RemovalOwed          RemovalOwed <── refused ── Riding(seq, s-N)
+//!                                    (once s-N is in Redis)                 │ confirmed
+//!                                                                           ▼
+//!                                                                         (none)
+//! ```
 //!
 //! The promise kept here: at every instant, what Redis holds is what a
-//! restarted client may safely restore. Paho's own order of calls has one
-//! crash window, which the core closes: `MQTTAsync_processCommand` removes a
-//! command record before it writes the PUBLISH record of the same message, so
-//! the removal waits for that write and runs inside it, atomically (see
-//! [`crate::paho::CommandRemoval`] for how the core tells that removal from
-//! Paho dropping a message).
+//! restarted client may safely restore. A write carries every owed record,
+//! every removal riding with them and, unless deferred
+//! (`defer_qos1_removals`), every owed removal, all or nothing; a removal
+//! that rides is never sent alone while its PUBLISH record is not in Redis.
 
-mod cache;
 pub(crate) mod drive;
-mod index;
 mod plan;
+mod table;
 
 #[cfg(test)]
 mod checker;
@@ -29,24 +65,22 @@ mod sim;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{HashSet, VecDeque};
-use std::sync::Arc;
+use std::collections::VecDeque;
 
 use redis::RedisError;
-use smallvec::SmallVec;
 
-pub(crate) use cache::{CacheLimits, RecordCache};
-pub(crate) use index::{FieldIndex, FieldName, KeyMap, KeySet};
 pub(crate) use plan::{Command, Exchange, Failure, Plan, Records, Reply};
+pub(crate) use table::{CacheLimits, FieldName, KeySet, Table};
+use table::{Carried, Kind, Seq, Standing, Value};
 
-use crate::paho::{self, CommandRemoval, PreviousCall};
-use crate::stats::Counters;
+use crate::paho::{self, CommandRemoval};
 use crate::Error;
+use drive::Served;
 
 /// The hash field in which a store with `max_store_bytes` keeps its byte
 /// count. Never a Paho key, and never shown to Paho (which would try to
 /// restore it, fail, and delete it); tools that read a store skip it.
-pub const BYTE_COUNT_FIELD: &str = "paho-mqtt-redis:bytes";
+pub const BUDGET_COUNTER_FIELD: &str = "paho-mqtt-redis:bytes";
 
 /// What the core is told of the store's configuration.
 #[derive(Debug, Clone, Copy, Default)]
@@ -56,10 +90,6 @@ pub(crate) struct Settings {
     /// `defer_qos1_removals`.
     pub(crate) defer_qos1_removals: bool,
     pub(crate) cache: CacheLimits,
-    /// 0.4's rule, for the checker to show it catches it: every command
-    /// record's removal waits for the next write.
-    #[cfg(test)]
-    pub(crate) legacy_command_removals: bool,
 }
 
 /// What a completed call gives back to Paho.
@@ -69,66 +99,74 @@ pub(crate) enum Answer {
     Value(Vec<u8>),
 }
 
-/// A removal that waits for the write of its message's PUBLISH record.
-#[derive(Debug, Clone)]
-struct Handoff {
-    command: FieldName,
-    /// The message id the PUBLISH record carries in its key.
-    message_id: i32,
+/// Where Paho is in sending a queued message (see `paho::CommandRemoval`).
+#[derive(Debug, Default)]
+enum Move {
+    #[default]
+    Idle,
+    /// Paho just read this command record back: removing it next is a send.
+    ReadBack(FieldName),
+    /// Paho removed the command record while sending it; the removal
+    /// (`AwaitsPublish`) waits for the PUBLISH record of `message_id`.
+    Removed { command: FieldName, message_id: i32 },
 }
 
-/// A write or removal sent to Redis whose reply has not been taken in yet,
-/// with what to undo if Redis refused it.
+/// The plan handed out, whose exchange comes back through `complete`.
 #[derive(Debug)]
-struct Unconfirmed {
-    seq: u64,
-    /// The Redis command it went out as, for the error of a refusal.
-    command: &'static str,
-    /// The record `put` wrote, if any, for the log.
-    key: Option<FieldName>,
-    /// The records the write carried (in flight in the cache).
-    records: cache::Carried,
-    removals: SmallVec<[FieldName; 2]>,
-    /// Tied removals the write carried, with their PUBLISH records.
-    tied: SmallVec<[(FieldName, FieldName); 1]>,
-}
-
-/// What the core waits to hear of, one entry per plan handed out, oldest first.
-#[derive(Debug)]
-enum Pending {
+enum Awaiting {
     Open,
     KeyType,
-    Put(PendingPut),
-    Get {
-        key: String,
-    },
-    Remove {
-        removals: usize,
-    },
-    /// `records`: the flush wrote the records waiting in memory (else it only removed).
-    Flush {
-        removals: usize,
+    Put(Put),
+    Get(String),
+    Remove,
+    Clear,
+    /// `close`'s write of what is owed; `records`: it writes, else it removes.
+    Close {
         records: bool,
     },
-    Resync,
-    Clear,
-    ByteCount,
+    /// Upkeep: the same, between calls.
+    Flush {
+        records: bool,
+    },
+    Check,
+    ByteCount(Option<u64>),
 }
 
 #[derive(Debug)]
-struct PendingPut {
-    /// Inline: a `put` allocates nothing for the core's bookkeeping.
+struct Put {
     key: FieldName,
-    /// How many of the owed removals ride inside the write.
-    removals: usize,
-    /// The record is kept in memory whatever Redis says (Paho ignores the
-    /// `put`'s result), until Redis has taken it.
+    /// The owed removals ride along (not for a QoS 1 PUBLISH record with
+    /// `defer_qos1_removals`).
+    removals: bool,
+    /// Paho ignores the result: the record waits in memory if Redis does not take it.
     keep: bool,
-    was_indexed: bool,
-    /// The write took the place of an owed removal of the same field, which
-    /// is owed again if the write fails (Paho was told the put failed).
+    /// Paho saw the key before.
+    was_present: bool,
+    /// The write took the place of an owed removal of the same key.
     superseded_removal: bool,
-    qos1: bool,
+}
+
+/// A write or removal sent and not answered yet.
+#[derive(Debug)]
+struct InFlight {
+    seq: Seq,
+    /// As sent, for the error of a refusal.
+    command: &'static str,
+    /// The record a `put` wrote, for the log.
+    key: Option<FieldName>,
+    carried: Carried,
+}
+
+/// What the core wants of Redis besides Paho's calls.
+#[derive(Debug, Default)]
+struct Upkeep {
+    /// The connection the table was last checked on; `None` when a command
+    /// may have run late (check at the next chance).
+    checked: Option<u64>,
+    /// What is owed goes out now, not with the next write.
+    flush: bool,
+    /// `open` found a byte count to repair: the value to set, or `None` to drop it.
+    byte_count: Option<Option<u64>>,
 }
 
 /// The core of one open store.
@@ -136,64 +174,25 @@ struct PendingPut {
 pub(crate) struct Core {
     hash: String,
     settings: Settings,
-    /// The fields as Paho wrote them: a removed field leaves at once, even
-    /// while its removal waits.
-    fields: FieldIndex,
-    /// The hash as `open` read it, until Paho's restore has read each record.
-    snapshot: KeyMap<String, Vec<u8>>,
-    cache: RecordCache,
-    /// The command records of QoS ≥ 1 PUBLISH commands: what each will be sent as.
-    publishes: KeyMap<FieldName, paho::Command>,
-    /// Fields removed locally whose removal has not reached Redis yet.
-    removals_owed: Vec<FieldName>,
-    handoff: Option<Handoff>,
-    /// Command records whose removal rides only inside a write, because the
-    /// PUBLISH record of their message waits in memory (`tied_to`, in the
-    /// same order): removed alone, the message would be in no record in Redis.
-    tied: Vec<FieldName>,
-    tied_to: Vec<FieldName>,
-    /// The QoS 1 PUBLISH records whose removal `defer_qos1_removals` defers.
-    qos1_publishes: KeySet<FieldName>,
-    previous: PreviousCall,
-    /// The connection generation the index was last checked against.
-    synced_generation: u64,
-    /// A command may have run late (it timed out, or the connection broke
-    /// after it was sent): the hash is checked at the next chance.
-    outcome_unknown: bool,
-    /// The owed removals (and kept records) should go out now, not with the next write.
-    flush_due: bool,
-    /// `open` found a byte count to repair: the value to set, or `None` to drop it.
-    byte_count_repair: Option<Option<u64>>,
-    pending: VecDeque<Pending>,
-    /// Writes and removals sent and not answered yet, oldest first (a
-    /// pipelined transport answers them later, see [`Core::confirm`]).
-    unconfirmed: VecDeque<Unconfirmed>,
-    next_seq: u64,
+    records: Table,
+    moving: Move,
+    awaiting: Option<Awaiting>,
+    /// Oldest first: a pipelined transport answers them later.
+    in_flight: VecDeque<InFlight>,
+    upkeep: Upkeep,
 }
 
 impl Core {
     /// A core for the store in `hash`, before `open` has read it.
-    pub(crate) fn new(hash: String, settings: Settings, counters: Arc<Counters>) -> Self {
+    pub(crate) fn new(hash: String, settings: Settings) -> Self {
         Self {
             hash,
             settings,
-            fields: FieldIndex::default(),
-            snapshot: KeyMap::default(),
-            cache: RecordCache::new(counters, settings.cache),
-            publishes: KeyMap::default(),
-            removals_owed: Vec::new(),
-            handoff: None,
-            tied: Vec::new(),
-            tied_to: Vec::new(),
-            qos1_publishes: KeySet::default(),
-            previous: PreviousCall::Other,
-            synced_generation: 0,
-            outcome_unknown: false,
-            flush_due: false,
-            byte_count_repair: None,
-            pending: VecDeque::new(),
-            unconfirmed: VecDeque::new(),
-            next_seq: 0,
+            records: Table::new(settings.cache),
+            moving: Move::Idle,
+            awaiting: None,
+            in_flight: VecDeque::new(),
+            upkeep: Upkeep::default(),
         }
     }
 
@@ -203,353 +202,294 @@ impl Core {
 
     /// Whether Paho's `key` is in the store.
     pub(crate) fn contains(&self, key: &str) -> bool {
-        self.fields.contains(key)
+        self.records.present(key.as_bytes())
     }
 
     /// How many records Redis has not taken yet.
     pub(crate) fn unwritten(&self) -> usize {
-        self.cache.not_in_redis_count()
+        self.records.waiting_count()
+    }
+
+    /// Whether anything is still owed to Redis.
+    pub(crate) fn owes(&self) -> bool {
+        self.records.owes() || matches!(self.moving, Move::Removed { .. })
+    }
+
+    /// `open`: read the whole hash.
+    pub(crate) fn open(&mut self) {
+        self.awaiting = Some(Awaiting::Open);
+    }
+
+    /// `put`: Redis owes the record now.
+    pub(crate) fn put(&mut self, key: &str, parts: &[&[u8]]) {
+        // Paho writes only after its restore is over.
+        self.records.end_restore();
+        let field = FieldName::from_slice(key.as_bytes());
+        match std::mem::take(&mut self.moving) {
+            Move::Removed { command, message_id } if paho::is_publish_record_of(key, message_id) => {
+                // The write that ends the move carries its removal, and so
+                // does every write until this record is in Redis.
+                self.records.remove(&command, Standing::RidesWith(field.clone()));
+            }
+            // A new command under the same key (Paho numbers anew after a
+            // client discarded its records): this write replaces it.
+            Move::Removed { command, .. } if command == field => {}
+            // `MQTTAsync_addCommand` may queue a command between the removal
+            // and the PUBLISH record's write (it takes only `mqttcommand_mutex`).
+            moving @ Move::Removed { .. } if paho::is_command_key(key) => self.moving = moving,
+            moving @ Move::Removed { .. } => {
+                self.moving = moving;
+                self.end_move();
+            }
+            Move::ReadBack(_) | Move::Idle => {}
+        }
+        let was_present = self.records.present(key.as_bytes());
+        let before = self.records.write(key, parts);
+        let qos1 = self.records.get(key.as_bytes()).is_some_and(|r| r.kind == Kind::Publish { qos1: true });
+        // A QoS 1 PUBLISH record may leave removals owed (see
+        // `Builder::defer_qos1_removals`): a crash then restores a duplicate.
+        let removals = !(self.settings.defer_qos1_removals && qos1);
+        if removals || self.records.removals().is_empty() {
+            self.upkeep.flush = false;
+        }
+        self.awaiting = Some(Awaiting::Put(Put {
+            key: field,
+            removals,
+            keep: paho::put_failure_ignored(key),
+            was_present,
+            superseded_removal: before == Some(Standing::RemovalOwed),
+        }));
+    }
+
+    /// `get`: the value from memory, or `None` when Redis must be asked.
+    pub(crate) fn get(&mut self, key: &str) -> Result<Option<(Vec<u8>, Served)>, Error> {
+        self.end_move();
+        if paho::is_command_key(key) {
+            self.moving = Move::ReadBack(FieldName::from_slice(key.as_bytes()));
+        }
+        let field = key.as_bytes();
+        let served = match self.records.get(field) {
+            Some(record) if record.standing.present() => match record.value {
+                Value::Restored(_) => Served::Snapshot,
+                Value::Kept(_) => Served::Cache,
+                Value::InRedis => Served::Redis,
+            },
+            _ => return Err(Error::KeyNotFound { key: key.to_owned() }),
+        };
+        if let Some(value) = self.records.read(field) {
+            return Ok(Some((value, served)));
+        }
+        self.awaiting = Some(Awaiting::Get(key.to_owned()));
+        Ok(None)
+    }
+
+    /// `remove`: the removal goes out now, waits for the next write
+    /// (`defer_qos1_removals`), or rides with the move.
+    pub(crate) fn remove(&mut self, key: &str) {
+        let read_back = match &self.moving {
+            Move::ReadBack(read) => Some(read.as_slice()),
+            _ => None,
+        };
+        let how = paho::is_command_key(key).then(|| CommandRemoval::of(key, read_back));
+        match how {
+            // A command dropped by `MQTTAsync_addCommand` may come between a
+            // removal and its PUBLISH record's write.
+            Some(CommandRemoval::Done) if matches!(self.moving, Move::Removed { .. }) => {}
+            // Anything else means Paho did not write that PUBLISH record.
+            _ => self.end_move(),
+        }
+        let field = key.as_bytes();
+        // Paho is done with a message before Redis took its PUBLISH record:
+        // its command record's removal need wait no longer.
+        self.records.release_riders(field);
+        let Some(record) = self.records.get(field).filter(|record| record.standing.present()) else {
+            return; // never written (Paho removes every key a message might have used)
+        };
+        let written = matches!(record.standing, Standing::InRedis | Standing::Writing(_));
+        let deferred =
+            written && self.settings.defer_qos1_removals && record.kind == Kind::Publish { qos1: true };
+        if let (Some(CommandRemoval::Sending), Kind::Command { sent_as: Some(message_id) }) =
+            (how, record.kind)
+        {
+            self.records.remove(field, Standing::AwaitsPublish);
+            self.moving = Move::Removed { command: FieldName::from_slice(field), message_id };
+            return;
+        }
+        self.records.remove(field, Standing::RemovalOwed);
+        if !deferred {
+            self.upkeep.flush = false;
+            self.awaiting = Some(Awaiting::Remove);
+        }
     }
 
     /// The store's keys, as Paho's restore lists them.
     pub(crate) fn keys(&mut self) -> Vec<String> {
-        self.end_handoff();
-        self.previous = PreviousCall::Other;
-        self.fields.keys()
-    }
-
-    fn plan<'a>(&'a self, commands: impl IntoIterator<Item = Command<'a>>) -> Plan<'a> {
-        Plan { hash: &self.hash, budget: self.settings.budget, commands: commands.into_iter().collect() }
-    }
-
-    /// `open`: read the whole hash.
-    pub(crate) fn open(&mut self) -> Plan<'_> {
-        self.pending.push_back(Pending::Open);
-        self.plan([Command::ReadAll])
-    }
-
-    /// After `open` found the key is not a hash: ask what it is.
-    pub(crate) fn key_type(&mut self) -> Plan<'_> {
-        self.pending.push_back(Pending::KeyType);
-        self.plan([Command::KeyType])
-    }
-
-    /// `put`: writes the record, with the records kept in memory and the
-    /// owed removals, in one command.
-    pub(crate) fn put<'a>(&'a mut self, key: &'a str, parts: &'a [&'a [u8]]) -> Plan<'a> {
-        // Paho writes only after its restore is over; what it did not read by
-        // then it never will.
-        if !self.snapshot.is_empty() {
-            self.snapshot = KeyMap::default();
-        }
-        let command_record = paho::is_command_key(key);
-        match &self.handoff {
-            Some(handoff) if paho::is_publish_record_of(key, handoff.message_id) => {
-                // The write that ends the handoff carries its removal, and so
-                // does every write until this record is in Redis.
-                if let Some(handoff) = self.handoff.take() {
-                    self.tied.push(handoff.command);
-                    self.tied_to.push(FieldName::from_slice(key.as_bytes()));
-                }
-            }
-            // A new command under the same key (Paho numbers anew after a
-            // client discarded its records): the waiting removal is stale.
-            Some(handoff) if handoff.command.as_slice() == key.as_bytes() => self.handoff = None,
-            // `MQTTAsync_addCommand` may queue a command between the removal
-            // and the PUBLISH record's write (it takes only `mqttcommand_mutex`).
-            Some(_) if command_record => {}
-            Some(_) => self.end_handoff(),
-            None => {}
-        }
-        if let Some(at) = self.tied.iter().position(|tied| tied.as_slice() == key.as_bytes()) {
-            // The same: this write must not be followed by that removal.
-            self.tied.remove(at);
-            self.tied_to.remove(at);
-        }
-        // This write replaces the field, so an owed removal of it must not follow it.
-        let owed_before = self.removals_owed.len();
-        self.removals_owed.retain(|owed| owed.as_slice() != key.as_bytes());
-        let superseded_removal = self.removals_owed.len() < owed_before;
-        let first_byte = parts.iter().find_map(|part| part.first().copied());
-        let qos1 = paho::is_qos1_publish(key, first_byte);
-        // A QoS 1 PUBLISH record may leave removals owed (see
-        // `Builder::defer_qos1_removals`): a crash then restores a duplicate.
-        let removals = if self.settings.defer_qos1_removals && qos1 { 0 } else { self.removals_owed.len() };
-        if removals == self.removals_owed.len() {
-            self.flush_due = false;
-        }
-        let keep = paho::put_failure_ignored(key);
-        if keep {
-            self.cache.insert(key, parts, false);
-        }
-        if command_record {
-            let command = self.cache.get(key).map_or(paho::Command::Other, paho::Command::read);
-            let field = FieldName::from_slice(key.as_bytes());
-            if command.sent_as().is_some() {
-                self.publishes.insert(field, command);
-            } else {
-                self.publishes.remove(&field);
-            }
-        }
-        let kept = self.cache.not_in_redis_count() > usize::from(keep);
-        self.pending.push_back(Pending::Put(PendingPut {
-            key: FieldName::from_slice(key.as_bytes()),
-            removals,
-            keep,
-            was_indexed: self.fields.contains(key),
-            superseded_removal,
-            qos1,
-        }));
-        self.previous = PreviousCall::Other;
-        let this: &'a Self = self;
-        let records = Records { kept: kept.then_some(&this.cache), new: Some((key, parts)) };
-        let owed = this.removals_owed.get(..removals).unwrap_or_default();
-        this.plan([Command::Write { records, removals: owed, tied: &this.tied }])
-    }
-
-    /// `get`: answered from memory when the core has the record, else a plan
-    /// to read it.
-    pub(crate) fn get<'a>(&'a mut self, key: &'a str) -> Result<Result<Vec<u8>, Plan<'a>>, Error> {
-        self.end_handoff();
-        self.previous = if paho::is_command_key(key) {
-            PreviousCall::GetCommand(FieldName::from_slice(key.as_bytes()))
-        } else {
-            PreviousCall::Other
-        };
-        if let Some(value) = self.snapshot.remove(key) {
-            if self.snapshot.is_empty() {
-                self.snapshot = KeyMap::default();
-            }
-            // Paho reads a restored command record again when it sends it.
-            self.cache.in_redis(key, &[&value]);
-            return Ok(Ok(value));
-        }
-        if let Some(value) = self.cache.get(key) {
-            return Ok(Ok(value.to_vec()));
-        }
-        if !self.fields.contains(key) {
-            return Err(Error::KeyNotFound { key: key.to_owned() });
-        }
-        self.pending.push_back(Pending::Get { key: key.to_owned() });
-        Ok(Err(self.plan([Command::Read(key)])))
-    }
-
-    /// Where a `get` of `key` would be answered from memory, if it would.
-    pub(crate) fn in_memory(&self, key: &str) -> Option<drive::Served> {
-        if self.snapshot.contains_key(key) {
-            Some(drive::Served::Snapshot)
-        } else if self.cache.contains(key) {
-            Some(drive::Served::Cache)
-        } else {
-            None
-        }
-    }
-
-    /// `remove`: the plan is empty when the removal waits (or when the key
-    /// was never written).
-    pub(crate) fn remove(&mut self, key: &str) -> Plan<'_> {
-        self.snapshot.remove(key);
-        let command_record = paho::is_command_key(key);
-        let how = command_record.then(|| CommandRemoval::of(key, &self.previous));
-        // A command dropped by `MQTTAsync_addCommand` may come between a
-        // removal and its PUBLISH record's write; anything else means Paho
-        // did not write it.
-        if how != Some(CommandRemoval::Done) {
-            self.end_handoff();
-        }
-        self.previous = PreviousCall::Other;
-        let field = FieldName::from_slice(key.as_bytes());
-        let publish = self.publishes.remove(&field);
-        self.cache.remove(key);
-        if let Some(at) = self.tied_to.iter().position(|publish| *publish == field) {
-            // Paho is done with the message before Redis took its PUBLISH
-            // record: its command record's removal need wait no longer.
-            self.tied_to.remove(at);
-            self.removals_owed.push(self.tied.remove(at));
-        }
-        let acknowledged_qos1 = self.qos1_publishes.remove(key.as_bytes());
-        if !self.fields.remove(key) {
-            // Never written (Paho removes every key a message might have used).
-            return self.flush_if_due();
-        }
-        #[cfg(test)]
-        if self.settings.legacy_command_removals && command_record {
-            self.removals_owed.push(field);
-            return self.plan([]);
-        }
-        if how == Some(CommandRemoval::Sending) {
-            if let Some(message_id) = publish.and_then(paho::Command::sent_as) {
-                self.handoff = Some(Handoff { command: field, message_id });
-                return self.flush_if_due();
-            }
-        }
-        self.removals_owed.push(field);
-        if acknowledged_qos1 && self.settings.defer_qos1_removals {
-            return self.flush_if_due();
-        }
-        self.flush_due = false;
-        let removals = self.removals_owed.len();
-        self.pending.push_back(Pending::Remove { removals });
-        self.plan([Command::Remove(&self.removals_owed)])
+        self.end_move();
+        self.records.keys()
     }
 
     /// `clear`: deletes the hash.
-    pub(crate) fn clear(&mut self) -> Plan<'_> {
-        self.pending.push_back(Pending::Clear);
-        self.plan([Command::DeleteAll])
+    pub(crate) fn clear(&mut self) {
+        self.awaiting = Some(Awaiting::Clear);
     }
 
-    /// `close`: what is still owed, sent now.
-    pub(crate) fn close(&mut self) -> Plan<'_> {
-        self.end_handoff();
-        self.flush_plan()
+    /// `close`: what is still owed goes out now.
+    pub(crate) fn close(&mut self) {
+        self.end_move();
+        self.upkeep.flush = false;
+        self.awaiting = self.owed_plan().map(|records| Awaiting::Close { records });
     }
 
-    /// The waiting removal goes out now: Paho is not writing that PUBLISH
-    /// record (it failed to send the command, or the invariant
-    /// `CommandRemoval` relies on no longer holds).
-    fn end_handoff(&mut self) {
-        if let Some(handoff) = self.handoff.take() {
+    /// The move is over without its PUBLISH record (Paho failed to send the
+    /// command, or `CommandRemoval`'s invariant no longer holds): the waiting
+    /// removal goes out now.
+    fn end_move(&mut self) {
+        if let Move::Removed { command, message_id } = std::mem::take(&mut self.moving) {
             log::debug!(
-                "redis persistence: {:?} was removed but the PUBLISH record of message {} was not \
+                "redis persistence: {:?} was removed but the PUBLISH record of message {message_id} was not \
                  written next; removing it now",
-                String::from_utf8_lossy(&handoff.command),
-                handoff.message_id
+                String::from_utf8_lossy(&command),
             );
-            self.removals_owed.push(handoff.command);
-            self.flush_due = true;
+            self.records.remove(&command, Standing::RemovalOwed);
+            self.upkeep.flush = true;
         }
     }
 
-    fn flush_if_due(&mut self) -> Plan<'_> {
-        if !self.flush_due {
-            return self.plan([]);
-        }
-        self.flush_plan()
-    }
-
-    /// One command with every kept record and owed removal, or an empty plan.
-    fn flush_plan(&mut self) -> Plan<'_> {
-        self.flush_due = false;
-        let kept = self.cache.not_in_redis_count() > 0;
-        let removals = self.removals_owed.len();
-        if !kept && removals == 0 {
-            return self.plan([]);
-        }
-        self.pending.push_back(Pending::Flush { removals, records: kept });
-        let command = if kept {
-            Command::Write {
-                records: Records { kept: Some(&self.cache), new: None },
-                removals: &self.removals_owed,
-                tied: &self.tied,
-            }
+    /// What a write or removal of everything owed would be: `Some(true)` a
+    /// write, `Some(false)` removals only.
+    fn owed_plan(&self) -> Option<bool> {
+        if self.records.waiting_count() > 0 {
+            Some(true)
         } else {
-            Command::Remove(&self.removals_owed)
+            (!self.records.removals().is_empty()).then_some(false)
+        }
+    }
+
+    /// The one command that writes what the table owes (`records`), or
+    /// removes it: the plan and the in-flight record name it from here.
+    fn owed_command(&self, records: bool, removals: bool) -> Command<'_> {
+        let owed = if removals { self.records.removals() } else { &[] };
+        if records {
+            let records = Records { kept: Some(&self.records), new: None };
+            Command::Write { records, removals: owed, tied: self.records.riding() }
+        } else {
+            Command::Remove(owed)
+        }
+    }
+
+    /// The next plan: the current call's, then (with `upkeep`, when the
+    /// transport may still wait in this call) what the core wants besides.
+    /// `generation` counts the transport's connections: a new one may be to
+    /// a Redis that restarted and lost records.
+    pub(crate) fn poll(&mut self, generation: u64, upkeep: bool) -> Option<Plan<'_>> {
+        if self.awaiting.is_none() && upkeep {
+            self.awaiting = if self.upkeep.checked != Some(generation) {
+                Some(Awaiting::Check)
+            } else if let Some(repair) = self.upkeep.byte_count.take() {
+                Some(Awaiting::ByteCount(repair))
+            } else if std::mem::take(&mut self.upkeep.flush) {
+                self.owed_plan().map(|records| Awaiting::Flush { records })
+            } else {
+                None
+            };
+        }
+        let command = match self.awaiting.as_ref()? {
+            Awaiting::Open => Command::ReadAll,
+            Awaiting::KeyType => Command::KeyType,
+            Awaiting::Put(put) => self.owed_command(true, put.removals),
+            Awaiting::Get(key) => Command::Read(key),
+            Awaiting::Remove => self.owed_command(false, true),
+            Awaiting::Clear => Command::DeleteAll,
+            Awaiting::Close { records } | Awaiting::Flush { records } => self.owed_command(*records, true),
+            Awaiting::Check => Command::ListFields,
+            Awaiting::ByteCount(Some(bytes)) => Command::SetByteCount(*bytes),
+            Awaiting::ByteCount(None) => Command::DropByteCount,
         };
-        self.plan([command])
+        Some(Plan {
+            hash: &self.hash,
+            budget: self.settings.budget,
+            commands: [command].into_iter().collect(),
+        })
     }
 
-    /// What the core wants done after a call: a check of the hash after a
-    /// reconnect or a command that may have run late, the owed removals, a
-    /// byte count repair. `None` when nothing is wanted.
-    pub(crate) fn follow_up(&mut self, generation: u64) -> Option<Plan<'_>> {
-        if self.synced_generation != generation || self.outcome_unknown {
-            self.pending.push_back(Pending::Resync);
-            return Some(self.plan([Command::ListFields]));
-        }
-        if let Some(repair) = self.byte_count_repair.take() {
-            self.pending.push_back(Pending::ByteCount);
-            let command = repair.map_or(Command::DropByteCount, Command::SetByteCount);
-            return Some(self.plan([command]));
-        }
-        if self.flush_due {
-            let plan = self.flush_plan();
-            return (!plan.is_empty()).then_some(plan);
-        }
-        None
-    }
-
-    /// Takes in what became of the oldest plan handed out.
-    pub(crate) fn complete(&mut self, exchange: Exchange) -> Result<Answer, Error> {
+    /// Takes in what became of the plan handed out. Returns the current
+    /// call's answer once it has one (upkeep's outcomes are logged here).
+    pub(crate) fn complete(&mut self, exchange: Exchange) -> Option<Result<Answer, Error>> {
         let Exchange { replies, failure, generation, sent } = exchange;
-        let mut replies = replies.into_iter();
-        let outcome = match (replies.next(), failure) {
+        let outcome = match (replies.into_iter().next(), failure) {
             (Some(reply), _) => Outcome::Replied(reply),
             (None, Some(failure)) => Outcome::Failed(failure),
             (None, None) if sent => Outcome::Sent,
             (None, None) => Outcome::Failed(Failure { error: Error::NotOpen, may_run_late: false }),
         };
-        if let Outcome::Failed(failure) = &outcome {
-            self.outcome_unknown |= failure.may_run_late;
+        if matches!(&outcome, Outcome::Failed(failure) if failure.may_run_late) {
+            self.upkeep.checked = None;
         }
-        let Some(pending) = self.pending.pop_front() else {
-            return Err(Error::NotOpen);
-        };
-        match pending {
-            Pending::Open => self.opened(outcome, generation),
-            Pending::KeyType => match outcome {
-                Outcome::Replied(Ok(Reply::Type(found))) => {
-                    Err(Error::NotAHash { hash: self.hash.clone(), found })
+        let Some(awaiting) = self.awaiting.take() else { return Some(Err(Error::NotOpen)) };
+        let answer = match awaiting {
+            Awaiting::Open => match self.opened(outcome, generation) {
+                Err(Error::NotAHash { .. }) => {
+                    // Ask what the key is, for the error.
+                    self.awaiting = Some(Awaiting::KeyType);
+                    return None;
                 }
-                _ => Err(Error::NotAHash {
-                    hash: self.hash.clone(),
-                    found: "value of another type".to_owned(),
-                }),
+                opened => opened,
             },
-            Pending::Put(put) => self.put_done(put, outcome),
-            Pending::Get { key } => match outcome {
+            Awaiting::KeyType => {
+                let found = match outcome {
+                    Outcome::Replied(Ok(Reply::Type(found))) => found,
+                    _ => "value of another type".to_owned(),
+                };
+                Err(Error::NotAHash { hash: self.hash.clone(), found })
+            }
+            Awaiting::Put(put) => self.put_done(put, outcome),
+            Awaiting::Get(key) => match outcome {
                 Outcome::Replied(Ok(Reply::Value(Some(value)))) => Ok(Answer::Value(value)),
-                Outcome::Replied(Ok(_)) => Err(Error::KeyNotFound { key }),
+                Outcome::Replied(Ok(_)) | Outcome::Sent => Err(Error::KeyNotFound { key }),
                 Outcome::Replied(Err(source)) => Err(self.command_error("HGET", source)),
                 Outcome::Failed(failure) => Err(failure.error),
-                Outcome::Sent => Err(Error::KeyNotFound { key }),
             },
-            Pending::Remove { removals } => {
-                self.owed_sent(removals, false, outcome);
+            Awaiting::Remove => {
+                self.owed_sent(false, outcome);
                 Ok(Answer::Done)
             }
-            Pending::Flush { removals, records } => {
-                self.owed_sent(removals, records, outcome);
-                Ok(Answer::Done)
-            }
-            Pending::Resync => {
-                self.resynced(outcome, generation);
-                Ok(Answer::Done)
-            }
-            Pending::Clear => match outcome {
-                Outcome::Replied(Ok(_)) => {
-                    self.cleared(generation);
+            Awaiting::Clear => match outcome {
+                Outcome::Replied(Ok(_)) | Outcome::Sent => {
+                    self.records.clear();
+                    self.moving = Move::Idle;
+                    self.upkeep = Upkeep { checked: Some(generation), ..Upkeep::default() };
                     Ok(Answer::Done)
                 }
                 Outcome::Replied(Err(source)) => Err(self.command_error("DEL", source)),
                 Outcome::Failed(failure) => {
                     // A DEL that timed out may still run once Redis answers again.
-                    self.outcome_unknown = true;
+                    self.upkeep.checked = None;
                     Err(failure.error)
                 }
-                Outcome::Sent => {
-                    self.cleared(generation);
-                    Ok(Answer::Done)
-                }
             },
-            Pending::ByteCount => {
-                match outcome {
-                    Outcome::Replied(Ok(_)) | Outcome::Sent => {}
-                    Outcome::Replied(Err(error)) => {
-                        log::warn!(
-                            "redis persistence: cannot repair the byte count of `{}`: {error}",
-                            self.hash
-                        )
-                    }
-                    Outcome::Failed(failure) => log::warn!(
-                        "redis persistence: cannot repair the byte count of `{}`: {}",
-                        self.hash,
-                        failure.error
-                    ),
-                }
+            Awaiting::Close { records } => {
+                self.owed_sent(records, outcome);
                 Ok(Answer::Done)
             }
-        }
+            Awaiting::Flush { records } => {
+                self.owed_sent(records, outcome);
+                return None;
+            }
+            Awaiting::Check => {
+                self.checked(outcome, generation);
+                return None;
+            }
+            Awaiting::ByteCount(_) => {
+                let error = match outcome {
+                    Outcome::Replied(Ok(_)) | Outcome::Sent => return None,
+                    Outcome::Replied(Err(error)) => error.to_string(),
+                    Outcome::Failed(failure) => failure.error.to_string(),
+                };
+                log::warn!("redis persistence: cannot repair the byte count of `{}`: {error}", self.hash);
+                return None;
+            }
+        };
+        Some(answer)
     }
 
     fn command_error(&self, command: &'static str, source: RedisError) -> Error {
@@ -559,37 +499,29 @@ impl Core {
     fn opened(&mut self, outcome: Outcome, generation: u64) -> Result<Answer, Error> {
         let entries = match outcome {
             Outcome::Replied(Ok(Reply::Entries(entries))) => entries,
-            Outcome::Replied(Ok(_)) => Vec::new(),
+            Outcome::Replied(Ok(_)) | Outcome::Sent => Vec::new(),
             Outcome::Replied(Err(source)) if source.code() == Some("WRONGTYPE") => {
                 return Err(Error::NotAHash { hash: self.hash.clone(), found: String::new() })
             }
             Outcome::Replied(Err(source)) => return Err(self.command_error("HGETALL", source)),
             Outcome::Failed(failure) => return Err(failure.error),
-            Outcome::Sent => Vec::new(),
         };
-        self.synced_generation = generation;
-        self.snapshot = KeyMap::with_capacity_and_hasher(entries.len(), Default::default());
+        self.upkeep.checked = Some(generation);
         let mut byte_count = None;
         let mut bytes = 0u64;
         for (field, value) in entries {
-            if field == BYTE_COUNT_FIELD.as_bytes() {
+            if field == BUDGET_COUNTER_FIELD.as_bytes() {
                 byte_count = Some(String::from_utf8_lossy(&value).trim().parse::<u64>().ok());
                 continue;
             }
             bytes = bytes.saturating_add(u64::try_from(value.len()).unwrap_or(u64::MAX));
-            let Some(key) = paho_key(field) else { continue };
-            if paho::is_command_key(&key) {
-                let command = paho::Command::read(&value);
-                if command.sent_as().is_some() {
-                    self.publishes.insert(FieldName::from_slice(key.as_bytes()), command);
-                }
+            if let Some(key) = paho_key(field) {
+                self.records.restore(&key, value);
             }
-            self.fields.insert(&key);
-            self.snapshot.insert(key, value);
         }
         // A byte count is trusted only if it is the sum of the values: one
         // left by an earlier run without a budget is stale.
-        self.byte_count_repair = match (self.settings.budget, byte_count) {
+        self.upkeep.byte_count = match (self.settings.budget, byte_count) {
             (Some(_), Some(count)) if count != Some(bytes) => Some(Some(bytes)),
             (None, Some(_)) => Some(None),
             _ => None,
@@ -597,129 +529,96 @@ impl Core {
         Ok(Answer::Done)
     }
 
-    fn put_done(&mut self, put: PendingPut, outcome: Outcome) -> Result<Answer, Error> {
-        let PendingPut { key: field, removals, keep, was_indexed, superseded_removal, qos1, .. } = put;
-        // Built from a `&str` by `put`.
-        let key = std::str::from_utf8(&field).unwrap_or_default();
-        match outcome {
+    fn put_done(&mut self, put: Put, outcome: Outcome) -> Result<Answer, Error> {
+        let Put { key, removals, keep, was_present, superseded_removal } = put;
+        let refusal = match outcome {
             Outcome::Replied(reply) => {
-                let written = reply.is_ok();
-                self.sent(Some(&field), removals, true);
-                if written || keep {
-                    self.fields.insert(key);
-                }
-                if written && qos1 {
-                    self.qos1_publishes.insert(field.clone());
-                }
-                match self.confirm(reply.map(drop)) {
-                    Some(error) if !keep => {
-                        if superseded_removal {
-                            self.removals_owed.push(field);
-                        }
-                        Err(error)
-                    }
-                    _ => Ok(Answer::Done),
-                }
+                self.sent(Some(key.clone()), true, removals);
+                self.confirm(reply.map(drop))
             }
             Outcome::Sent => {
-                self.sent(Some(&field), removals, true);
-                self.fields.insert(key);
-                if qos1 {
-                    self.qos1_publishes.insert(field);
-                }
-                Ok(Answer::Done)
+                self.sent(Some(key), true, removals);
+                return Ok(Answer::Done);
+            }
+            Outcome::Failed(failure) if keep => {
+                // Paho acts as if the record were stored: Redis must get it.
+                self.upkeep.checked = None;
+                log::warn!(
+                    "redis persistence: keeping record {:?} in memory ({} not yet in Redis): {}",
+                    String::from_utf8_lossy(&key),
+                    self.records.waiting_count(),
+                    failure.error
+                );
+                return Ok(Answer::Done);
             }
             Outcome::Failed(failure) => {
-                if keep {
-                    // Paho acts as if the record were stored: Redis must get it.
-                    self.outcome_unknown = true;
-                    self.keep(key, &failure.error);
-                    Ok(Answer::Done)
-                } else {
-                    if superseded_removal || (failure.may_run_late && !was_indexed) {
-                        // The write may still reach Redis (a hung Redis runs it
-                        // once it resumes). Paho was told it failed: it must not stay.
-                        self.removals_owed.push(field);
-                    }
-                    self.outcome_unknown = true;
-                    Err(failure.error)
-                }
+                self.upkeep.checked = None;
+                // The write may still reach Redis (a hung Redis runs it once
+                // it resumes). Paho was told it failed: it must not stay.
+                let late = failure.may_run_late && !was_present;
+                self.undo_put(&key, superseded_removal || late, was_present);
+                return Err(failure.error);
             }
+        };
+        match refusal {
+            Some(error) if !keep => {
+                self.undo_put(&key, superseded_removal, was_present);
+                Err(error)
+            }
+            _ => Ok(Answer::Done),
         }
     }
 
-    /// Notes a write (`records`: it carried every record waiting in memory)
-    /// or a removal as sent, with `removals` of the owed removals and, for a
-    /// write, every tied one: Redis has them now, unless its reply says
-    /// otherwise (see [`Core::confirm`]).
-    fn sent(&mut self, key: Option<&FieldName>, removals: usize, records: bool) {
-        self.next_seq = self.next_seq.wrapping_add(1);
-        let seq = self.next_seq;
-        let removals = removals.min(self.removals_owed.len());
-        let owed = self.removals_owed.get(..removals).unwrap_or_default();
-        // Named as the plan that was sent named it.
-        let command = if records {
-            let records = Records { kept: None, new: None };
-            Command::Write { records, removals: owed, tied: &self.tied }
-        } else {
-            Command::Remove(owed)
+    /// A put Paho was told failed leaves the key as it was: owed a removal,
+    /// as Redis had it, or unknown.
+    fn undo_put(&mut self, key: &[u8], removal_owed: bool, was_present: bool) {
+        match (removal_owed, was_present) {
+            (true, _) => self.records.remove(key, Standing::RemovalOwed),
+            (false, true) => self.records.remove(key, Standing::InRedis),
+            (false, false) => self.records.forget(key),
         }
-        .redis_name(self.settings.budget);
-        let carried = if records { self.cache.send_waiting(seq) } else { cache::Carried::new() };
-        let removals = self.removals_owed.drain(..removals).collect();
-        let tied =
-            if records { self.tied.drain(..).zip(self.tied_to.drain(..)).collect() } else { SmallVec::new() };
-        self.unconfirmed.push_back(Unconfirmed {
-            seq,
-            command,
-            key: key.cloned(),
-            records: carried,
-            removals,
-            tied,
-        });
     }
 
-    /// Takes in Redis's reply to the oldest write or removal sent and not
-    /// answered yet. A refusal undoes what it carried: its records wait in
-    /// memory again, its removals are owed again (a write and its removals
-    /// are all or nothing). Returns the refusal, as an error.
+    /// Notes the owed command (`records`: a write, else removals only) as
+    /// sent: Redis has what it carried, unless its reply says otherwise.
+    fn sent(&mut self, key: Option<FieldName>, records: bool, removals: bool) {
+        let seq = self.in_flight.back().map_or(0, |last| last.seq.wrapping_add(1));
+        let command = self.owed_command(records, removals).redis_name(self.settings.budget);
+        let carried = self.records.send(seq, records, removals);
+        self.in_flight.push_back(InFlight { seq, command, key, carried });
+    }
+
+    /// Takes in Redis's reply to the oldest write or removal not answered
+    /// yet. A refusal undoes what it carried: its records and removals are
+    /// owed again (a write and its removals are all or nothing). Returns the
+    /// refusal, as an error.
     pub(crate) fn confirm(&mut self, reply: Result<(), RedisError>) -> Option<Error> {
-        let Unconfirmed { seq, command, key, records, removals, tied } = self.unconfirmed.pop_front()?;
+        let InFlight { seq, command, key, carried } = self.in_flight.pop_front()?;
         let source = match reply {
             Ok(()) => {
-                if records.len() > 1 {
-                    log::info!(
-                        "redis persistence: wrote {} records kept in memory to `{}`",
-                        records.len() - usize::from(key.is_some()),
-                        self.hash
-                    );
+                let written = self.records.confirmed(seq, &carried);
+                let kept = written.saturating_sub(usize::from(key.is_some()));
+                if kept > 0 && written > 1 {
+                    log::info!("redis persistence: wrote {kept} records kept in memory to `{}`", self.hash);
                 }
-                self.cache.confirmed(seq, &records);
                 return None;
             }
             Err(source) => source,
         };
-        let waiting = self.cache.refused(seq, &records);
-        for removal in removals {
-            let owed = self.removals_owed.contains(&removal);
-            if !owed && !self.fields.contains_bytes(&removal) {
-                self.removals_owed.push(removal);
-            }
-        }
-        for (command, publish) in tied {
-            if self.cache.is_unwritten(&publish) {
-                self.tied.push(command);
-                self.tied_to.push(publish);
-            } else if !self.fields.contains_bytes(&command) && !self.removals_owed.contains(&command) {
-                self.removals_owed.push(command);
-            }
-        }
-        let error = self.write_error(command, source);
+        let waiting = self.records.refused(seq, &carried);
+        let error = match (self.settings.budget, source.code()) {
+            (Some(limit), Some("STOREFULL")) => Error::StoreFull {
+                hash: self.hash.clone(),
+                limit,
+                detail: source.detail().unwrap_or("no room").to_owned(),
+            },
+            _ => self.command_error(command, source),
+        };
         match &key {
             Some(key) => log::warn!(
                 "redis persistence: put of key {:?} is kept in memory ({} records wait for Redis): {error}",
                 String::from_utf8_lossy(key),
-                self.cache.not_in_redis_count()
+                self.records.waiting_count()
             ),
             None if waiting > 0 => log::warn!(
                 "redis persistence: {waiting} records kept in memory are still not in `{}`: {error}",
@@ -727,51 +626,28 @@ impl Core {
             ),
             None => log::warn!(
                 "redis persistence: {} removals owed to `{}` failed, will retry: {error}",
-                self.removals_owed.len(),
+                self.records.removals().len(),
                 self.hash
             ),
         }
         Some(error)
     }
 
-    /// Keeps a record Redis did not take (Paho carries on as if it had); it
-    /// goes with the next write.
-    fn keep(&mut self, key: &str, error: &Error) {
-        self.fields.insert(key);
-        log::warn!(
-            "redis persistence: keeping record {key:?} in memory ({} not yet in Redis): {error}",
-            self.cache.not_in_redis_count()
-        );
-    }
-
-    /// The error for a write Redis refused.
-    fn write_error(&self, command: &'static str, source: RedisError) -> Error {
-        match (self.settings.budget, source.code()) {
-            (Some(limit), Some("STOREFULL")) => Error::StoreFull {
-                hash: self.hash.clone(),
-                limit,
-                detail: source.detail().unwrap_or("no room").to_owned(),
-            },
-            _ => self.command_error(command, source),
-        }
-    }
-
-    /// Owed removals (and, with `records`, every record waiting in memory)
-    /// sent on their own, for a `remove` or a flush. Paho ignores `remove`'s
-    /// result, so a refused or unreachable one stays owed either way.
-    fn owed_sent(&mut self, removals: usize, records: bool, outcome: Outcome) {
+    /// What is owed, sent on its own (`remove`, `close`, a flush). Paho
+    /// ignores `remove`'s result, so a refused or unreachable one stays owed.
+    fn owed_sent(&mut self, records: bool, outcome: Outcome) {
         match outcome {
             Outcome::Replied(reply) => {
-                self.sent(None, removals, records);
+                self.sent(None, records, true);
                 let _ = self.confirm(reply.map(drop));
             }
-            Outcome::Sent => self.sent(None, removals, records),
+            Outcome::Sent => self.sent(None, records, true),
             Outcome::Failed(failure) => {
-                self.outcome_unknown = true;
+                self.upkeep.checked = None;
                 log::warn!(
                     "redis persistence: {} records and {} removals are owed to `{}`, which is unreachable: {}",
-                    self.cache.not_in_redis_count(),
-                    self.removals_owed.len(),
+                    self.records.waiting_count(),
+                    self.records.removals().len(),
                     self.hash,
                     failure.error
                 );
@@ -779,61 +655,30 @@ impl Core {
         }
     }
 
-    /// Compares the index with the hash: records Redis lost are written again
-    /// from memory where the core has them and reported lost otherwise;
-    /// fields Redis has that Paho removed (a write that ran late) are removed.
-    fn resynced(&mut self, outcome: Outcome, generation: u64) {
-        let present = match outcome {
-            Outcome::Replied(Ok(Reply::Fields(present))) => present,
+    /// The check: records Redis lost are written again from memory where
+    /// the core has them and reported lost otherwise; fields Redis has that
+    /// Paho removed (a write that ran late) are removed.
+    fn checked(&mut self, outcome: Outcome, generation: u64) {
+        let fields = match outcome {
+            Outcome::Replied(Ok(Reply::Fields(fields))) => fields,
             Outcome::Replied(Ok(_)) => Vec::new(),
             Outcome::Replied(Err(error)) => {
                 log::warn!("redis persistence: cannot check `{}` after reconnecting: {error}", self.hash);
                 return;
             }
             Outcome::Failed(failure) => {
-                log::warn!(
-                    "redis persistence: cannot check `{}` after reconnecting: {}",
-                    self.hash,
-                    failure.error
-                );
+                let error = failure.error;
+                log::warn!("redis persistence: cannot check `{}` after reconnecting: {error}", self.hash);
                 return;
             }
             Outcome::Sent => return,
         };
-        let present: HashSet<&[u8]> = present.iter().map(Vec::as_slice).collect();
-        let missing: Vec<String> = self
-            .fields
+        let present: KeySet<&[u8]> = fields
             .iter()
-            .filter(|field| !present.contains(field))
-            .map(|field| String::from_utf8_lossy(field).into_owned())
+            .map(Vec::as_slice)
+            .filter(|field| *field != BUDGET_COUNTER_FIELD.as_bytes())
             .collect();
-        let mut lost = Vec::new();
-        let mut rewritten = 0usize;
-        for key in missing {
-            if self.cache.mark_not_in_redis(&key) {
-                rewritten = rewritten.saturating_add(1);
-            } else if self.cache.contains(&key) {
-                // Kept in memory already: it goes with the next write.
-            } else if let Some(value) = self.snapshot.get(&key) {
-                self.cache.insert(&key, &[value], false);
-                rewritten = rewritten.saturating_add(1);
-            } else {
-                self.fields.remove(&key);
-                self.qos1_publishes.remove(key.as_bytes());
-                self.publishes.remove(key.as_bytes());
-                lost.push(key);
-            }
-        }
-        let mut stale = Vec::new();
-        for field in present {
-            // A removal waiting for its PUBLISH record is Paho's, not a late write's.
-            let owed = self.removals_owed.iter().chain(&self.tied).any(|owed| owed.as_slice() == field)
-                || self.handoff.as_ref().is_some_and(|handoff| handoff.command.as_slice() == field);
-            if field != BYTE_COUNT_FIELD.as_bytes() && !owed && !self.fields.contains_bytes(field) {
-                stale.push(String::from_utf8_lossy(field).into_owned());
-                self.removals_owed.push(FieldName::from_slice(field));
-            }
-        }
+        let (rewritten, lost, stale) = self.records.reconcile(&present);
         if lost.is_empty() && rewritten == 0 && stale.is_empty() {
             log::info!("redis persistence: `{}` is intact after reconnecting", self.hash);
         } else {
@@ -846,32 +691,8 @@ impl Core {
                 lost.len(),
             );
         }
-        self.synced_generation = generation;
-        self.outcome_unknown = false;
-        self.flush_due = self.cache.not_in_redis_count() > 0 || !self.removals_owed.is_empty();
-    }
-
-    fn cleared(&mut self, generation: u64) {
-        self.fields.clear();
-        self.cache.clear();
-        self.removals_owed.clear();
-        self.handoff = None;
-        self.tied.clear();
-        self.tied_to.clear();
-        self.publishes.clear();
-        self.qos1_publishes.clear();
-        self.snapshot = KeyMap::default();
-        self.synced_generation = generation;
-        self.outcome_unknown = false;
-        self.flush_due = false;
-    }
-
-    /// Whether anything is still owed to Redis (kept records or removals).
-    pub(crate) fn owes(&self) -> bool {
-        self.cache.not_in_redis_count() > 0
-            || !self.removals_owed.is_empty()
-            || !self.tied.is_empty()
-            || self.handoff.is_some()
+        self.upkeep.checked = Some(generation);
+        self.upkeep.flush = self.owed_plan().is_some();
     }
 }
 

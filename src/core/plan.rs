@@ -9,7 +9,7 @@
 use redis::RedisError;
 use smallvec::SmallVec;
 
-use super::cache::RecordCache;
+use super::table::Table;
 use super::FieldName;
 use crate::Error;
 
@@ -22,13 +22,6 @@ pub(crate) struct Plan<'a> {
     /// budget's scripts, which keep the byte count.
     pub(crate) budget: Option<u64>,
     pub(crate) commands: SmallVec<[Command<'a>; 2]>,
-}
-
-impl Plan<'_> {
-    /// Whether the plan has nothing to send.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.commands.is_empty()
-    }
 }
 
 /// One Redis command of a plan.
@@ -81,7 +74,7 @@ impl Command<'_> {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Records<'a> {
     /// Records kept in memory, all written again (`None` when there are none).
-    pub(crate) kept: Option<&'a RecordCache>,
+    pub(crate) kept: Option<&'a Table>,
     /// The record `put` is writing: its key and the parts Paho passed.
     pub(crate) new: Option<(&'a str, &'a [&'a [u8]])>,
 }
@@ -94,7 +87,7 @@ impl<'a> Records<'a> {
         let kept = self
             .kept
             .into_iter()
-            .flat_map(RecordCache::not_in_redis)
+            .flat_map(Table::waiting)
             .filter(move |(key, _)| Some(*key) != new_key)
             .map(|(key, value)| (key, Parts::One(value)));
         let new = self.new.map(|(key, parts)| (key.as_bytes(), Parts::Many(parts)));

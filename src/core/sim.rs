@@ -15,7 +15,7 @@ use redis::RedisError;
 use smallvec::SmallVec;
 
 use super::drive::Runner;
-use super::{Command, Exchange, Failure, Plan, Reply, BYTE_COUNT_FIELD};
+use super::{Command, Exchange, Failure, Plan, Reply, BUDGET_COUNTER_FIELD};
 use crate::Error;
 
 /// How the simulated Redis answers the next exchanges.
@@ -98,7 +98,7 @@ impl SimRedis {
     pub(crate) fn keys(&self) -> Vec<String> {
         self.hash
             .keys()
-            .filter(|field| field.as_slice() != BYTE_COUNT_FIELD.as_bytes())
+            .filter(|field| field.as_slice() != BUDGET_COUNTER_FIELD.as_bytes())
             .map(|field| String::from_utf8_lossy(field).into_owned())
             .collect()
     }
@@ -233,7 +233,8 @@ impl SimRedis {
                     for field in removals {
                         self.hash.remove(field);
                     }
-                    self.hash.insert(BYTE_COUNT_FIELD.as_bytes().to_vec(), after.to_string().into_bytes());
+                    self.hash
+                        .insert(BUDGET_COUNTER_FIELD.as_bytes().to_vec(), after.to_string().into_bytes());
                     return Ok(Reply::Done);
                 }
                 for (field, value) in pairs {
@@ -248,12 +249,13 @@ impl SimRedis {
                 for field in fields {
                     self.hash.remove(field);
                 }
-                if self.hash.contains_key(BYTE_COUNT_FIELD.as_bytes()) {
+                if self.hash.contains_key(BUDGET_COUNTER_FIELD.as_bytes()) {
                     if self.hash.len() == 1 {
                         self.hash.clear();
                     } else {
                         let used = self.value_bytes();
-                        self.hash.insert(BYTE_COUNT_FIELD.as_bytes().to_vec(), used.to_string().into_bytes());
+                        self.hash
+                            .insert(BUDGET_COUNTER_FIELD.as_bytes().to_vec(), used.to_string().into_bytes());
                     }
                 }
                 Ok(Reply::Done)
@@ -262,11 +264,11 @@ impl SimRedis {
                 if full {
                     return Err(refusal("OOM", "command not allowed when used memory > 'maxmemory'"));
                 }
-                self.hash.insert(BYTE_COUNT_FIELD.as_bytes().to_vec(), bytes.to_string().into_bytes());
+                self.hash.insert(BUDGET_COUNTER_FIELD.as_bytes().to_vec(), bytes.to_string().into_bytes());
                 Ok(Reply::Done)
             }
             Owned::DropByteCount => {
-                self.hash.remove(BYTE_COUNT_FIELD.as_bytes());
+                self.hash.remove(BUDGET_COUNTER_FIELD.as_bytes());
                 Ok(Reply::Done)
             }
         }
@@ -276,7 +278,7 @@ impl SimRedis {
     pub(crate) fn value_bytes(&self) -> u64 {
         self.hash
             .iter()
-            .filter(|(field, _)| field.as_slice() != BYTE_COUNT_FIELD.as_bytes())
+            .filter(|(field, _)| field.as_slice() != BUDGET_COUNTER_FIELD.as_bytes())
             .map(|(_, value)| value.len() as u64)
             .sum()
     }

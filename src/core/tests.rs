@@ -4,12 +4,9 @@
 //! that a change of Paho that breaks a deferral fails here, and the recorded
 //! traces (`checker`) show the rule holds for the calls real Paho makes.
 
-use std::sync::Arc;
-
 use super::drive;
 use super::sim::{Mode, SimRedis};
 use super::{CacheLimits, Core, Settings};
-use crate::stats::Counters;
 
 /// A core on a simulated Redis, driven as the store drives its transport.
 struct Store {
@@ -23,7 +20,7 @@ impl Store {
     }
 
     fn on(mut redis: SimRedis, settings: Settings) -> Self {
-        let mut core = Core::new("h".to_owned(), settings, Arc::new(Counters::new()));
+        let mut core = Core::new("h".to_owned(), settings);
         redis.begin_call();
         drive::open(&mut core, &mut redis).expect("open");
         Self { core, redis }
@@ -249,15 +246,18 @@ fn records_redis_lost_are_written_again_from_the_snapshot() {
 fn a_byte_count_left_by_a_run_without_budget_is_repaired() {
     let mut redis = SimRedis::default();
     redis.hash.insert(b"s-1".to_vec(), vec![0; 10]);
-    redis.hash.insert(super::BYTE_COUNT_FIELD.as_bytes().to_vec(), b"3".to_vec());
+    redis.hash.insert(super::BUDGET_COUNTER_FIELD.as_bytes().to_vec(), b"3".to_vec());
     let store = Store::on(redis, Settings { budget: Some(100), ..Settings::default() });
-    assert_eq!(store.redis.hash.get(super::BYTE_COUNT_FIELD.as_bytes()).map(Vec::as_slice), Some(&b"10"[..]));
+    assert_eq!(
+        store.redis.hash.get(super::BUDGET_COUNTER_FIELD.as_bytes()).map(Vec::as_slice),
+        Some(&b"10"[..])
+    );
     let mut redis = SimRedis::default();
     redis.hash.insert(b"s-1".to_vec(), vec![0; 10]);
-    redis.hash.insert(super::BYTE_COUNT_FIELD.as_bytes().to_vec(), b"10".to_vec());
+    redis.hash.insert(super::BUDGET_COUNTER_FIELD.as_bytes().to_vec(), b"10".to_vec());
     let store = Store::on(redis, Settings::default());
     assert!(
-        !store.redis.hash.contains_key(super::BYTE_COUNT_FIELD.as_bytes()),
+        !store.redis.hash.contains_key(super::BUDGET_COUNTER_FIELD.as_bytes()),
         "writes without a budget do not keep the count: it is dropped"
     );
 }

@@ -4,7 +4,7 @@ use bytes::BytesMut;
 
 use super::resp;
 use super::scripts::SCRIPTS;
-use crate::core::{Command, Plan, BYTE_COUNT_FIELD};
+use crate::core::{Command, Plan, BUDGET_COUNTER_FIELD};
 
 /// Appends `plan`'s commands to `packed`.
 pub(super) fn encode(plan: &Plan<'_>, packed: &mut BytesMut) {
@@ -42,7 +42,7 @@ pub(super) fn encode(plan: &Plan<'_>, packed: &mut BytesMut) {
                         resp::arg(packed, b"1");
                         resp::arg(packed, hash);
                         resp::arg_number(packed, limit);
-                        resp::arg(packed, BYTE_COUNT_FIELD.as_bytes());
+                        resp::arg(packed, BUDGET_COUNTER_FIELD.as_bytes());
                         resp::arg_number(packed, u64::try_from(pairs).unwrap_or(u64::MAX));
                     }
                 }
@@ -67,7 +67,7 @@ pub(super) fn encode(plan: &Plan<'_>, packed: &mut BytesMut) {
                         resp::arg(packed, SCRIPTS.remove.get_hash().as_bytes());
                         resp::arg(packed, b"1");
                         resp::arg(packed, hash);
-                        resp::arg(packed, BYTE_COUNT_FIELD.as_bytes());
+                        resp::arg(packed, BUDGET_COUNTER_FIELD.as_bytes());
                     }
                 }
                 for field in fields {
@@ -78,10 +78,10 @@ pub(super) fn encode(plan: &Plan<'_>, packed: &mut BytesMut) {
                 resp::begin(packed, 4);
                 resp::arg(packed, b"HSET");
                 resp::arg(packed, hash);
-                resp::arg(packed, BYTE_COUNT_FIELD.as_bytes());
+                resp::arg(packed, BUDGET_COUNTER_FIELD.as_bytes());
                 resp::arg_number(packed, bytes);
             }
-            Command::DropByteCount => simple(packed, &[b"HDEL", hash, BYTE_COUNT_FIELD.as_bytes()]),
+            Command::DropByteCount => simple(packed, &[b"HDEL", hash, BUDGET_COUNTER_FIELD.as_bytes()]),
         }
     }
 }
