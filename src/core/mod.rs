@@ -55,6 +55,7 @@
 //! that rides is never sent alone while its PUBLISH record is not in Redis.
 
 pub(crate) mod drive;
+mod patience;
 mod plan;
 mod table;
 
@@ -69,6 +70,7 @@ use std::collections::VecDeque;
 
 use redis::RedisError;
 
+pub(crate) use patience::Patience;
 pub(crate) use plan::{Command, Exchange, Failure, Plan, Records, Reply};
 pub(crate) use table::{CacheLimits, FieldName, KeySet, Table};
 use table::{Carried, Kind, Seq, Standing, Value};

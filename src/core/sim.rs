@@ -10,11 +10,13 @@
 
 use std::collections::BTreeMap;
 use std::io;
+use std::time::{Duration, Instant};
 
 use redis::RedisError;
 use smallvec::SmallVec;
 
 use super::drive::Runner;
+use super::patience::Patience;
 use super::{Command, Exchange, Failure, Plan, Reply, BUDGET_COUNTER_FIELD};
 use crate::Error;
 
@@ -48,6 +50,9 @@ enum Owned {
     ListFields,
 }
 
+/// The simulated store's `connect_timeout` and `io_timeout`.
+pub(crate) const TIMEOUT: Duration = Duration::from_millis(200);
+
 #[derive(Debug)]
 pub(crate) struct SimRedis {
     /// The store's hash: what a crash right now leaves for a restarted client.
@@ -60,8 +65,10 @@ pub(crate) struct SimRedis {
     late: Vec<Owned>,
     /// Exchanges run, for tests that count them.
     pub(crate) exchanges: usize,
-    /// An exchange of the current call failed: it does not wait again.
-    failed_in_call: bool,
+    /// When a call may wait, on `clock`'s virtual time.
+    pub(crate) patience: Patience,
+    /// Virtual time: a wait for a hung Redis advances it, nothing sleeps.
+    pub(crate) clock: Instant,
     /// Like the Unix-socket transport: a single write or removal is durable
     /// once sent and answered later (at the next call; a hung Redis answers
     /// once it resumes).
@@ -79,7 +86,8 @@ impl Default for SimRedis {
             broken: false,
             late: Vec::new(),
             exchanges: 0,
-            failed_in_call: false,
+            patience: Patience::new(TIMEOUT, TIMEOUT),
+            clock: Instant::now(),
             pipelined: false,
             due: std::collections::VecDeque::new(),
         }
@@ -105,7 +113,7 @@ impl SimRedis {
 
     /// Starts a Paho call (see [`Runner::may_wait`]).
     pub(crate) fn begin_call(&mut self) {
-        self.failed_in_call = false;
+        self.patience.begin_call();
     }
 
     /// Runs `plan` as the current mode says.
@@ -115,8 +123,28 @@ impl SimRedis {
         if self.pipelined && behind && self.mode != Mode::Down {
             return self.send_behind(plan);
         }
-        if matches!(self.mode, Mode::Down | Mode::Hung) {
-            self.failed_in_call = true;
+        match self.mode {
+            Mode::Down => self.patience.gave_up(),
+            // As the transports do: no call waits for a Redis known hung,
+            // and nothing is sent to it.
+            Mode::Hung if self.patience.hung() => {
+                let refused =
+                    io::Error::new(io::ErrorKind::TimedOut, "Redis has not answered since a timeout");
+                let error = Error::connect("simulated".to_owned(), refused.into());
+                let failure = Some(Failure { error, may_run_late: false });
+                return Exchange {
+                    replies: SmallVec::new(),
+                    failure,
+                    generation: self.generation,
+                    sent: false,
+                };
+            }
+            Mode::Hung => {
+                self.clock = self.patience.wait_until(self.clock);
+                self.patience.timed_out();
+            }
+            // Redis answers (for the TCP transport, its probe has heard it).
+            _ => self.patience.answered(),
         }
         let commands: Vec<Owned> = plan.commands.iter().map(|command| owned(plan, command)).collect();
         match self.mode {
@@ -294,6 +322,9 @@ impl Runner for SimRedis {
         if self.mode == Mode::Hung {
             return super::drive::Confirmations::new();
         }
+        if !self.due.is_empty() {
+            self.patience.answered();
+        }
         self.due.drain(..).collect()
     }
 
@@ -302,7 +333,7 @@ impl Runner for SimRedis {
     }
 
     fn may_wait(&self) -> bool {
-        !self.failed_in_call
+        self.patience.may_wait(true)
     }
 }
 

@@ -131,8 +131,8 @@ pub(crate) struct Table {
     recent: VecDeque<(u64, FieldName)>,
     next_stamp: u64,
     /// Kept values and their bytes (keys included).
-    kept: usize,
-    kept_bytes: usize,
+    pub(super) kept: usize,
+    pub(super) kept_bytes: usize,
     /// Records whose value is `Restored`.
     restored: usize,
     spare: Vec<Vec<u8>>,
@@ -548,71 +548,5 @@ fn kind_of(key: &str, value: &[u8]) -> Kind {
             Kind::Publish { qos1: paho::is_qos1_publish(key, value.first().copied()) }
         }
         _ => Kind::Other,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_come_highest_message_id_first() {
-        let mut table = Table::new(CacheLimits::default());
-        for key in ["s-2", "s-10", "sc-10", "s-1", "c-3", "s5-65535", "q-4", "r-9"] {
-            table.write(key, &[b"v"]);
-        }
-        table.remove(b"r-9", Standing::RemovalOwed);
-        assert_eq!(table.keys(), ["s5-65535", "s-10", "sc-10", "q-4", "c-3", "s-2", "s-1"]);
-    }
-
-    #[test]
-    fn only_records_redis_has_are_evicted() {
-        let mut table = Table::new(CacheLimits::default());
-        table.write("c-0", &[b"only copy"]);
-        let in_flight = table.send(0, true, false);
-        for n in 1..=CacheLimits::default().records + 10 {
-            table.write(&format!("c-{n}"), &[b"v"]);
-            let carried = table.send(n as u64, true, false);
-            table.confirmed(n as u64, &carried);
-        }
-        assert_eq!(table.kept, CacheLimits::default().records);
-        assert_eq!(table.refused(0, &in_flight), 1, "a refusal makes it wait again");
-        assert_eq!(table.get(b"c-0").map(|r| &r.value), Some(&Value::Kept(b"only copy".to_vec())));
-        assert_eq!(table.get(b"c-1").map(|r| &r.value), Some(&Value::InRedis), "the oldest is evicted");
-        assert_eq!(table.waiting_count(), 1);
-    }
-
-    #[test]
-    fn kept_values_are_bounded_in_bytes() {
-        let mut table = Table::new(CacheLimits::default());
-        let big = vec![7u8; 300 * 1024];
-        for n in 0..5u64 {
-            table.write(&format!("c-{n}"), &[&big]);
-            let carried = table.send(n, true, false);
-            table.confirmed(n, &carried);
-        }
-        assert!(table.kept_bytes <= CacheLimits::default().bytes, "{} bytes kept", table.kept_bytes);
-        assert!(matches!(table.get(b"c-4").map(|r| &r.value), Some(Value::Kept(v)) if v.len() == big.len()));
-    }
-
-    #[test]
-    fn a_refusal_makes_what_it_carried_owed_again() {
-        let mut table = Table::new(CacheLimits::default());
-        table.write("s-1", &[b"a"]);
-        table.write("s-2", &[b"b"]);
-        table.remove(b"s-2", Standing::RemovalOwed);
-        let carried = table.send(1, true, true);
-        assert!(!table.owes());
-        assert_eq!(table.refused(1, &carried), 1);
-        assert_eq!(table.waiting_count(), 1);
-        assert_eq!(table.removals().len(), 1);
-        let carried = table.send(2, true, true);
-        assert_eq!(table.confirmed(2, &carried), 1);
-        assert!(table.get(b"s-2").is_none(), "a removal done forgets the record");
-        assert_eq!(
-            table.get(b"s-1").map(|r| &r.value),
-            Some(&Value::InRedis),
-            "only command records stay kept"
-        );
     }
 }

@@ -6,6 +6,7 @@
 
 use super::drive;
 use super::sim::{Mode, SimRedis};
+use super::table::{Standing, Table, Value};
 use super::{CacheLimits, Core, Settings};
 
 /// A core on a simulated Redis, driven as the store drives its transport.
@@ -292,6 +293,58 @@ fn a_hung_redis_costs_a_call_one_exchange() {
     assert_eq!(store.core.unwritten(), 0);
 }
 
+/// The same on virtual time (`Patience`): the first call waits
+/// `io_timeout`, the calls after it while Redis is still hung wait not at
+/// all, and once Redis answers a call may wait again.
+#[test]
+fn a_hung_redis_costs_one_wait_until_it_answers_again() {
+    let mut store = Store::new(Settings::default());
+    let waited = |store: &Store, since: std::time::Instant| store.redis.clock.duration_since(since);
+    store.redis.mode = Mode::Hung;
+    let start = store.redis.clock;
+    store.put("c-1", &publish_command(1, 1)).unwrap();
+    assert_eq!(waited(&store, start), super::sim::TIMEOUT, "one wait of io_timeout");
+    let start = store.redis.clock;
+    for n in 2..10 {
+        store.put(&format!("c-{n}"), &publish_command(n, 1)).unwrap();
+        store.remove(&format!("c-{}", n - 1));
+    }
+    assert_eq!(waited(&store, start), std::time::Duration::ZERO, "no call waits for a Redis known hung");
+    store.redis.mode = Mode::Up;
+    store.put("c-10", &publish_command(10, 1)).unwrap();
+    assert_eq!(store.in_redis(), ["c-10", "c-9"], "everything owed went with the first write");
+    store.redis.mode = Mode::Hung;
+    let start = store.redis.clock;
+    store.put("c-11", &publish_command(11, 1)).unwrap();
+    assert_eq!(waited(&store, start), super::sim::TIMEOUT, "answered, it is waited for again");
+}
+
+/// A call waits `io_timeout` at most each time, and `connect_timeout +
+/// io_timeout` in all from its first wait.
+#[test]
+fn a_call_never_waits_past_its_deadline() {
+    use std::time::{Duration, Instant};
+    let ms = Duration::from_millis;
+    let mut patience = super::Patience::new(ms(100), ms(300));
+    let start = Instant::now();
+    patience.begin_call();
+    assert_eq!(patience.connect_until(start), start + ms(100));
+    assert_eq!(patience.wait_until(start + ms(50)), start + ms(350));
+    assert_eq!(patience.wait_until(start + ms(350)), start + ms(400), "the call's deadline");
+    assert_eq!(patience.connect_until(start + ms(390)), start + ms(400));
+    assert!(patience.may_wait(true));
+    patience.timed_out();
+    assert!(!patience.may_wait(true) && patience.hung());
+    patience.begin_call();
+    assert!(!patience.may_wait(true), "hung: no call waits");
+    assert!(patience.may_wait(false), "unless nothing could tell it answers");
+    assert_eq!(patience.wait_until(start + ms(1000)), start + ms(1300), "a new call, a new deadline");
+    patience.answered();
+    assert!(patience.may_wait(true));
+    patience.gave_up();
+    assert!(!patience.may_wait(true) && !patience.hung(), "a failed connect ends the call's waits only");
+}
+
 #[test]
 fn a_command_removal_without_its_read_back_is_sent_at_once() {
     // `MQTTAsync_unpersistCommandsAndMessages` (restoreMessages off), and
@@ -346,4 +399,63 @@ fn a_pipelined_write_refused_later_goes_with_the_next_write() {
     store.put("c-2", &publish_command(2, 1)).unwrap();
     assert_eq!(store.in_redis(), ["c-1", "c-2"], "the refusal came back and c-1 went with c-2");
     assert_eq!(store.core.unwritten(), 0);
+}
+
+// The record table's own bookkeeping: eviction, queues, order.
+
+#[test]
+fn keys_come_highest_message_id_first() {
+    let mut table = Table::new(CacheLimits::default());
+    for key in ["s-2", "s-10", "sc-10", "s-1", "c-3", "s5-65535", "q-4", "r-9"] {
+        table.write(key, &[b"v"]);
+    }
+    table.remove(b"r-9", Standing::RemovalOwed);
+    assert_eq!(table.keys(), ["s5-65535", "s-10", "sc-10", "q-4", "c-3", "s-2", "s-1"]);
+}
+
+#[test]
+fn only_records_redis_has_are_evicted() {
+    let mut table = Table::new(CacheLimits::default());
+    table.write("c-0", &[b"only copy"]);
+    let in_flight = table.send(0, true, false);
+    for n in 1..=CacheLimits::default().records + 10 {
+        table.write(&format!("c-{n}"), &[b"v"]);
+        let carried = table.send(n as u64, true, false);
+        table.confirmed(n as u64, &carried);
+    }
+    assert_eq!(table.kept, CacheLimits::default().records);
+    assert_eq!(table.refused(0, &in_flight), 1, "a refusal makes it wait again");
+    assert_eq!(table.get(b"c-0").map(|r| &r.value), Some(&Value::Kept(b"only copy".to_vec())));
+    assert_eq!(table.get(b"c-1").map(|r| &r.value), Some(&Value::InRedis), "the oldest is evicted");
+    assert_eq!(table.waiting_count(), 1);
+}
+
+#[test]
+fn kept_values_are_bounded_in_bytes() {
+    let mut table = Table::new(CacheLimits::default());
+    let big = vec![7u8; 300 * 1024];
+    for n in 0..5u64 {
+        table.write(&format!("c-{n}"), &[&big]);
+        let carried = table.send(n, true, false);
+        table.confirmed(n, &carried);
+    }
+    assert!(table.kept_bytes <= CacheLimits::default().bytes, "{} bytes kept", table.kept_bytes);
+    assert!(matches!(table.get(b"c-4").map(|r| &r.value), Some(Value::Kept(v)) if v.len() == big.len()));
+}
+
+#[test]
+fn a_refusal_makes_what_it_carried_owed_again() {
+    let mut table = Table::new(CacheLimits::default());
+    table.write("s-1", &[b"a"]);
+    table.write("s-2", &[b"b"]);
+    table.remove(b"s-2", Standing::RemovalOwed);
+    let carried = table.send(1, true, true);
+    assert!(!table.owes());
+    assert_eq!(table.refused(1, &carried), 1);
+    assert_eq!(table.waiting_count(), 1);
+    assert_eq!(table.removals().len(), 1);
+    let carried = table.send(2, true, true);
+    assert_eq!(table.confirmed(2, &carried), 1);
+    assert!(table.get(b"s-2").is_none(), "a removal done forgets the record");
+    assert_eq!(table.get(b"s-1").map(|r| &r.value), Some(&Value::InRedis), "only command records stay kept");
 }

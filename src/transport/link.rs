@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use redis::{ConnectionLike, RedisError, RedisResult};
 
+use crate::core::Patience;
 use crate::stats::Counters;
 use crate::{Config, Error};
 
@@ -20,11 +21,9 @@ pub(crate) struct Link {
     /// Redis may have restarted (and lost data) since it last looked.
     generation: u64,
     counters: Arc<Counters>,
-    /// Set when a command timed out, cleared by a probe thread once Redis
-    /// answers a `PING` again: meanwhile no call waits for Redis (a hung
-    /// Redis costs one timeout, not one per call), and Paho's records wait
-    /// in the store's memory.
-    hung: Arc<AtomicBool>,
+    /// While Redis is hung (see `Patience`), a probe thread `PING`s it on
+    /// connections of its own and sets this once it answers.
+    probe: Option<Arc<AtomicBool>>,
 }
 
 /// How long the probe waits between two `PING`s of a hung Redis.
@@ -32,7 +31,7 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(50);
 
 impl Link {
     pub(crate) fn new(counters: Arc<Counters>) -> Self {
-        Self { conn: None, generation: 0, counters, hung: Arc::new(AtomicBool::new(false)) }
+        Self { conn: None, generation: 0, counters, probe: None }
     }
 
     /// The number of connections opened so far.
@@ -45,24 +44,34 @@ impl Link {
         self.conn = None;
     }
 
+    /// Tells `patience` if the probe heard from a hung Redis.
+    pub(crate) fn hear(&mut self, patience: &mut Patience) {
+        if self.probe.as_ref().is_some_and(|answered| answered.load(Ordering::Acquire)) {
+            self.probe = None;
+            patience.answered();
+        }
+    }
+
     /// Runs `command` on the connection, reconnecting once if the connection
     /// turns out to be broken. A timeout is not retried: a hung Redis must cost
     /// the caller one `io_timeout`, not two.
     pub(crate) fn run<T>(
         &mut self,
         config: &Config,
+        patience: &mut Patience,
         name: &'static str,
         hash: &str,
         mut command: impl FnMut(&mut redis::Connection) -> RedisResult<T>,
     ) -> Result<T, Error> {
         let fail = |source: RedisError| Error::command(name, hash, source);
-        if self.hung.load(Ordering::Acquire) {
+        self.hear(patience);
+        if patience.hung() {
             // Nothing is sent: the probe has not heard from Redis yet.
             let source =
                 std::io::Error::new(std::io::ErrorKind::TimedOut, "Redis has not answered since a timeout");
             return Err(Error::connect(config.address(), source.into()));
         }
-        let conn = self.connected(config)?;
+        let conn = self.connected(config, patience)?;
         let error = match command(conn) {
             Ok(value) => {
                 self.counters.add_round_trip();
@@ -79,11 +88,11 @@ impl Link {
             // A hung Redis would only time out again; the next call that finds
             // it answering reconnects.
             self.counters.add_timeout();
-            self.probe(config);
+            self.probe(config, patience);
             return Err(fail(error));
         }
         log::info!("redis persistence: connection lost during {name} on `{hash}` ({error}); reconnecting");
-        let conn = self.connected(config)?;
+        let conn = self.connected(config, patience)?;
         match command(conn) {
             Ok(value) => {
                 self.counters.add_round_trip();
@@ -102,8 +111,9 @@ impl Link {
     }
 
     /// Marks Redis hung and starts a thread that `PING`s it until it answers.
-    fn probe(&self, config: &Config) {
-        if self.hung.swap(true, Ordering::AcqRel) {
+    fn probe(&mut self, config: &Config, patience: &mut Patience) {
+        patience.timed_out();
+        if self.probe.is_some() {
             return;
         }
         log::warn!(
@@ -111,39 +121,45 @@ impl Link {
             config.address(),
             config.io_timeout()
         );
-        let hung = Arc::clone(&self.hung);
+        let answered = Arc::new(AtomicBool::new(false));
+        let heard = Arc::clone(&answered);
         let config = config.clone();
         let spawned =
             std::thread::Builder::new().name("redis-persistence-probe".to_owned()).spawn(move || loop {
                 std::thread::sleep(PROBE_INTERVAL);
-                let answered = connect(&config)
+                let pinged = connect(&config)
                     .and_then(|mut conn| {
                         redis::cmd("PING")
                             .query::<String>(&mut conn)
                             .map_err(|source| Error::connect(config.address(), source))
                     })
                     .is_ok();
-                if answered {
+                if pinged {
                     log::info!("redis persistence: Redis at {} answers again", config.address());
-                    hung.store(false, Ordering::Release);
+                    heard.store(true, Ordering::Release);
                     return;
                 }
             });
-        if spawned.is_err() {
+        match spawned {
+            Ok(_) => self.probe = Some(answered),
             // No probe: do not stop waiting for Redis, or nothing would clear it.
-            self.hung.store(false, Ordering::Release);
+            Err(_) => patience.answered(),
         }
     }
 
     /// The connection, opened now if there is none.
-    pub(crate) fn connected(&mut self, config: &Config) -> Result<&mut redis::Connection, Error> {
+    pub(crate) fn connected(
+        &mut self,
+        config: &Config,
+        patience: &mut Patience,
+    ) -> Result<&mut redis::Connection, Error> {
         if self.conn.is_none() {
             let conn = match connect(config) {
                 Ok(conn) => conn,
                 Err(error) => {
                     if matches!(error, Error::Connect { .. }) && error.is_timeout() {
                         self.counters.add_timeout();
-                        self.probe(config);
+                        self.probe(config, patience);
                     }
                     return Err(error);
                 }

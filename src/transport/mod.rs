@@ -27,7 +27,7 @@ use bytes::BytesMut;
 use redis::{FromRedisValue, RedisError, RedisResult, Value};
 use smallvec::SmallVec;
 
-use crate::core::{Command, Exchange, Failure, Plan, Reply};
+use crate::core::{Command, Exchange, Failure, Patience, Plan, Reply};
 use crate::stats::Counters;
 use crate::{Config, Error};
 use link::Link;
@@ -46,9 +46,8 @@ pub(crate) struct Transport {
     link: Link,
     counters: Arc<Counters>,
     packed: BytesMut,
-    /// An exchange of the current Paho call timed out or could not connect:
-    /// the call's follow-ups do not wait for Redis again.
-    unreachable_in_call: bool,
+    /// When a call may wait for Redis over TCP (the pipelined transport keeps its own).
+    patience: Patience,
 }
 
 impl std::fmt::Debug for Transport {
@@ -70,7 +69,7 @@ impl Transport {
             link: Link::new(Arc::clone(&counters)),
             counters,
             packed: BytesMut::with_capacity(BUFFER_INITIAL),
-            unreachable_in_call: false,
+            patience: Patience::new(config.connect_timeout(), config.io_timeout()),
         }
     }
 
@@ -98,7 +97,8 @@ impl Transport {
         if let Some(pipelined) = &mut self.pipelined {
             pipelined.begin_call();
         }
-        self.unreachable_in_call = false;
+        self.patience.begin_call();
+        self.link.hear(&mut self.patience);
     }
 
     /// Whether a follow-up exchange may still wait for Redis in this call:
@@ -108,7 +108,8 @@ impl Transport {
         if let Some(pipelined) = &self.pipelined {
             return pipelined.may_wait();
         }
-        !self.unreachable_in_call
+        // While hung, the probe tells when Redis answers again.
+        self.patience.may_wait(true)
     }
 
     /// Replies to plans that were sent unanswered, oldest first (only the
@@ -143,7 +144,8 @@ impl Transport {
         let first = plan.commands.first();
         let name = first.map_or("HSET", |command| command.redis_name(plan.budget));
         let packed = &self.packed;
-        let exchanged = self.link.run(config, name, plan.hash, |conn| exchange(conn, packed, plan));
+        let exchanged =
+            self.link.run(config, &mut self.patience, name, plan.hash, |conn| exchange(conn, packed, plan));
         if self.packed.capacity() > BUFFER_RETAINED_MAX {
             self.packed = BytesMut::with_capacity(BUFFER_INITIAL);
         }
@@ -167,7 +169,7 @@ impl Transport {
                 // Sent but unanswered commands may still run; a connect
                 // failure sent nothing.
                 let may_run_late = !matches!(error, Error::Connect { .. });
-                self.unreachable_in_call = true;
+                self.patience.gave_up();
                 Exchange {
                     replies: SmallVec::new(),
                     failure: Some(Failure { error, may_run_late }),
