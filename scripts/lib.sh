@@ -39,6 +39,17 @@ start_mosquitto() {
 # why `max_inflight_messages 0`).
 bench_mosquitto_options=("persistence false" "max_queued_messages 100000" "max_inflight_messages 0")
 
+# Where to make a temp dir that must be on a disk (file persistence, flash
+# measurements): $TMPDIR or /tmp, or target/ if that is a tmpfs (RAM).
+disk_temp_parent() {
+  local parent="${TMPDIR:-/tmp}"
+  # stat, not findmnt: findmnt prints one line per mount of the same point.
+  if [ "$(stat -f -c %T "$parent" 2>/dev/null || true)" = tmpfs ]; then
+    parent="$PWD/target"
+  fi
+  echo "$parent"
+}
+
 # Makes the temp dir `work` (named after $1) and an EXIT trap that stops the
 # started servers and removes it. A script that needs more cleanup sets its own.
 make_work_dir() {
