@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by the scripts that start their own throwaway servers (demo.sh,
 # capture-fixtures.sh, bench-publish.sh): source it, start servers with their
 # PIDs added to `pids`, and call stop_started_servers from the EXIT trap.
@@ -37,6 +38,7 @@ start_mosquitto() {
 # The benchmarks' broker: no persistence of its own, queues and in-flight
 # windows that never limit the publisher (see tests/support/mosquitto.rs for
 # why `max_inflight_messages 0`).
+# shellcheck disable=SC2034 # used by the scripts that source this file
 bench_mosquitto_options=("persistence false" "max_queued_messages 100000" "max_inflight_messages 0")
 
 # Where to make a temp dir that must be on a disk (file persistence, flash
