@@ -80,3 +80,27 @@ start_bench_redis() {
   wait_for_port "$port"
   export REDIS_URL="redis://127.0.0.1:$port/0" REDIS_UNIX_URL="redis+unix://$work/redis.sock"
 }
+
+# Runs a command and writes the CPU seconds it used, "user sys", to file $1:
+# the rusage that wait4 returns for that one process (all its threads), not
+# this shell's or any other child's. The kernel keeps user+sys exact (the
+# scheduler's runtime, here to the µs); only its split into user and sys is
+# sampled at timer ticks. /proc/PID/stat and /usr/bin/time give 10 ms steps.
+# Returns the command's exit status.
+run_counting_cpu() {
+  local out="$1"; shift
+  python3 -c '
+import os, sys
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(sys.argv[2], sys.argv[2:])
+    except OSError as error:
+        print(f"{sys.argv[2]}: {error}", file=sys.stderr)
+    os._exit(127)
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    f.write(f"{usage.ru_utime:.6f} {usage.ru_stime:.6f}\n")
+sys.exit(os.waitstatus_to_exitcode(status))
+' "$out" "$@"
+}
