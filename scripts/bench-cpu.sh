@@ -13,6 +13,9 @@
 # commit), alternate in an order rotated from round to round over ROUNDS
 # rounds (default 3), all against one redis-server (RAM only) and one
 # mosquitto, so that the noise of a shared machine falls on all alike.
+# CPUS (a taskset CPU list, e.g. `1`; default unset: any CPU) pins the
+# servers and the clients to those CPUs: one CPU stands for a single-core
+# device, and here it also made runs repeat better (see below).
 #
 # Counted per run, as "the device": the client process's user+sys CPU, all
 # its threads, from wait4 (run_counting_cpu in lib.sh: exact to the µs), and
@@ -30,8 +33,15 @@
 #
 # Prints the median µs per message of client, Redis and both, the total above
 # `none` (medians of the differences with `none` in the same round), and that
-# extra cost as a ratio to paho-file's. Appends every run to
-# benchmarks/cpu-runs.csv. Loopback only (127.0.0.1 and a Unix socket).
+# extra cost as a ratio to paho-file's, and for a variant run with both
+# binaries the median of the per-round differences (this tree - REV). Appends
+# every run to benchmarks/cpu-runs.csv. Loopback only (127.0.0.1 and a Unix
+# socket).
+#
+# The numbers move with the machine's load: on 2 shared cores, with builds
+# running, one variant's totals spread by ±50% over 40 rounds unpinned, and
+# by ±15% with CPUS=1 (which also costs less per message: no wake-ups across
+# CPUs). Compare variants of one run, not runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
@@ -52,6 +62,9 @@ build_bench_at "$rev" "$target/cpu-rev"
 rev_bench="$target/cpu-rev/release/examples/publish_bench"
 rev_sha="$(git rev-parse --short "$rev")" this_sha="$(git rev-parse --short HEAD)"
 git diff --quiet HEAD -- src Cargo.toml Cargo.lock examples || this_sha+="+dirty"
+
+# From here on, every process started (servers, clients) inherits the pinning.
+if [ -n "${CPUS:-}" ]; then taskset -p -c "$CPUS" $$ > /dev/null; fi
 
 mqtt_port="$(free_port)"
 start_mosquitto "$mqtt_port" "${bench_mosquitto_options[@]}"
@@ -85,7 +98,8 @@ run_one() {
   read -r client_user client_sys < "$work/client-cpu"
   awk -v pre="$which,$sha,$round,$variant,$count,$seconds,$client_user,$client_sys" \
     -v b="$redis_before" -v a="$redis_after" \
-    'BEGIN { split(b, x, " "); split(a, y, " "); printf "%s,%.6f,%.6f\n", pre, y[1] - x[1], y[2] - x[2] }'
+    -v cpus="${CPUS:-all}" \
+    'BEGIN { split(b, x, " "); split(a, y, " "); printf "%s,%.6f,%.6f,%s\n", pre, y[1] - x[1], y[2] - x[2], cpus }'
 }
 
 # Untimed: each binary's first run loads its pages and warms the servers.
@@ -93,11 +107,11 @@ for spec in none rev:none; do run_one 0 "$spec" 200 > /dev/null; done
 
 csv="benchmarks/cpu-runs.csv"
 mkdir -p benchmarks
-[ -f "$csv" ] || echo "date,binary,commit,round,variant,messages,seconds,client_user_s,client_sys_s,redis_user_s,redis_sys_s" > "$csv"
+[ -f "$csv" ] || echo "date,binary,commit,round,variant,messages,seconds,client_user_s,client_sys_s,redis_user_s,redis_sys_s,cpus" > "$csv"
 runs="$work/runs.csv"
 : > "$runs"
 today="$(date -u +%Y-%m-%d)"
-echo "== $ROUNDS rounds of $COUNT sequential QoS 1 publishes, payload $PAYLOAD B; this tree $this_sha, rev $rev_sha"
+echo "== $ROUNDS rounds of $COUNT sequential QoS 1 publishes, payload $PAYLOAD B, CPUs ${CPUS:-all}; this tree $this_sha, rev $rev_sha"
 n=${#variants[@]}
 for round in $(seq "$ROUNDS"); do
   for ((i = 0; i < n; i++)); do
@@ -114,7 +128,7 @@ from collections import defaultdict
 runs, specs = sys.argv[1], sys.argv[2:]
 us = defaultdict(dict)  # spec -> round -> (client, redis, msgs/s)
 for r in csv.reader(open(runs)):
-    _, which, sha, rnd, variant, n, secs, cu, cs, ru, rs = r
+    _, which, sha, rnd, variant, n, secs, cu, cs, ru, rs, _ = r
     spec = f"rev:{variant}" if which == "rev" else variant
     n = int(n)
     us[spec][rnd] = ((float(cu) + float(cs)) * 1e6 / n, (float(ru) + float(rs)) * 1e6 / n, n / float(secs), sha)
@@ -134,4 +148,11 @@ for spec in specs:
     print(f"| {spec} | {v[0][3]} | {med(c for c, _, _, _ in v):.1f} | {med(r for _, r, _, _ in v):.1f} "
           f"| {med(totals):.1f} ({min(totals):.1f}–{max(totals):.1f}) "
           f"| {'-' if extra is None else f'{extra:.1f}'} | {ratio} | {med(m for _, _, m, _ in v):,.0f} |")
+for spec in specs:
+    if spec.startswith("rev:") and spec[4:] in us:
+        this, old = us[spec[4:]], us[spec]
+        d = [this[k][0] + this[k][1] - old[k][0] - old[k][1] for k in this if k in old]
+        q1, q2, q3 = statistics.quantiles(d, n=4) if len(d) > 1 else (d[0],) * 3
+        print(f"{spec[4:]}: this tree - {old[next(iter(old))][3]}, per round: median {q2:+.1f} µs/msg "
+              f"(quartiles {q1:+.1f} to {q3:+.1f}), {q2 / med(o[0] + o[1] for o in old.values()):+.1%}")
 EOF
