@@ -38,10 +38,16 @@
 # every run to benchmarks/cpu-runs.csv. Loopback only (127.0.0.1 and a Unix
 # socket).
 #
-# The numbers move with the machine's load: on 2 shared cores, with builds
-# running, one variant's totals spread by ±50% over 40 rounds unpinned, and
-# by ±15% with CPUS=1 (which also costs less per message: no wake-ups across
-# CPUs). Compare variants of one run, not runs.
+# The numbers move with the machine's load. On 2 shared cores with builds
+# running, over 40 rounds, the middle half of a variant's totals lay within
+# about ±12% of its median unpinned (extremes ±50%), and within -5%..+9%
+# (paho-file -8%..+18%) with CPUS=1, which also costs less per message, with
+# no wake-ups across CPUs (redis-unix 109 µs instead of 201). Compare
+# variants of one run, not runs. Two builds of one commit (this tree and REV
+# at 048e046) came out 1.1% apart on the REV line with CPUS=1 and 2.5%
+# unpinned (their medians in the table: 1.5% and 9%). The default 3 rounds
+# are a smoke test (that line's quartiles spanned ±70 µs unpinned): 40
+# rounds took 8 min with CPUS=1 and 10 min unpinned.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
