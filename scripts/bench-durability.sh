@@ -47,13 +47,9 @@ export PAYLOAD="${PAYLOAD:-256}"
 read -r -a MODES <<< "${MODES:-redis-ram redis-rdb redis-aof-everysec redis-aof-always paho-file}"
 bytes_field="paho-mqtt-redis:bytes"
 
-work_parent="${TMPDIR:-/tmp}"
-if [ "$(findmnt -n -o FSTYPE --target "$work_parent" 2>/dev/null || true)" = tmpfs ]; then
-  work_parent="$PWD/target"
-fi
-work="$(mktemp -d "$work_parent/pmr-durability.XXXXXX")"
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
+work="$(mktemp -d "$(disk_temp_parent)/pmr-durability.XXXXXX")"
 mounts=()
 loops=()
 cleanup() {

@@ -50,14 +50,10 @@ FLASH_RDB_SECONDS="${FLASH_RDB_SECONDS:-150}"
 export PAYLOAD="${PAYLOAD:-256}" WINDOW="${WINDOW:-64}"
 read -r -a VARIANTS <<< "${VARIANTS:-naive-tcp naive-unix redis-tcp redis-unix redis-tcp-defer redis-unix-defer paho-file none}"
 
-# The temp dir must be on a disk, not tmpfs, for the file-persistence runs.
-work_parent="${TMPDIR:-/tmp}"
-if [ "$(findmnt -n -o FSTYPE --target "$work_parent" 2>/dev/null || true)" = tmpfs ]; then
-  work_parent="$PWD/target"
-fi
-work="$(mktemp -d "$work_parent/pmr-bench.XXXXXX")"
 # shellcheck source=scripts/lib.sh
 source scripts/lib.sh
+# The temp dir must be on a disk, not tmpfs, for the file-persistence runs.
+work="$(mktemp -d "$(disk_temp_parent)/pmr-bench.XXXXXX")"
 loop_device=""
 cleanup() {
   stop_started_servers

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by the scripts that start their own throwaway servers (demo.sh,
 # capture-fixtures.sh, bench-publish.sh): source it, start servers with their
 # PIDs added to `pids`, and call stop_started_servers from the EXIT trap.
@@ -37,7 +38,19 @@ start_mosquitto() {
 # The benchmarks' broker: no persistence of its own, queues and in-flight
 # windows that never limit the publisher (see tests/support/mosquitto.rs for
 # why `max_inflight_messages 0`).
+# shellcheck disable=SC2034 # used by the scripts that source this file
 bench_mosquitto_options=("persistence false" "max_queued_messages 100000" "max_inflight_messages 0")
+
+# Where to make a temp dir that must be on a disk (file persistence, flash
+# measurements): $TMPDIR or /tmp, or target/ if that is a tmpfs (RAM).
+disk_temp_parent() {
+  local parent="${TMPDIR:-/tmp}"
+  # stat, not findmnt: findmnt prints one line per mount of the same point.
+  if [ "$(stat -f -c %T "$parent" 2>/dev/null || true)" = tmpfs ]; then
+    parent="$PWD/target"
+  fi
+  echo "$parent"
+}
 
 # Makes the temp dir `work` (named after $1) and an EXIT trap that stops the
 # started servers and removes it. A script that needs more cleanup sets its own.
@@ -66,4 +79,28 @@ start_bench_redis() {
   pids+=($!)
   wait_for_port "$port"
   export REDIS_URL="redis://127.0.0.1:$port/0" REDIS_UNIX_URL="redis+unix://$work/redis.sock"
+}
+
+# Runs a command and writes the CPU seconds it used, "user sys", to file $1:
+# the rusage that wait4 returns for that one process (all its threads), not
+# this shell's or any other child's. The kernel keeps user+sys exact (the
+# scheduler's runtime, here to the µs); only its split into user and sys is
+# sampled at timer ticks. /proc/PID/stat and /usr/bin/time give 10 ms steps.
+# Returns the command's exit status.
+run_counting_cpu() {
+  local out="$1"; shift
+  python3 -c '
+import os, sys
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(sys.argv[2], sys.argv[2:])
+    except OSError as error:
+        print(f"{sys.argv[2]}: {error}", file=sys.stderr)
+    os._exit(127)
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    f.write(f"{usage.ru_utime:.6f} {usage.ru_stime:.6f}\n")
+sys.exit(os.waitstatus_to_exitcode(status))
+' "$out" "$@"
 }
