@@ -328,6 +328,9 @@ fn replay_with(
             }
         }
         checked.calls += 1;
+        if let Some(store) = &core {
+            store.check_queues().map_err(|e| format!("{}: {e}", here()))?;
+        }
         let excused = Excused { missing: &maybe_missing, extra: &maybe_extra, lost: &lost };
         check_crash_state(&redis, &model, &excused, &in_window).map_err(|e| format!("{}: {e}", here()))?;
         checked.crash_points += 1;

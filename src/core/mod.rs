@@ -726,3 +726,12 @@ fn paho_key(field: Vec<u8>) -> Option<String> {
         }
     }
 }
+
+#[cfg(test)]
+impl Core {
+    /// The record table's invariant (see `Table::check_queues`).
+    pub(crate) fn check_queues(&self) -> Result<(), String> {
+        let in_flight: Vec<Seq> = self.in_flight.iter().map(|sent| sent.seq).collect();
+        self.records.check_queues(&in_flight)
+    }
+}

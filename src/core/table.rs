@@ -43,14 +43,14 @@ pub(crate) enum Value {
 pub(crate) enum Kind {
     /// `c-`: a queued command; for a QoS ≥ 1 PUBLISH, the message id its
     /// PUBLISH record will carry.
-    Command {
-        sent_as: Option<i32>,
-    },
+    Command { sent_as: Option<i32> },
     /// `s-`: a PUBLISH record; QoS 1 ones may have their removal deferred.
-    Publish {
-        qos1: bool,
-    },
+    Publish { qos1: bool },
+    /// Any other record Paho writes.
     Other,
+    /// A key Paho never writes: a write Redis refuses is not kept for later
+    /// (see [`paho::put_failure_ignored`]).
+    Foreign,
 }
 
 /// Where a record stands with Redis.
@@ -126,6 +126,8 @@ pub(crate) struct Table {
     removals: Vec<FieldName>,
     /// Records in `RidesWith`.
     riding: Vec<FieldName>,
+    /// Records in `Riding`: a rewrite of their PUBLISH record takes them along again.
+    sent_riders: Vec<FieldName>,
     /// Written command records with a kept value, oldest first: an entry
     /// whose stamp is no longer its record's is skipped.
     recent: VecDeque<(u64, FieldName)>,
@@ -209,6 +211,7 @@ impl Table {
             }
             Standing::RemovalOwed => self.removals.retain(|owed| owed.as_slice() != key),
             Standing::RidesWith(_) => self.riding.retain(|owed| owed.as_slice() != key),
+            Standing::Riding(..) => self.sent_riders.retain(|rider| rider.as_slice() != key),
             _ => {}
         }
         match self.map.get(key).map(|record| &record.standing) {
@@ -217,6 +220,7 @@ impl Table {
             }
             Some(Standing::RemovalOwed) => self.removals.push(field),
             Some(Standing::RidesWith(_)) => self.riding.push(field),
+            Some(Standing::Riding(..)) => self.sent_riders.push(field),
             _ => {}
         }
     }
@@ -290,6 +294,20 @@ impl Table {
         }
         let kind = kind_of(key, &value);
         let key = key.as_bytes();
+        // A PUBLISH record written again (Paho resends it, `MQTTPacket_sends`)
+        // while a write carrying it and its riders is unanswered: this write
+        // carries them too, lest it land alone and the other be refused.
+        let resent: SmallVec<[FieldName; 1]> = self
+            .sent_riders
+            .iter()
+            .filter(|rider| {
+                matches!(self.map.get(*rider).map(|r| &r.standing), Some(Standing::Riding(_, p)) if p.as_slice() == key)
+            })
+            .cloned()
+            .collect();
+        for rider in resent {
+            self.stand(&rider, Standing::RidesWith(FieldName::from_slice(key)));
+        }
         let before = match self.map.get_mut(key) {
             Some(record) => {
                 record.kind = kind;
@@ -306,9 +324,14 @@ impl Table {
         before
     }
 
-    /// Paho removed `key`: its removal is owed, waits for its PUBLISH record
-    /// (`AwaitsPublish`), or, for a record Redis never had, nothing is.
+    /// Paho removed `key` (or a failed `put` left it so): `standing` says
+    /// what Redis owes, a record of a key the table lacks included.
     pub(crate) fn remove(&mut self, key: &[u8], standing: Standing) {
+        if !self.map.contains_key(key) {
+            let kind = kind_of(std::str::from_utf8(key).unwrap_or_default(), &[]);
+            let record = Record { value: Value::InRedis, kind, standing: Standing::InRedis, stamp: 0 };
+            self.map.insert(FieldName::from_slice(key), record);
+        }
         self.set_value(key, Value::InRedis);
         self.stand(key, standing);
     }
@@ -334,6 +357,7 @@ impl Table {
                 } else if matches!(record.kind, Kind::Command { .. }) {
                     self.set_value(key, Value::Kept(value.clone()));
                     self.remember(key);
+                    self.evict();
                 } else {
                     self.set_value(key, Value::InRedis);
                 }
@@ -349,7 +373,7 @@ impl Table {
     pub(crate) fn send(&mut self, seq: Seq, records: bool, removals: bool) -> Carried {
         // Drained, not taken: the queues keep their capacity (a steady-state
         // `put` allocates nothing, `tests/allocations.rs`).
-        let Self { map, waiting, removals: owed, riding, .. } = self;
+        let Self { map, waiting, removals: owed, riding, sent_riders, .. } = self;
         let mut carried = Carried::new();
         let mut carry = |key: FieldName, to: fn(Seq, &Standing) -> Option<Standing>| {
             if let Some(record) = map.get_mut(&key) {
@@ -361,12 +385,13 @@ impl Table {
         };
         if records {
             waiting.drain().for_each(|key| carry(key, |seq, _| Some(Standing::Writing(seq))));
-            riding.drain(..).for_each(|key| {
+            for key in riding.drain(..) {
+                sent_riders.push(key.clone());
                 carry(key, |seq, standing| match standing {
                     Standing::RidesWith(publish) => Some(Standing::Riding(seq, publish.clone())),
                     _ => None,
-                })
-            });
+                });
+            }
         }
         if removals {
             owed.drain(..).for_each(|key| carry(key, |seq, _| Some(Standing::Removing(seq))));
@@ -409,6 +434,11 @@ impl Table {
         for key in carried {
             let Some(record) = self.map.get(key) else { continue };
             let again = match &record.standing {
+                // Not Paho's: the write failed, as far as the store can tell.
+                Standing::Writing(sent) if *sent == seq && record.kind == Kind::Foreign => {
+                    self.forget(key);
+                    continue;
+                }
                 Standing::Writing(sent) if *sent == seq => {
                     waiting += 1;
                     Standing::WriteOwed
@@ -481,17 +511,7 @@ impl Table {
             };
             if !owed && !self.present(field) {
                 stale.push(String::from_utf8_lossy(field).into_owned());
-                if !self.map.contains_key(*field) {
-                    let key = std::str::from_utf8(field).unwrap_or_default();
-                    let record = Record {
-                        value: Value::InRedis,
-                        kind: kind_of(key, &[]),
-                        standing: Standing::InRedis,
-                        stamp: 0,
-                    };
-                    self.map.insert(FieldName::from_slice(field), record);
-                }
-                self.stand(field, Standing::RemovalOwed);
+                self.remove(field, Standing::RemovalOwed);
             }
         }
         (rewritten, lost, stale)
@@ -503,14 +523,14 @@ impl Table {
     }
 
     /// A command record just written keeps its value for Paho's read-back,
-    /// until evicted.
+    /// until evicted (by the caller, once its other values are dropped: a
+    /// write's records that are not kept must not push this one out).
     fn remember(&mut self, key: &[u8]) {
         let stamp = self.stamp();
         if let Some(record) = self.map.get_mut(key) {
             record.stamp = stamp;
             self.recent.push_back((stamp, FieldName::from_slice(key)));
         }
-        self.evict();
     }
 
     /// Drops the oldest kept values of written records beyond the limits.
@@ -547,6 +567,47 @@ fn kind_of(key: &str, value: &[u8]) -> Kind {
         Some(paho::Kind::PublishSent) => {
             Kind::Publish { qos1: paho::is_qos1_publish(key, value.first().copied()) }
         }
-        _ => Kind::Other,
+        Some(_) => Kind::Other,
+        // `paho::put_failure_ignored` is false exactly for these.
+        None => Kind::Foreign,
+    }
+}
+
+#[cfg(test)]
+impl Table {
+    /// The invariant the queues keep: each indexes exactly the records in
+    /// its standing, and every command a standing names is in `in_flight`.
+    pub(crate) fn check_queues(&self, in_flight: &[Seq]) -> Result<(), String> {
+        let mut found: [Vec<FieldName>; 4] = Default::default();
+        for (key, record) in &self.map {
+            let queue = match &record.standing {
+                Standing::WriteOwed => 0,
+                Standing::RemovalOwed => 1,
+                Standing::RidesWith(_) => 2,
+                Standing::Riding(seq, _) | Standing::Writing(seq) | Standing::Removing(seq)
+                    if !in_flight.contains(seq) =>
+                {
+                    return Err(format!("{key:?} is {:?}, not in flight", record.standing));
+                }
+                Standing::Riding(..) => 3,
+                _ => continue,
+            };
+            if let Some(keys) = found.get_mut(queue) {
+                keys.push(key.clone());
+            }
+            if queue == 0 && record.value == Value::InRedis {
+                return Err(format!("{key:?} is owed without a value"));
+            }
+        }
+        let waiting: Vec<FieldName> = self.waiting.iter().cloned().collect();
+        let queues = [waiting, self.removals.clone(), self.riding.clone(), self.sent_riders.clone()];
+        for (mut expected, mut queue) in found.into_iter().zip(queues) {
+            expected.sort();
+            queue.sort();
+            if expected != queue {
+                return Err(format!("a queue holds {queue:?}, the records in its standing are {expected:?}"));
+            }
+        }
+        Ok(())
     }
 }
