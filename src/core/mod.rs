@@ -25,27 +25,28 @@
 //! recorded Paho calls against a simulated Redis that fails, hangs, refuses
 //! and restarts, and checks Redis after every call.
 //!
-//! A record's standing, with the transitions that move it:
+//! A record's standing, with the transitions that move it (`seq` numbers
+//! the command that carries it; `put` of any standing makes it `WriteOwed`):
 //!
 //! ```text
-//!            open                     put                         poll: a write
-//!   InRedis <──── (none) ───────────────────────────> WriteOwed ──────────────> Writing(seq)
-//!     ▲  │                     put ┌───────────────>    ▲                         │  │
-//!     │  │ remove                  │                    └──── refused, or lost ───┘  │
-//!     │  ▼                         │                                                 │
-//!     │ RemovalOwed ── poll ──> Removing(seq) ── confirmed ──> (none)                │
-//!     │      ▲                       │                                               │
-//!     │      └────── refused ────────┘                                               │
-//!     └──────────────────────────────────── confirmed ───────────────────────────────┘
+//!  (none) ─ open ─> InRedis ─ remove ─> RemovalOwed ─ poll ─> Removing(seq) ─ confirmed ─> (none)
+//!                     ▲                      ▲                     │
+//!                     │                      └───── refused ───────┘
+//!                 confirmed
+//!                     │
+//!  (none) ─ put ─> WriteOwed ─ poll ─> Writing(seq)
+//!                     ▲                     │
+//!                     └─ refused, or lost ──┘
 //!
-//!   the move (a command record removed right after Paho read it back):
-//!   InRedis ── remove ──> AwaitsPublish ── put of its PUBLISH record ──> RidesWith(s-N)
-//!                            │ any other call                               │ a write
-//!                            ▼                                              ▼
-//!                        RemovalOwed          RemovalOwed <── refused ── Riding(seq, s-N)
-//!                                    (once s-N is in Redis)                 │ confirmed
-//!                                                                           ▼
-//!                                                                         (none)
+//!  The move (a command record removed right after Paho read it back):
+//!  InRedis        ─ remove ──────────────────────────────> AwaitsPublish
+//!  AwaitsPublish  ─ put of its PUBLISH record s-N ───────> RidesWith(s-N)
+//!  AwaitsPublish  ─ any other call ──────────────────────> RemovalOwed
+//!  RidesWith(s-N) ─ poll: any write ─────────────────────> Riding(seq, s-N)
+//!  RidesWith(s-N) ─ s-N removed ─────────────────────────> RemovalOwed
+//!  Riding         ─ confirmed ───────────────────────────> (none)
+//!  Riding         ─ refused, s-N in Redis ───────────────> RemovalOwed
+//!  Riding         ─ refused while s-N owed; s-N put again ─> RidesWith(s-N)
 //! ```
 //!
 //! The promise kept here: at every instant, what Redis holds is what a
