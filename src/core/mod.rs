@@ -32,9 +32,8 @@
 //!  (none) ─ open ─> InRedis ─ remove ─> RemovalOwed ─ poll ─> Removing(seq) ─ confirmed ─> (none)
 //!                     ▲                      ▲                     │
 //!                     │                      └───── refused ───────┘
-//!                 confirmed
-//!                     │
-//!  (none) ─ put ─> WriteOwed ─ poll ─> Writing(seq)
+//!                     └─────────────────── confirmed ──────────────┐
+//!  (none) ─ put ─> WriteOwed ─ poll ─> Writing(seq) ───────────────┘
 //!                     ▲                     │
 //!                     └─ refused, or lost ──┘
 //!
