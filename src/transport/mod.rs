@@ -140,8 +140,7 @@ impl Transport {
         }
         self.packed.clear();
         encode::encode(plan, &mut self.packed);
-        let first = plan.commands.first();
-        let name = first.map_or("HSET", |command| command.redis_name(plan.budget));
+        let name = encode::first_name(plan);
         let packed = &self.packed;
         let exchanged = self.link.run(config, name, plan.hash, |conn| exchange(conn, packed, plan));
         if self.packed.capacity() > BUFFER_RETAINED_MAX {

@@ -383,7 +383,7 @@ impl Pipelined {
     }
 
     fn send_behind(&mut self, config: &Config, plan: &Plan<'_>) -> Outcome {
-        let name = plan.commands.first().map_or("HSET", |command| command.redis_name(plan.budget));
+        let name = encode::first_name(plan);
         if self.reload_scripts {
             self.reload_scripts = false;
             self.disconnect();
@@ -475,7 +475,7 @@ impl Pipelined {
     /// A plan whose replies the caller needs: waits for what is outstanding,
     /// then for one reply per command.
     fn exchange(&mut self, config: &Config, plan: &Plan<'_>) -> Outcome {
-        let name = plan.commands.first().map_or("HGET", |command| command.redis_name(plan.budget));
+        let name = encode::first_name(plan);
         if !self.outstanding.is_empty() {
             if !self.may_wait() {
                 return Err((self.busy(name, plan), false));
