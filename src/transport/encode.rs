@@ -59,6 +59,11 @@ impl Wire {
             Self::WriteAndRemoveScript | Self::WriteScript | Self::RemoveScript => "EVALSHA",
         }
     }
+
+    /// How many replies Redis sends: one per command sent.
+    pub(crate) fn replies(self) -> usize {
+        1
+    }
 }
 
 /// The name of `plan`'s first command as sent (`HSET` for an empty plan).

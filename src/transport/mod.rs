@@ -13,6 +13,8 @@
 //! flight on a socket whose process is killed is lost (see `pipelined`).
 
 mod encode;
+#[cfg(feature = "unix-socket")]
+mod frame;
 mod link;
 #[cfg(feature = "unix-socket")]
 mod pipelined;
