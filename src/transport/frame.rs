@@ -17,8 +17,11 @@
 pub(super) struct Frame {
     /// Its length in bytes.
     pub(super) len: usize,
-    /// It is an error reply, or an array holding one: it needs redis-rs to be read.
+    /// It is an error reply, or an array holding one (an `EXEC` whose
+    /// command failed): it needs redis-rs to be read.
     pub(super) error: bool,
+    /// It is a null array (`*-1`: an `EXEC` that ran nothing).
+    pub(super) null_array: bool,
 }
 
 /// What a scan found.
@@ -40,6 +43,7 @@ pub(super) struct Scan {
     /// Elements still to scan; 0 before a reply is started.
     due: usize,
     error: bool,
+    null_array: bool,
 }
 
 /// Scans `input`, which starts where the reply does, from where `scan` stood.
@@ -62,6 +66,7 @@ pub(super) fn scan(input: &[u8], scan: &mut Scan) -> Scanned {
         }
         let header = line_end.saturating_add(2);
         let body = rest.get(1..line_end).unwrap_or_default();
+        let top = scan.at == 0;
         let advance = match kind {
             b'+' | b':' => header,
             b'-' => {
@@ -82,7 +87,10 @@ pub(super) fn scan(input: &[u8], scan: &mut Scan) -> Scanned {
                 None => return Scanned::Invalid,
             },
             b'*' => match length(body) {
-                Some(Length::Null) => header,
+                Some(Length::Null) => {
+                    scan.null_array |= top;
+                    header
+                }
                 Some(Length::Of(elements)) => {
                     let Some(due) = scan.due.checked_add(elements) else { return Scanned::Invalid };
                     scan.due = due;
@@ -95,7 +103,7 @@ pub(super) fn scan(input: &[u8], scan: &mut Scan) -> Scanned {
         scan.at = scan.at.saturating_add(advance);
         scan.due = scan.due.saturating_sub(1);
     }
-    let frame = Frame { len: scan.at, error: scan.error };
+    let frame = Frame { len: scan.at, error: scan.error, null_array: scan.null_array };
     *scan = Scan::default();
     Scanned::Complete(frame)
 }
@@ -150,15 +158,16 @@ mod tests {
             followed.extend_from_slice(b":7\r\n");
             let frame = complete(&followed);
             assert_eq!(frame.len, reply.len(), "{:?}", String::from_utf8_lossy(reply));
-            assert!(!frame.error);
+            assert!(!frame.error && !frame.null_array);
         }
     }
 
     #[test]
-    fn flags_errors_anywhere_in_a_reply() {
+    fn flags_errors_anywhere_in_a_reply_and_a_null_array() {
         assert!(complete(b"-ERR no\r\n").error);
         assert!(complete(b"*3\r\n:1\r\n-WRONGTYPE x\r\n:0\r\n").error);
-        assert!(!complete(b"*-1\r\n").error);
+        assert!(complete(b"*-1\r\n").null_array);
+        assert!(!complete(b"*1\r\n*-1\r\n").null_array, "only the reply itself counts");
     }
 
     /// Cut anywhere, a reply is partial; fed the rest, the scan resumes and
@@ -173,7 +182,7 @@ mod tests {
                 Scanned::Complete(frame) => frame,
                 other => panic!("cut at {cut}: {other:?}"),
             };
-            assert_eq!(frame, Frame { len: reply.len(), error: true }, "cut at {cut}");
+            assert_eq!(frame, Frame { len: reply.len(), error: true, null_array: false }, "cut at {cut}");
         }
     }
 

@@ -141,8 +141,9 @@ impl Transport {
             return pipelined.run(config, plan);
         }
         self.packed.clear();
-        encode::encode(plan, &mut self.packed);
-        let name = encode::first_name(plan);
+        // Over TCP a write that removes fields stays the script (no transactions).
+        encode::encode(plan, false, &mut self.packed);
+        let name = encode::first_name(plan, false);
         let packed = &self.packed;
         let exchanged = self.link.run(config, name, plan.hash, |conn| exchange(conn, packed, plan));
         if self.packed.capacity() > BUFFER_RETAINED_MAX {

@@ -27,6 +27,13 @@
 //! `socket2` so that the connect is bounded too (redis-rs connects Unix
 //! sockets with a blocking `connect`, which waits as long as Redis's accept
 //! backlog is full).
+//!
+//! A write that also removes fields goes as `MULTI`, `HSET`, `HDEL`, `EXEC`
+//! when Redis allows transactions (checked in the handshake), instead of the
+//! write-and-remove script: all or nothing too, and less of Redis's time (see
+//! `encode::Wire`). Its four replies answer one command: the first refusal
+//! among them (a command refused when queued, `EXECABORT`, or an error in
+//! `EXEC`'s array) is its refusal, else `EXEC`'s answer confirms it.
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
@@ -85,11 +92,13 @@ type Outcome = Result<Option<SmallVec<[Result<Reply, RedisError>; 2]>>, (Error, 
 struct Sent {
     /// What it counts in `outstanding_bytes`.
     bytes: usize,
-    /// Its replies still due: one per command on the wire.
+    /// Its replies still due: one per command on the wire (4 for `MULTI`/`EXEC`).
     replies: usize,
     /// Whether the core waits for its answer (a plan sent behind), or nobody
     /// does (what was left of an exchange that timed out).
     confirmed: bool,
+    /// Its last reply is `EXEC`'s, which is a refusal when null.
+    exec: bool,
     /// The first of its replies that refused it.
     refusal: Option<RedisError>,
 }
@@ -97,7 +106,7 @@ struct Sent {
 impl Sent {
     fn new(bytes: usize, wire: Option<Wire>, confirmed: bool) -> Self {
         let replies = wire.map_or(1, Wire::replies);
-        Self { bytes, replies, confirmed, refusal: None }
+        Self { bytes, replies, confirmed, exec: wire == Some(Wire::Transaction), refusal: None }
     }
 }
 
@@ -298,15 +307,18 @@ impl Connection {
         self.input.get(start..start.saturating_add(frame.len)).unwrap_or_default()
     }
 
-    /// The refusal the reply at `start` says, if any: an error reply, or an
-    /// error in an array. Only these are given to redis-rs.
-    fn refusal(&self, start: usize, frame: Frame) -> Option<RedisError> {
-        frame.error.then(|| {
+    /// The refusal the reply at `start` says, if any: an error reply, an
+    /// error in an array (an `EXEC` whose command failed), or, when it is
+    /// `EXEC`'s (`exec`), a null array (nothing ran).
+    fn refusal(&self, start: usize, frame: Frame, exec: bool) -> Option<RedisError> {
+        if frame.error {
             let parsed = redis::parse_redis_value(self.reply(start, frame)).and_then(Value::extract_error);
-            parsed.err().unwrap_or_else(|| {
+            return Some(parsed.err().unwrap_or_else(|| {
                 io_error(std::io::ErrorKind::InvalidData, "an error reply redis-rs read as none")
-            })
-        })
+            }));
+        }
+        (exec && frame.null_array)
+            .then(|| io_error(std::io::ErrorKind::Other, "EXEC ran nothing (null reply)"))
     }
 
     /// A reply buffer grown by one large reply is released once it is read.
@@ -331,6 +343,8 @@ pub(crate) struct Pipelined {
     generation: u64,
     counters: Arc<Counters>,
     packed: BytesMut,
+    /// Whether `packed` was encoded with transactions (see `transactions`).
+    packed_with_transactions: bool,
     /// The commands sent and not answered yet, oldest first.
     outstanding: VecDeque<Sent>,
     outstanding_bytes: usize,
@@ -347,6 +361,13 @@ pub(crate) struct Pipelined {
     call_deadline: Option<Instant>,
     /// A write was refused with `NOSCRIPT`: reconnect (which loads them) first.
     reload_scripts: bool,
+    /// The connection (the last one, when none is open) may send writes that
+    /// remove fields as `MULTI`/`EXEC`: Redis answered both in the handshake.
+    transactions: bool,
+    /// Whether the handshake asks Redis whether it allows transactions: not
+    /// after a Redis that allowed `MULTI` and refused `EXEC` (the connection
+    /// was then left in a transaction, and closed).
+    probe_transactions: bool,
 }
 
 impl std::fmt::Debug for Pipelined {
@@ -356,6 +377,7 @@ impl std::fmt::Debug for Pipelined {
             .field("generation", &self.generation)
             .field("outstanding", &self.outstanding.len())
             .field("hung", &self.hung)
+            .field("transactions", &self.transactions)
             .finish_non_exhaustive()
     }
 }
@@ -372,6 +394,7 @@ impl Pipelined {
             generation: 0,
             counters,
             packed: BytesMut::with_capacity(super::BUFFER_INITIAL),
+            packed_with_transactions: false,
             outstanding: VecDeque::new(),
             outstanding_bytes: 0,
             delivered: Confirmations::new(),
@@ -379,6 +402,8 @@ impl Pipelined {
             waited_in_call: false,
             call_deadline: None,
             reload_scripts: false,
+            transactions: false,
+            probe_transactions: true,
         }
     }
 
@@ -569,7 +594,7 @@ impl Pipelined {
         sent.replies = sent.replies.saturating_sub(1);
         if sent.confirmed && sent.refusal.is_none() {
             if let Some(conn) = &self.conn {
-                sent.refusal = conn.refusal(start, frame);
+                sent.refusal = conn.refusal(start, frame, sent.exec && sent.replies == 0);
             }
         }
         if sent.replies > 0 {
@@ -609,14 +634,15 @@ impl Pipelined {
         }
     }
 
-    /// Encodes `plan` into `packed`.
+    /// Encodes `plan` into `packed`, as the connection may send it.
     fn encode(&mut self, plan: &Plan<'_>) {
         self.packed.clear();
-        encode::encode(plan, &mut self.packed);
+        encode::encode(plan, self.transactions, &mut self.packed);
+        self.packed_with_transactions = self.transactions;
     }
 
     fn send_behind(&mut self, config: &Config, plan: &Plan<'_>) -> Outcome {
-        let name = encode::first_name(plan);
+        let name = encode::first_name(plan, self.transactions);
         if self.reload_scripts {
             self.reload_scripts = false;
             self.disconnect();
@@ -636,7 +662,7 @@ impl Pipelined {
                 .map_err(|error| (error, false))?;
         }
         self.write(config, name, plan)?;
-        let wire = plan.commands.first().map(|command| Wire::of(command, plan.budget));
+        let wire = plan.commands.first().map(|command| Wire::of(command, plan.budget, self.transactions));
         self.outstanding.push_back(Sent::new(bytes, wire, true));
         self.outstanding_bytes = self.outstanding_bytes.saturating_add(bytes);
         self.shrink();
@@ -664,7 +690,8 @@ impl Pipelined {
     }
 
     /// Writes the encoded plan, connecting first (and once more if the
-    /// connection turns out broken: every command is idempotent).
+    /// connection turns out broken: every command is idempotent). A new
+    /// connection that differs in allowing transactions encodes it again.
     fn write(&mut self, config: &Config, name: &'static str, plan: &Plan<'_>) -> Result<(), (Error, bool)> {
         for attempt in 0..2 {
             if self.conn.is_none() {
@@ -674,6 +701,9 @@ impl Pipelined {
                     }
                     (error, false)
                 })?;
+                if self.packed_with_transactions != self.transactions {
+                    self.encode(plan);
+                }
             }
             let deadline = self.wait_deadline(config);
             let Some(conn) = &mut self.conn else { continue };
@@ -708,7 +738,7 @@ impl Pipelined {
     /// A plan whose replies the caller needs: waits for what is outstanding,
     /// then for each command's replies.
     fn exchange(&mut self, config: &Config, plan: &Plan<'_>) -> Outcome {
-        let name = encode::first_name(plan);
+        let name = encode::first_name(plan, self.transactions);
         if !self.outstanding.is_empty() {
             if !self.may_wait() {
                 return Err((self.busy(name, plan), false));
@@ -720,7 +750,7 @@ impl Pipelined {
         let deadline = self.wait_deadline(config);
         let mut replies = SmallVec::new();
         for (answered, command) in plan.commands.iter().enumerate() {
-            let wire = Wire::of(command, plan.budget);
+            let wire = Wire::of(command, plan.budget, self.transactions);
             let mut refusal = None;
             let mut value = None;
             for read in 0..wire.replies() {
@@ -729,7 +759,7 @@ impl Pipelined {
                     Next::Reply(start, frame) => {
                         let last = read.saturating_add(1) == wire.replies();
                         if refusal.is_none() {
-                            refusal = conn.refusal(start, frame);
+                            refusal = conn.refusal(start, frame, last && wire == Wire::Transaction);
                         }
                         if last && refusal.is_none() {
                             value = Some(
@@ -747,7 +777,7 @@ impl Pipelined {
                         rest.replies = wire.replies().saturating_sub(read);
                         self.outstanding.push_back(rest);
                         for later in plan.commands.iter().skip(answered.saturating_add(1)) {
-                            let wire = Wire::of(later, plan.budget);
+                            let wire = Wire::of(later, plan.budget, self.transactions);
                             self.outstanding.push_back(Sent::new(0, Some(wire), false));
                         }
                         self.hung = true;
@@ -788,7 +818,8 @@ impl Pipelined {
     }
 
     /// Opens the socket (bounded by `connect_timeout`), authenticates, selects
-    /// the database and loads the scripts.
+    /// the database, loads the scripts and asks whether Redis allows
+    /// transactions (`MULTI` then `EXEC`, which run nothing).
     fn connect(&mut self, config: &Config) -> Result<(), Error> {
         let connect_error = |source: RedisError| Error::connect(config.address(), source);
         // The connect and the handshake share `connect_timeout`, within the call's deadline.
@@ -846,9 +877,14 @@ impl Pipelined {
             command(&mut handshake, &[b"SCRIPT", b"LOAD", source.as_bytes()]);
             expected += 1;
         }
+        let probe = self.probe_transactions;
+        if probe {
+            command(&mut handshake, &[b"MULTI"]);
+            command(&mut handshake, &[b"EXEC"]);
+        }
         (&conn.stream).write_all(&handshake).map_err(|e| connect_error(e.into()))?;
         let answer = |conn: &mut Connection| match conn.next_by(deadline) {
-            Next::Reply(start, frame) => Ok(conn.refusal(start, frame)),
+            Next::Reply(start, frame) => Ok(conn.refusal(start, frame, true)),
             Next::Nothing => {
                 Err(connect_error(io_error(std::io::ErrorKind::TimedOut, "no answer within connect_timeout")))
             }
@@ -859,12 +895,31 @@ impl Pipelined {
                 return Err(connect_error(refusal));
             }
         }
+        let transactions = if probe {
+            match (answer(&mut conn)?, answer(&mut conn)?) {
+                (None, None) => true,
+                (Some(refusal), _) => {
+                    log::debug!(
+                        "redis persistence: MULTI refused ({refusal}): writes that remove fields run as a script"
+                    );
+                    false
+                }
+                (None, Some(refusal)) => {
+                    // The connection is left in a transaction: not to be used.
+                    self.probe_transactions = false;
+                    return Err(connect_error(refusal));
+                }
+            }
+        } else {
+            false
+        };
         conn.stream.set_write_timeout(Some(config.io_timeout())).map_err(|e| connect_error(e.into()))?;
         conn.write_timeout = config.io_timeout();
         if self.generation > 0 {
             self.counters.add_reconnect();
         }
         self.generation = self.generation.wrapping_add(1);
+        self.transactions = transactions;
         self.conn = Some(conn);
         // It answered the handshake.
         self.hung = false;
@@ -1075,12 +1130,14 @@ mod tests {
             .expect("valid")
     }
 
-    /// The next connection, its handshake (one `SCRIPT LOAD` per script) answered.
+    /// The next connection, its handshake (one `SCRIPT LOAD` per script,
+    /// then `MULTI` and `EXEC`) answered.
     fn accept_answering_handshake(listener: &UnixListener) -> UnixStream {
         let (mut stream, _) = listener.accept().expect("accept");
         for _ in scripts::SOURCES {
             stream.write_all(b"$1\r\nx\r\n").expect("a handshake reply");
         }
+        stream.write_all(b"+OK\r\n*0\r\n").expect("the transaction probe's replies");
         stream
     }
 
