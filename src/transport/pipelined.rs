@@ -412,11 +412,16 @@ impl Pipelined {
     }
 
     /// Starts a call: takes in what Redis answered since the last one (one
-    /// read, without waiting).
+    /// read, without waiting). With nothing unanswered there is nothing to
+    /// read: a connection Redis closed meanwhile is found by the next write,
+    /// which connects again (as after any broken write).
     pub(crate) fn begin_call(&mut self) {
         self.waited_in_call = false;
         self.call_deadline = None;
         self.collect();
+        if self.outstanding.is_empty() {
+            return;
+        }
         let Some(conn) = &mut self.conn else { return };
         match conn.fill(None) {
             Ok(true) => self.take_buffered(),
