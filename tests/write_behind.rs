@@ -214,8 +214,7 @@ fn reads_see_the_writes_before_them() {
     assert!(store.get("s-0").is_err(), "removed");
 }
 
-/// The reader thread holds a handle on the socket of its own: a store dropped
-/// without `close` (as Paho may) still closes its connection.
+/// A store dropped without `close` (as Paho may) still closes its connection.
 #[test]
 fn a_dropped_store_closes_its_connection() {
     let redis = RedisServer::start();

@@ -13,6 +13,8 @@
 //! flight on a socket whose process is killed is lost (see `pipelined`).
 
 mod encode;
+#[cfg(feature = "unix-socket")]
+mod frame;
 mod link;
 #[cfg(feature = "unix-socket")]
 mod pipelined;
@@ -140,9 +142,9 @@ impl Transport {
             return pipelined.run(config, plan);
         }
         self.packed.clear();
-        encode::encode(plan, &mut self.packed);
-        let first = plan.commands.first();
-        let name = first.map_or("HSET", |command| command.redis_name(plan.budget));
+        // Over TCP a write that removes fields stays the script (no transactions).
+        encode::encode(plan, false, &mut self.packed);
+        let name = encode::first_name(plan, false);
         let packed = &self.packed;
         let exchanged =
             self.link.run(config, &mut self.patience, name, plan.hash, |conn| exchange(conn, packed, plan));

@@ -1,6 +1,6 @@
 //! The write-behind transport over a Unix socket: writes and removals are
-//! written to the socket and the call returns; Redis's replies are read by a
-//! thread and taken in at the next call.
+//! written to the socket and the call returns; Redis's replies are read
+//! without waiting at the start of the next call and taken in then.
 //!
 //! Why this is safe over a Unix socket and not over TCP (both measured): bytes
 //! whose `write()` returned are in the kernel's buffer on Redis's side of the
@@ -11,26 +11,44 @@
 //! once written here; the reply only says whether Redis accepted it, and a
 //! refusal is handled like an unwritten record (kept in memory, written again).
 //!
+//! No thread reads the replies: each call starts with one read that does not
+//! wait (the socket is non-blocking then), into one reused buffer, and takes
+//! in the complete replies found there (`frame` finds where each ends; a
+//! reply cut short waits for the next read). A call waits only when it must:
+//! the outstanding window is full, an exchange needs its replies, `close`
+//! settles, the handshake, or a connection given up on is drained; each wait
+//! is a blocking read bounded by the socket's read timeout, set to what is
+//! left of the wait's deadline. No thread wakes per reply.
+//!
 //! Written by hand because redis-rs's connection reads each reply in the
-//! caller's thread; what is left to redis-rs is what it does well: the URL
-//! and its settings, the RESP parser (`redis::Parser`, in the reader thread)
-//! and reply conversion. The socket is opened with `socket2` so that the
-//! connect is bounded too (redis-rs connects Unix sockets with a blocking
-//! `connect`, which waits as long as Redis's accept backlog is full).
+//! caller's thread, waiting for it; what is left to redis-rs is what it does
+//! well: the URL and its settings, the RESP parser (`redis::parse_redis_value`,
+//! on complete replies) and reply conversion. The socket is opened with
+//! `socket2` so that the connect is bounded too (redis-rs connects Unix
+//! sockets with a blocking `connect`, which waits as long as Redis's accept
+//! backlog is full).
+//!
+//! A write that also removes fields goes as `MULTI`, `HSET`, `HDEL`, `EXEC`
+//! when Redis allows transactions (checked in the handshake), instead of the
+//! write-and-remove script: all or nothing too, and less of Redis's time (see
+//! `encode::Wire`). Its four replies answer one command: the first refusal
+//! among them (a command refused when queued, `EXECABORT`, or an error in
+//! `EXEC`'s array) is its refusal, else `EXEC`'s answer confirms it.
 
 use std::collections::VecDeque;
-use std::io::{BufReader, Write};
+use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use redis::{RedisError, RedisResult, Value};
+use redis::{RedisError, Value};
 use smallvec::SmallVec;
 
-use super::{encode, parse, resp, scripts};
+use super::encode::{self, Wire};
+use super::frame::{self, Frame, Scan, Scanned};
+use super::{parse, resp, scripts};
 use crate::core::{Command, Exchange, Failure, Plan, Reply};
 use crate::stats::Counters;
 use crate::{Config, Error};
@@ -58,6 +76,10 @@ const WRITE_CHUNK_MAX: usize = 16 * 1024;
 const WRITE_CHUNK_MIN: usize = 1024;
 /// How often a connect to a Redis whose accept backlog is full is tried again.
 const CONNECT_RETRY: Duration = Duration::from_millis(5);
+/// The reply buffer of a new connection: 256 replies to writes fit.
+const READ_BUFFER_INITIAL: usize = 4 * 1024;
+/// The least room a read is given; the buffer grows when it has less.
+const READ_ROOM_MIN: usize = 1024;
 
 /// Replies to plans sent unanswered, as the core takes them.
 pub(crate) type Confirmations = SmallVec<[Result<(), RedisError>; 4]>;
@@ -66,10 +88,53 @@ pub(crate) type Confirmations = SmallVec<[Result<(), RedisError>; 4]>;
 /// why not (and whether what was sent may still run).
 type Outcome = Result<Option<SmallVec<[Result<Reply, RedisError>; 2]>>, (Error, bool)>;
 
-/// One connection: the write half here, the read half in its thread.
+/// A command sent whose replies have not all come, in `Pipelined::outstanding`.
+struct Sent {
+    /// What it counts in `outstanding_bytes`.
+    bytes: usize,
+    /// Its replies still due: one per command on the wire (4 for `MULTI`/`EXEC`).
+    replies: usize,
+    /// Whether the core waits for its answer (a plan sent behind), or nobody
+    /// does (what was left of an exchange that timed out).
+    confirmed: bool,
+    /// Its last reply is `EXEC`'s, which is a refusal when null.
+    exec: bool,
+    /// The first of its replies that refused it.
+    refusal: Option<RedisError>,
+}
+
+impl Sent {
+    fn new(bytes: usize, wire: Option<Wire>, confirmed: bool) -> Self {
+        let replies = wire.map_or(1, Wire::replies);
+        Self { bytes, replies, confirmed, exec: wire == Some(Wire::Transaction), refusal: None }
+    }
+}
+
+/// What the next reply on a connection came to.
+enum Next {
+    /// A complete reply, at `start` in the connection's buffer.
+    Reply(usize, Frame),
+    /// None within the wait (or, not waiting, none yet).
+    Nothing,
+    /// The connection closed, broke, or sent what cannot be read.
+    Lost(std::io::Error),
+}
+
+/// One connection, and the replies read off it and not taken in yet.
 struct Connection {
     stream: UnixStream,
-    replies: Receiver<RedisResult<Value>>,
+    /// Bytes read: `input[parsed..filled]` are not taken in yet, and may
+    /// end inside a reply. Reused; its length is its capacity.
+    input: Vec<u8>,
+    parsed: usize,
+    filled: usize,
+    /// Where the scan of the reply at `parsed` stands.
+    scan: Scan,
+    /// Whether the socket is non-blocking now (for the read at a call's
+    /// start and the writes that follow; a wait makes it blocking).
+    nonblocking: bool,
+    /// The socket's read timeout now.
+    read_timeout: Option<Duration>,
     /// The socket's write timeout now (a system call to change).
     write_timeout: Duration,
     /// The most one `write` takes: see `write_by`.
@@ -77,12 +142,35 @@ struct Connection {
 }
 
 impl Connection {
+    fn new(stream: UnixStream, write_timeout: Duration, write_chunk: usize) -> Self {
+        Self {
+            stream,
+            input: vec![0; READ_BUFFER_INITIAL],
+            parsed: 0,
+            filled: 0,
+            scan: Scan::default(),
+            nonblocking: false,
+            read_timeout: None,
+            write_timeout,
+            write_chunk,
+        }
+    }
+
+    fn set_nonblocking(&mut self, nonblocking: bool) -> std::io::Result<()> {
+        if self.nonblocking != nonblocking {
+            self.stream.set_nonblocking(nonblocking)?;
+            self.nonblocking = nonblocking;
+        }
+        Ok(())
+    }
+
     /// Writes all of `bytes` by `deadline`. The socket's timeout bounds each
     /// wait for room in the socket's buffer, not a `write`: one `write` of a
     /// large record to a Redis that reads slowly but steadily waits many
     /// times (measured: 16 MiB at 640 KiB/s took 25 s with a 200 ms
     /// timeout). So a `write` takes at most `write_chunk`, which the kernel
-    /// allocates (and waits for) at once.
+    /// allocates (and waits for) at once. A non-blocking socket is written
+    /// without waiting until it is full, then made blocking.
     fn write_by(&mut self, mut bytes: &[u8], deadline: Instant, io_timeout: Duration) -> std::io::Result<()> {
         while !bytes.is_empty() {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -94,7 +182,7 @@ impl Connection {
             }
             // Only a call near its end changes the timeout (one more system call).
             let timeout = left.min(io_timeout);
-            if timeout != self.write_timeout {
+            if !self.nonblocking && timeout != self.write_timeout {
                 self.stream.set_write_timeout(Some(timeout))?;
                 self.write_timeout = timeout;
             }
@@ -103,10 +191,143 @@ impl Connection {
                 Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
                 Ok(written) => bytes = bytes.get(written..).unwrap_or_default(),
                 Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock && self.nonblocking => {
+                    self.set_nonblocking(false)?;
+                }
                 Err(error) => return Err(error),
             }
         }
         Ok(())
+    }
+
+    /// Reads what has arrived: without waiting (`deadline` `None`), or
+    /// waiting until `deadline` for something. Returns whether it read
+    /// anything; an error when the connection closed or broke.
+    fn fill(&mut self, deadline: Option<Instant>) -> std::io::Result<bool> {
+        self.make_room();
+        loop {
+            match deadline {
+                None => self.set_nonblocking(true)?,
+                Some(deadline) => {
+                    self.set_nonblocking(false)?;
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Ok(false);
+                    }
+                    if self.read_timeout != Some(left) {
+                        self.stream.set_read_timeout(Some(left))?;
+                        self.read_timeout = Some(left);
+                    }
+                }
+            }
+            let room = self.input.get_mut(self.filled..).unwrap_or_default();
+            match (&self.stream).read(room) {
+                Ok(0) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "Redis closed the connection",
+                    ))
+                }
+                Ok(read) => {
+                    self.filled = self.filled.saturating_add(read);
+                    return Ok(true);
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    // Not waiting, or the timeout ran out (checked again above).
+                    if deadline.is_none() {
+                        return Ok(false);
+                    }
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// Room for a read: what was taken in is dropped from the buffer, which
+    /// grows if what is left (a long reply not complete yet) fills most of it.
+    fn make_room(&mut self) {
+        if self.parsed == self.filled {
+            self.parsed = 0;
+            self.filled = 0;
+        }
+        if self.input.len().saturating_sub(self.filled) >= READ_ROOM_MIN {
+            return;
+        }
+        if self.parsed > 0 {
+            self.input.copy_within(self.parsed..self.filled, 0);
+            self.filled = self.filled.saturating_sub(self.parsed);
+            self.parsed = 0;
+        }
+        if self.input.len().saturating_sub(self.filled) < READ_ROOM_MIN {
+            let grown = self.input.len().saturating_mul(2).max(self.filled.saturating_add(READ_ROOM_MIN));
+            self.input.resize(grown, 0);
+        }
+    }
+
+    /// The next complete reply among the bytes read, without reading.
+    fn buffered(&mut self) -> Next {
+        let unread = self.input.get(self.parsed..self.filled).unwrap_or_default();
+        match frame::scan(unread, &mut self.scan) {
+            Scanned::Complete(frame) => {
+                let start = self.parsed;
+                self.parsed = start.saturating_add(frame.len);
+                Next::Reply(start, frame)
+            }
+            Scanned::Partial => Next::Nothing,
+            Scanned::Invalid => Next::Lost(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "unreadable reply from Redis",
+            )),
+        }
+    }
+
+    /// The next reply, waiting until `deadline` for it.
+    fn next_by(&mut self, deadline: Instant) -> Next {
+        loop {
+            match self.buffered() {
+                Next::Nothing => {}
+                next => return next,
+            }
+            match self.fill(Some(deadline)) {
+                Ok(true) => {}
+                Ok(false) => return Next::Nothing,
+                Err(error) => return Next::Lost(error),
+            }
+        }
+    }
+
+    /// The bytes of the reply at `start`.
+    fn reply(&self, start: usize, frame: Frame) -> &[u8] {
+        self.input.get(start..start.saturating_add(frame.len)).unwrap_or_default()
+    }
+
+    /// The refusal the reply at `start` says, if any: an error reply, an
+    /// error in an array (an `EXEC` whose command failed), or, when it is
+    /// `EXEC`'s (`exec`), a null array (nothing ran).
+    fn refusal(&self, start: usize, frame: Frame, exec: bool) -> Option<RedisError> {
+        if frame.error {
+            let parsed = redis::parse_redis_value(self.reply(start, frame)).and_then(Value::extract_error);
+            return Some(parsed.err().unwrap_or_else(|| {
+                io_error(std::io::ErrorKind::InvalidData, "an error reply redis-rs read as none")
+            }));
+        }
+        (exec && frame.null_array)
+            .then(|| io_error(std::io::ErrorKind::Other, "EXEC ran nothing (null reply)"))
+    }
+
+    /// A reply buffer grown by one large reply is released once it is read.
+    fn shrink(&mut self) {
+        if self.parsed == self.filled && self.input.len() > super::BUFFER_RETAINED_MAX {
+            self.input = vec![0; READ_BUFFER_INITIAL];
+            self.parsed = 0;
+            self.filled = 0;
+        }
     }
 }
 
@@ -122,10 +343,10 @@ pub(crate) struct Pipelined {
     generation: u64,
     counters: Arc<Counters>,
     packed: BytesMut,
-    /// The commands sent and not answered yet, oldest first: their bytes, and
-    /// whether the core waits for the reply (a plan sent behind) or nobody
-    /// does (what was left of an exchange that timed out).
-    outstanding: VecDeque<(usize, bool)>,
+    /// Whether `packed` was encoded with transactions (see `transactions`).
+    packed_with_transactions: bool,
+    /// The commands sent and not answered yet, oldest first.
+    outstanding: VecDeque<Sent>,
     outstanding_bytes: usize,
     /// Replies taken off the connection and not yet given to the core.
     delivered: Confirmations,
@@ -140,6 +361,13 @@ pub(crate) struct Pipelined {
     call_deadline: Option<Instant>,
     /// A write was refused with `NOSCRIPT`: reconnect (which loads them) first.
     reload_scripts: bool,
+    /// The connection (the last one, when none is open) may send writes that
+    /// remove fields as `MULTI`/`EXEC`: Redis answered both in the handshake.
+    transactions: bool,
+    /// Whether the handshake asks Redis whether it allows transactions: not
+    /// after a Redis that allowed `MULTI` and refused `EXEC` (the connection
+    /// was then left in a transaction, and closed).
+    probe_transactions: bool,
 }
 
 impl std::fmt::Debug for Pipelined {
@@ -149,17 +377,8 @@ impl std::fmt::Debug for Pipelined {
             .field("generation", &self.generation)
             .field("outstanding", &self.outstanding.len())
             .field("hung", &self.hung)
+            .field("transactions", &self.transactions)
             .finish_non_exhaustive()
-    }
-}
-
-impl Drop for Pipelined {
-    /// The reader threads hold their own handles on the sockets: shut them
-    /// down, so that the threads end and Redis sees the connections close.
-    fn drop(&mut self) {
-        for conn in [self.conn.take(), self.draining.take()].into_iter().flatten() {
-            let _ = conn.stream.shutdown(std::net::Shutdown::Both);
-        }
     }
 }
 
@@ -175,6 +394,7 @@ impl Pipelined {
             generation: 0,
             counters,
             packed: BytesMut::with_capacity(super::BUFFER_INITIAL),
+            packed_with_transactions: false,
             outstanding: VecDeque::new(),
             outstanding_bytes: 0,
             delivered: Confirmations::new(),
@@ -182,6 +402,8 @@ impl Pipelined {
             waited_in_call: false,
             call_deadline: None,
             reload_scripts: false,
+            transactions: false,
+            probe_transactions: true,
         }
     }
 
@@ -189,10 +411,23 @@ impl Pipelined {
         self.generation
     }
 
+    /// Starts a call: takes in what Redis answered since the last one (one
+    /// read, without waiting). With nothing unanswered there is nothing to
+    /// read: a connection Redis closed meanwhile is found by the next write,
+    /// which connects again (as after any broken write).
     pub(crate) fn begin_call(&mut self) {
         self.waited_in_call = false;
         self.call_deadline = None;
         self.collect();
+        if self.outstanding.is_empty() {
+            return;
+        }
+        let Some(conn) = &mut self.conn else { return };
+        match conn.fill(None) {
+            Ok(true) => self.take_buffered(),
+            Ok(false) => {}
+            Err(_) => self.lost(),
+        }
     }
 
     pub(crate) fn may_wait(&self) -> bool {
@@ -209,7 +444,7 @@ impl Pipelined {
     }
 
     /// Leaves the connection. One with commands unanswered is drained (see
-    /// `draining`); any other is closed, and its reader thread stops.
+    /// `draining`); any other is closed.
     pub(crate) fn disconnect(&mut self) {
         if let Some(conn) = self.conn.take() {
             if self.outstanding.is_empty() {
@@ -221,9 +456,9 @@ impl Pipelined {
         }
         // Sent and never answered: their outcome is unknown; they are sent
         // again (every write is idempotent) once the core hears of it.
-        while let Some((bytes, confirmed)) = self.outstanding.pop_front() {
-            self.outstanding_bytes = self.outstanding_bytes.saturating_sub(bytes);
-            if confirmed {
+        while let Some(sent) = self.outstanding.pop_front() {
+            self.outstanding_bytes = self.outstanding_bytes.saturating_sub(sent.bytes);
+            if sent.confirmed {
                 self.delivered
                     .push(Err(io_error(std::io::ErrorKind::ConnectionAborted, "connection closed")));
             }
@@ -238,41 +473,53 @@ impl Pipelined {
         }
     }
 
-    /// Takes in the replies that have arrived, without waiting.
+    /// Takes in the replies already read, and sees whether a connection
+    /// being drained has closed; reads nothing else.
     fn collect(&mut self) {
         self.drain(None);
+        self.take_buffered();
+    }
+
+    /// Takes in every complete reply already read.
+    fn take_buffered(&mut self) {
         loop {
-            let Some(conn) = &self.conn else { return };
-            match conn.replies.try_recv() {
-                Ok(reply) => self.take_in(reply),
-                Err(TryRecvError::Empty) => return,
-                Err(TryRecvError::Disconnected) => {
-                    self.disconnect();
+            let Some(conn) = &mut self.conn else { return };
+            match conn.buffered() {
+                Next::Reply(start, frame) => self.take_in(start, frame),
+                Next::Nothing => return,
+                Next::Lost(_) => {
+                    self.lost();
                     return;
                 }
             }
         }
     }
 
+    /// The connection closed, broke or cannot be read in step any more: what
+    /// was read of it is taken in, and it is left (drained, if it has
+    /// commands unanswered).
+    fn lost(&mut self) {
+        while let Some(conn) = &mut self.conn {
+            match conn.buffered() {
+                Next::Reply(start, frame) => self.take_in(start, frame),
+                Next::Nothing | Next::Lost(_) => break,
+            }
+        }
+        self.disconnect();
+    }
+
     /// Discards what a connection being drained still answers (its commands
     /// were reported as aborted, and are sent again), until Redis closes it
     /// or, with a deadline, the deadline passes. Returns whether it is closed.
     fn drain(&mut self, deadline: Option<Instant>) -> bool {
-        let Some(draining) = &self.draining else { return true };
+        let Some(draining) = &mut self.draining else { return true };
         let closed = loop {
-            let next = match deadline {
-                None => draining.replies.try_recv().map_err(|error| error == TryRecvError::Disconnected),
-                Some(deadline) => {
-                    let wait = deadline.saturating_duration_since(Instant::now());
-                    draining
-                        .replies
-                        .recv_timeout(wait)
-                        .map_err(|error| error == RecvTimeoutError::Disconnected)
-                }
-            };
-            match next {
-                Ok(_) => {}
-                Err(closed) => break closed,
+            draining.parsed = 0;
+            draining.filled = 0;
+            match draining.fill(deadline) {
+                Ok(true) => {}
+                Ok(false) => break false,
+                Err(_) => break true,
             }
         };
         if closed {
@@ -307,11 +554,10 @@ impl Pipelined {
         let deadline = self.wait_deadline(config);
         self.waited_in_call = true;
         while self.outstanding.len() > left || self.outstanding_bytes > left_bytes {
-            let Some(conn) = &self.conn else { return Err(self.closed(config)) };
-            let wait = deadline.saturating_duration_since(Instant::now());
-            match conn.replies.recv_timeout(wait) {
-                Ok(reply) => self.take_in(reply),
-                Err(RecvTimeoutError::Timeout) => {
+            let Some(conn) = &mut self.conn else { return Err(self.closed(config)) };
+            match conn.next_by(deadline) {
+                Next::Reply(start, frame) => self.take_in(start, frame),
+                Next::Nothing => {
                     self.hung = true;
                     self.counters.add_timeout();
                     log::warn!(
@@ -326,8 +572,8 @@ impl Pipelined {
                     );
                     return Err(Error::command(name, hash, waited));
                 }
-                Err(RecvTimeoutError::Disconnected) => {
-                    self.disconnect();
+                Next::Lost(_) => {
+                    self.lost();
                     return Err(self.closed(config));
                 }
             }
@@ -342,16 +588,27 @@ impl Pipelined {
         )
     }
 
-    /// One reply off the connection: it answers the oldest plan's next command.
-    fn take_in(&mut self, reply: RedisResult<Value>) {
+    /// One reply off the connection, at `start` in its buffer: it answers
+    /// the oldest command's next command on the wire.
+    fn take_in(&mut self, start: usize, frame: Frame) {
         if self.hung {
             self.hung = false;
             log::info!("redis persistence: Redis answers again");
         }
-        let Some((bytes, confirmed)) = self.outstanding.pop_front() else { return };
-        self.outstanding_bytes = self.outstanding_bytes.saturating_sub(bytes);
-        if confirmed {
-            let reply = reply.and_then(Value::extract_error).map(drop);
+        let Some(sent) = self.outstanding.front_mut() else { return };
+        sent.replies = sent.replies.saturating_sub(1);
+        if sent.confirmed && sent.refusal.is_none() {
+            if let Some(conn) = &self.conn {
+                sent.refusal = conn.refusal(start, frame, sent.exec && sent.replies == 0);
+            }
+        }
+        if sent.replies > 0 {
+            return;
+        }
+        let Some(sent) = self.outstanding.pop_front() else { return };
+        self.outstanding_bytes = self.outstanding_bytes.saturating_sub(sent.bytes);
+        if sent.confirmed {
+            let reply = sent.refusal.map_or(Ok(()), Err);
             if reply.as_ref().is_err_and(|error| error.code() == Some("NOSCRIPT")) {
                 // Redis forgot the scripts (SCRIPT FLUSH): a new connection loads them.
                 self.reload_scripts = true;
@@ -382,14 +639,20 @@ impl Pipelined {
         }
     }
 
+    /// Encodes `plan` into `packed`, as the connection may send it.
+    fn encode(&mut self, plan: &Plan<'_>) {
+        self.packed.clear();
+        encode::encode(plan, self.transactions, &mut self.packed);
+        self.packed_with_transactions = self.transactions;
+    }
+
     fn send_behind(&mut self, config: &Config, plan: &Plan<'_>) -> Outcome {
-        let name = plan.commands.first().map_or("HSET", |command| command.redis_name(plan.budget));
+        let name = encode::first_name(plan, self.transactions);
         if self.reload_scripts {
             self.reload_scripts = false;
             self.disconnect();
         }
-        self.packed.clear();
-        encode::encode(plan, &mut self.packed);
+        self.encode(plan);
         let bytes = self.packed.len().saturating_add(WRITE_OVERHEAD);
         // What is outstanding, with this, must fit in one read of Redis's
         // (see MAX_OUTSTANDING_BYTES); a command too large for that goes alone.
@@ -404,7 +667,8 @@ impl Pipelined {
                 .map_err(|error| (error, false))?;
         }
         self.write(config, name, plan)?;
-        self.outstanding.push_back((bytes, true));
+        let wire = plan.commands.first().map(|command| Wire::of(command, plan.budget, self.transactions));
+        self.outstanding.push_back(Sent::new(bytes, wire, true));
         self.outstanding_bytes = self.outstanding_bytes.saturating_add(bytes);
         self.shrink();
         Ok(None)
@@ -431,7 +695,8 @@ impl Pipelined {
     }
 
     /// Writes the encoded plan, connecting first (and once more if the
-    /// connection turns out broken: every command is idempotent).
+    /// connection turns out broken: every command is idempotent). A new
+    /// connection that differs in allowing transactions encodes it again.
     fn write(&mut self, config: &Config, name: &'static str, plan: &Plan<'_>) -> Result<(), (Error, bool)> {
         for attempt in 0..2 {
             if self.conn.is_none() {
@@ -441,6 +706,9 @@ impl Pipelined {
                     }
                     (error, false)
                 })?;
+                if self.packed_with_transactions != self.transactions {
+                    self.encode(plan);
+                }
             }
             let deadline = self.wait_deadline(config);
             let Some(conn) = &mut self.conn else { continue };
@@ -457,7 +725,7 @@ impl Pipelined {
                         self.hung = true;
                         // Part of it may be in the socket: nobody waits for
                         // its reply, and the connection is drained, not cut.
-                        self.outstanding.push_back((0, false));
+                        self.outstanding.push_back(Sent::new(0, None, false));
                     }
                     self.disconnect();
                     if timed_out || attempt == 1 {
@@ -473,56 +741,73 @@ impl Pipelined {
     }
 
     /// A plan whose replies the caller needs: waits for what is outstanding,
-    /// then for one reply per command.
+    /// then for each command's replies.
     fn exchange(&mut self, config: &Config, plan: &Plan<'_>) -> Outcome {
-        let name = plan.commands.first().map_or("HGET", |command| command.redis_name(plan.budget));
+        let name = encode::first_name(plan, self.transactions);
         if !self.outstanding.is_empty() {
             if !self.may_wait() {
                 return Err((self.busy(name, plan), false));
             }
             self.wait_for(config, 0, name, plan.hash).map_err(|error| (error, false))?;
         }
-        self.packed.clear();
-        encode::encode(plan, &mut self.packed);
+        self.encode(plan);
         self.write(config, name, plan)?;
         let deadline = self.wait_deadline(config);
         let mut replies = SmallVec::new();
         for (answered, command) in plan.commands.iter().enumerate() {
-            let Some(conn) = &self.conn else { return Err((self.closed(config), true)) };
-            let wait = deadline.saturating_duration_since(Instant::now());
-            match conn.replies.recv_timeout(wait) {
-                Ok(reply) => {
-                    let reply = match reply {
-                        Ok(value) => value.extract_error().and_then(|value| parse(command, value)),
-                        Err(error) if super::is_reply_error(&error) => Err(error),
-                        Err(error) => {
-                            self.disconnect();
-                            return Err((Error::command(name, plan.hash, error), true));
+            let wire = Wire::of(command, plan.budget, self.transactions);
+            let mut refusal = None;
+            let mut value = None;
+            for read in 0..wire.replies() {
+                let Some(conn) = &mut self.conn else { return Err((self.closed(config), true)) };
+                match conn.next_by(deadline) {
+                    Next::Reply(start, frame) => {
+                        let last = read.saturating_add(1) == wire.replies();
+                        if refusal.is_none() {
+                            refusal = conn.refusal(start, frame, last && wire == Wire::Transaction);
                         }
-                    };
-                    if let Ok(Reply::Value(Some(value))) = &reply {
-                        self.counters.add_bytes_read(value.len());
+                        if last && refusal.is_none() {
+                            value = Some(
+                                redis::parse_redis_value(conn.reply(start, frame))
+                                    .and_then(Value::extract_error)
+                                    .and_then(|value| parse(command, value)),
+                            );
+                        }
+                        self.hung = false;
                     }
-                    if let Ok(Reply::Entries(entries)) = &reply {
-                        let bytes =
-                            entries.iter().map(|(_, value)| value.len()).fold(0, usize::saturating_add);
-                        self.counters.add_bytes_read(bytes);
+                    Next::Nothing => {
+                        // The rest of its replies come when Redis resumes (which
+                        // tells it answers again); nobody waits for them.
+                        let mut rest = Sent::new(0, Some(wire), false);
+                        rest.replies = wire.replies().saturating_sub(read);
+                        self.outstanding.push_back(rest);
+                        for later in plan.commands.iter().skip(answered.saturating_add(1)) {
+                            let wire = Wire::of(later, plan.budget, self.transactions);
+                            self.outstanding.push_back(Sent::new(0, Some(wire), false));
+                        }
+                        self.hung = true;
+                        self.counters.add_timeout();
+                        let source = io_error(std::io::ErrorKind::TimedOut, "no reply within io_timeout");
+                        return Err((Error::command(name, plan.hash, source), true));
                     }
-                    self.hung = false;
-                    replies.push(reply);
-                }
-                Err(_) => {
-                    // The rest of its replies come when Redis resumes (which
-                    // tells it answers again); nobody waits for them.
-                    for _ in answered..plan.commands.len() {
-                        self.outstanding.push_back((0, false));
+                    Next::Lost(error) => {
+                        self.disconnect();
+                        return Err((Error::command(name, plan.hash, error.into()), true));
                     }
-                    self.hung = true;
-                    self.counters.add_timeout();
-                    let source = io_error(std::io::ErrorKind::TimedOut, "no reply within io_timeout");
-                    return Err((Error::command(name, plan.hash, source), true));
                 }
             }
+            let reply = match refusal {
+                Some(refusal) => Err(refusal),
+                None => value.unwrap_or(Ok(Reply::Done)),
+            };
+            if let Ok(Reply::Value(Some(value))) = &reply {
+                self.counters.add_bytes_read(value.len());
+            }
+            if let Ok(Reply::Entries(entries)) = &reply {
+                let bytes = entries.iter().map(|(_, value)| value.len()).fold(0, usize::saturating_add);
+                self.counters.add_bytes_read(bytes);
+            }
+            replies.push(reply);
         }
         self.shrink();
         Ok(Some(replies))
@@ -532,10 +817,14 @@ impl Pipelined {
         if self.packed.capacity() > super::BUFFER_RETAINED_MAX {
             self.packed = BytesMut::with_capacity(super::BUFFER_INITIAL);
         }
+        if let Some(conn) = &mut self.conn {
+            conn.shrink();
+        }
     }
 
     /// Opens the socket (bounded by `connect_timeout`), authenticates, selects
-    /// the database, loads the scripts, and starts the reader thread.
+    /// the database, loads the scripts and asks whether Redis allows
+    /// transactions (`MULTI` then `EXEC`, which run nothing).
     fn connect(&mut self, config: &Config) -> Result<(), Error> {
         let connect_error = |source: RedisError| Error::connect(config.address(), source);
         // The connect and the handshake share `connect_timeout`, within the call's deadline.
@@ -568,10 +857,11 @@ impl Pipelined {
             })
         };
         let stream = connect_unix(path, left(deadline)?).map_err(|e| connect_error(e.into()))?;
-        stream.set_write_timeout(Some(left(deadline)?)).map_err(|e| connect_error(e.into()))?;
-        let mut parser = redis::Parser::new();
-        let read_half = stream.try_clone().map_err(|e| connect_error(e.into()))?;
-        let mut reader = BufReader::new(ReadBy { stream: read_half, deadline: Some(deadline) });
+        let handshake_timeout = left(deadline)?;
+        stream.set_write_timeout(Some(handshake_timeout)).map_err(|e| connect_error(e.into()))?;
+        let send_buffer = socket2::SockRef::from(&stream).send_buffer_size().unwrap_or(0);
+        let write_chunk = (send_buffer / 2).saturating_sub(64).clamp(WRITE_CHUNK_MIN, WRITE_CHUNK_MAX);
+        let mut conn = Connection::new(stream, handshake_timeout, write_chunk);
         let settings = info.redis_settings();
         let mut handshake = BytesMut::new();
         let mut expected = 0;
@@ -592,69 +882,53 @@ impl Pipelined {
             command(&mut handshake, &[b"SCRIPT", b"LOAD", source.as_bytes()]);
             expected += 1;
         }
-        (&stream).write_all(&handshake).map_err(|e| connect_error(e.into()))?;
-        for _ in 0..expected {
-            let value = parser.parse_value(&mut reader).map_err(connect_error)?;
-            value.extract_error().map_err(connect_error)?;
+        let probe = self.probe_transactions;
+        if probe {
+            command(&mut handshake, &[b"MULTI"]);
+            command(&mut handshake, &[b"EXEC"]);
         }
-        reader.get_mut().deadline = None;
-        stream.set_read_timeout(None).map_err(|e| connect_error(e.into()))?;
-        let send_buffer = socket2::SockRef::from(&stream).send_buffer_size().unwrap_or(0);
-        let write_chunk = (send_buffer / 2).saturating_sub(64).clamp(WRITE_CHUNK_MIN, WRITE_CHUNK_MAX);
-        stream.set_write_timeout(Some(config.io_timeout())).map_err(|e| connect_error(e.into()))?;
-        let (sender, replies) = mpsc::channel();
-        std::thread::Builder::new()
-            .name("redis-persistence-replies".to_owned())
-            .spawn(move || {
-                // Ends when the socket closes (or is shut down) or the store is gone.
-                loop {
-                    let reply = parser.parse_value(&mut reader);
-                    let end = reply.as_ref().is_err_and(|error| !super::is_reply_error(error));
-                    if sender.send(reply).is_err() {
-                        return;
-                    }
-                    if end {
-                        // Unreadable replies: Redis may still be running what
-                        // it was sent. The channel stays open (the store sees
-                        // no close) until Redis closes the connection.
-                        let _ = std::io::copy(&mut reader, &mut std::io::sink());
-                        return;
-                    }
+        (&conn.stream).write_all(&handshake).map_err(|e| connect_error(e.into()))?;
+        let answer = |conn: &mut Connection| match conn.next_by(deadline) {
+            Next::Reply(start, frame) => Ok(conn.refusal(start, frame, true)),
+            Next::Nothing => {
+                Err(connect_error(io_error(std::io::ErrorKind::TimedOut, "no answer within connect_timeout")))
+            }
+            Next::Lost(error) => Err(connect_error(error.into())),
+        };
+        for _ in 0..expected {
+            if let Some(refusal) = answer(&mut conn)? {
+                return Err(connect_error(refusal));
+            }
+        }
+        let transactions = if probe {
+            match (answer(&mut conn)?, answer(&mut conn)?) {
+                (None, None) => true,
+                (Some(refusal), _) => {
+                    log::debug!(
+                        "redis persistence: MULTI refused ({refusal}): writes that remove fields run as a script"
+                    );
+                    false
                 }
-            })
-            .map_err(|e| connect_error(e.into()))?;
+                (None, Some(refusal)) => {
+                    // The connection is left in a transaction: not to be used.
+                    self.probe_transactions = false;
+                    return Err(connect_error(refusal));
+                }
+            }
+        } else {
+            false
+        };
+        conn.stream.set_write_timeout(Some(config.io_timeout())).map_err(|e| connect_error(e.into()))?;
+        conn.write_timeout = config.io_timeout();
         if self.generation > 0 {
             self.counters.add_reconnect();
         }
         self.generation = self.generation.wrapping_add(1);
-        self.conn = Some(Connection { stream, replies, write_timeout: config.io_timeout(), write_chunk });
+        self.transactions = transactions;
+        self.conn = Some(conn);
         // It answered the handshake.
         self.hung = false;
         Ok(())
-    }
-}
-
-/// The read half of a connection; until `deadline` is cleared (after the
-/// handshake), every `read` must end by it: the socket's timeout bounds
-/// one `read`, and a reply may take several.
-struct ReadBy {
-    stream: UnixStream,
-    deadline: Option<Instant>,
-}
-
-impl std::io::Read for ReadBy {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if let Some(deadline) = self.deadline {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "no answer within connect_timeout",
-                ));
-            }
-            self.stream.set_read_timeout(Some(left))?;
-        }
-        (&self.stream).read(buf)
     }
 }
 
@@ -698,6 +972,7 @@ mod tests {
     use std::io::Read;
     use std::os::unix::net::UnixListener;
     use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::mpsc;
 
     use super::*;
     use crate::core::Records;
@@ -795,7 +1070,7 @@ mod tests {
         drain_now.send(()).expect("signal");
         let early = first_closed.recv().expect("the first connection closed");
         assert!(!early, "a second connection was opened before Redis closed the first");
-        // The reader thread sees the close a moment after the server's report.
+        // The close is seen by a read a moment after the server's report.
         let seen = Instant::now() + Duration::from_secs(10);
         while transport.draining.is_some() && Instant::now() < seen {
             std::thread::sleep(Duration::from_millis(5));
@@ -860,12 +1135,14 @@ mod tests {
             .expect("valid")
     }
 
-    /// The next connection, its handshake (one `SCRIPT LOAD` per script) answered.
+    /// The next connection, its handshake (one `SCRIPT LOAD` per script,
+    /// then `MULTI` and `EXEC`) answered.
     fn accept_answering_handshake(listener: &UnixListener) -> UnixStream {
         let (mut stream, _) = listener.accept().expect("accept");
         for _ in scripts::SOURCES {
             stream.write_all(b"$1\r\nx\r\n").expect("a handshake reply");
         }
+        stream.write_all(b"+OK\r\n*0\r\n").expect("the transaction probe's replies");
         stream
     }
 

@@ -4,7 +4,10 @@
 //! Redis runs a script atomically, and refuses a script's first write when it
 //! is out of memory (`maxmemory`) before anything changed: a write that also
 //! removes fields is therefore all or nothing, which `MULTI`/`EXEC` gives too
-//! but with three more commands.
+//! but with three more commands. The pipelined transport (Unix socket) sends
+//! those four commands instead when Redis allows them, for less of Redis's
+//! time (see `encode::Wire`); over TCP, and where Redis refuses `MULTI`, a
+//! write that removes fields is the script below.
 //!
 //! Scripts run by their SHA (`EVALSHA`), so a write does not carry the
 //! script's text; a Redis that does not know one yet (it restarted, or its
