@@ -106,8 +106,9 @@ pub enum Error {
     Command {
         /// The Redis command that failed, or that could not be sent because
         /// Redis had not answered the ones before it: `HSET`, `HDEL`, `HGET`,
-        /// `HGETALL`, `HKEYS`, `DEL`, `TYPE`, or `EVALSHA` for the store's
-        /// scripts (a write with a removal, any write or removal under
+        /// `HGETALL`, `HKEYS`, `DEL`, `TYPE`, `MULTI/EXEC` for a write with a
+        /// removal over the Unix socket, or `EVALSHA` for the store's scripts
+        /// (a write with a removal over TCP, any write or removal under
         /// `max_store_bytes`, and [`admin::Stores::purge`](crate::admin::Stores::purge));
         /// also `SCAN` and `HSTRLEN` for [`admin`](crate::admin).
         command: &'static str,

@@ -71,7 +71,7 @@ use std::collections::VecDeque;
 use redis::RedisError;
 
 pub(crate) use patience::Patience;
-pub(crate) use plan::{Command, Exchange, Failure, Plan, Records, Reply};
+pub(crate) use plan::{Command, Exchange, Failure, Plan, Reply};
 pub(crate) use table::{CacheLimits, FieldName, KeySet, Table};
 use table::{Carried, Kind, Seq, Standing, Value};
 
@@ -368,12 +368,11 @@ impl Core {
     }
 
     /// The one command that writes what the table owes (`records`), or
-    /// removes it: the plan and the in-flight record name it from here.
+    /// removes it.
     fn owed_command(&self, records: bool, removals: bool) -> Command<'_> {
         let owed = if removals { self.records.removals() } else { &[] };
         if records {
-            let records = Records { kept: Some(&self.records), new: None };
-            Command::Write { records, removals: owed, tied: self.records.riding() }
+            Command::Write { records: &self.records, removals: owed, riding: self.records.riding() }
         } else {
             Command::Remove(owed)
         }
@@ -417,7 +416,7 @@ impl Core {
     /// Takes in what became of the plan handed out. Returns the current
     /// call's answer once it has one (upkeep's outcomes are logged here).
     pub(crate) fn complete(&mut self, exchange: Exchange) -> Option<Result<Answer, Error>> {
-        let Exchange { replies, failure, generation, sent } = exchange;
+        let Exchange { replies, failure, generation, sent, command } = exchange;
         let outcome = match (replies.into_iter().next(), failure) {
             (Some(reply), _) => Outcome::Replied(reply),
             (None, Some(failure)) => Outcome::Failed(failure),
@@ -429,7 +428,7 @@ impl Core {
         }
         let Some(awaiting) = self.awaiting.take() else { return Some(Err(Error::NotOpen)) };
         let answer = match awaiting {
-            Awaiting::Open => match self.opened(outcome, generation) {
+            Awaiting::Open => match self.opened(outcome, generation, command) {
                 Err(Error::NotAHash { .. }) => {
                     // Ask what the key is, for the error.
                     self.awaiting = Some(Awaiting::KeyType);
@@ -444,15 +443,15 @@ impl Core {
                 };
                 Err(Error::NotAHash { hash: self.hash.clone(), found })
             }
-            Awaiting::Put(put) => self.put_done(put, outcome),
+            Awaiting::Put(put) => self.put_done(put, outcome, command),
             Awaiting::Get(key) => match outcome {
                 Outcome::Replied(Ok(Reply::Value(Some(value)))) => Ok(Answer::Value(value)),
                 Outcome::Replied(Ok(_)) | Outcome::Sent => Err(Error::KeyNotFound { key }),
-                Outcome::Replied(Err(source)) => Err(self.command_error("HGET", source)),
+                Outcome::Replied(Err(source)) => Err(self.command_error(command, source)),
                 Outcome::Failed(failure) => Err(failure.error),
             },
             Awaiting::Remove => {
-                self.owed_sent(false, outcome);
+                self.owed_sent(false, outcome, command);
                 Ok(Answer::Done)
             }
             Awaiting::Clear => match outcome {
@@ -462,7 +461,7 @@ impl Core {
                     self.upkeep = Upkeep { checked: Some(generation), ..Upkeep::default() };
                     Ok(Answer::Done)
                 }
-                Outcome::Replied(Err(source)) => Err(self.command_error("DEL", source)),
+                Outcome::Replied(Err(source)) => Err(self.command_error(command, source)),
                 Outcome::Failed(failure) => {
                     // A DEL that timed out may still run once Redis answers again.
                     self.upkeep.checked = None;
@@ -470,11 +469,11 @@ impl Core {
                 }
             },
             Awaiting::Close { records } => {
-                self.owed_sent(records, outcome);
+                self.owed_sent(records, outcome, command);
                 Ok(Answer::Done)
             }
             Awaiting::Flush { records } => {
-                self.owed_sent(records, outcome);
+                self.owed_sent(records, outcome, command);
                 return None;
             }
             Awaiting::Check => {
@@ -498,14 +497,14 @@ impl Core {
         Error::command(command, &self.hash, source)
     }
 
-    fn opened(&mut self, outcome: Outcome, generation: u64) -> Result<Answer, Error> {
+    fn opened(&mut self, outcome: Outcome, generation: u64, command: &'static str) -> Result<Answer, Error> {
         let entries = match outcome {
             Outcome::Replied(Ok(Reply::Entries(entries))) => entries,
             Outcome::Replied(Ok(_)) | Outcome::Sent => Vec::new(),
             Outcome::Replied(Err(source)) if source.code() == Some("WRONGTYPE") => {
                 return Err(Error::NotAHash { hash: self.hash.clone(), found: String::new() })
             }
-            Outcome::Replied(Err(source)) => return Err(self.command_error("HGETALL", source)),
+            Outcome::Replied(Err(source)) => return Err(self.command_error(command, source)),
             Outcome::Failed(failure) => return Err(failure.error),
         };
         self.upkeep.checked = Some(generation);
@@ -531,15 +530,15 @@ impl Core {
         Ok(Answer::Done)
     }
 
-    fn put_done(&mut self, put: Put, outcome: Outcome) -> Result<Answer, Error> {
+    fn put_done(&mut self, put: Put, outcome: Outcome, command: &'static str) -> Result<Answer, Error> {
         let Put { key, removals, keep, was_present, superseded_removal } = put;
         let refusal = match outcome {
             Outcome::Replied(reply) => {
-                self.sent(Some(key.clone()), true, removals);
+                self.sent(Some(key.clone()), true, removals, command);
                 self.confirm(reply.map(drop))
             }
             Outcome::Sent => {
-                self.sent(Some(key), true, removals);
+                self.sent(Some(key), true, removals, command);
                 return Ok(Answer::Done);
             }
             Outcome::Failed(failure) if keep => {
@@ -582,10 +581,9 @@ impl Core {
     }
 
     /// Notes the owed command (`records`: a write, else removals only) as
-    /// sent: Redis has what it carried, unless its reply says otherwise.
-    fn sent(&mut self, key: Option<FieldName>, records: bool, removals: bool) {
+    /// sent, as `command`: Redis has what it carried, unless its reply says otherwise.
+    fn sent(&mut self, key: Option<FieldName>, records: bool, removals: bool, command: &'static str) {
         let seq = self.in_flight.back().map_or(0, |last| last.seq.wrapping_add(1));
-        let command = self.owed_command(records, removals).redis_name(self.settings.budget);
         let carried = self.records.send(seq, records, removals);
         self.in_flight.push_back(InFlight { seq, command, key, carried });
     }
@@ -637,13 +635,13 @@ impl Core {
 
     /// What is owed, sent on its own (`remove`, `close`, a flush). Paho
     /// ignores `remove`'s result, so a refused or unreachable one stays owed.
-    fn owed_sent(&mut self, records: bool, outcome: Outcome) {
+    fn owed_sent(&mut self, records: bool, outcome: Outcome, command: &'static str) {
         match outcome {
             Outcome::Replied(reply) => {
-                self.sent(None, records, true);
+                self.sent(None, records, true, command);
                 let _ = self.confirm(reply.map(drop));
             }
-            Outcome::Sent => self.sent(None, records, true),
+            Outcome::Sent => self.sent(None, records, true, command),
             Outcome::Failed(failure) => {
                 self.upkeep.checked = None;
                 log::warn!(

@@ -4,7 +4,8 @@
 //!
 //! - a call waits at most `connect_timeout + io_timeout` in all, counted from
 //!   its first wait, and each wait at most `io_timeout`;
-//! - a call whose wait timed out or whose connect failed does not wait again;
+//! - a call waits once: after a wait (a timeout, a failed connect, or for a
+//!   transport that waits for earlier replies, any wait) it does not again;
 //! - a Redis that did not answer in time is **hung**: no call waits for it
 //!   (Paho's records wait in memory) until something shows that it answers
 //!   again (a reply, a connection it closed, a probe), unless nothing could
@@ -16,32 +17,35 @@ use std::time::{Duration, Instant};
 
 /// One transport's patience with Redis.
 #[derive(Debug, Clone)]
-#[allow(dead_code)] // until the pipelined transport takes its deadlines from here
+// Only the Unix socket's transport waits against deadlines; redis-rs's TCP
+// connection waits `io_timeout` per read.
+#[cfg_attr(not(any(feature = "unix-socket", test)), allow(dead_code))]
 pub(crate) struct Patience {
     connect_timeout: Duration,
     io_timeout: Duration,
     hung: bool,
-    /// The current call waited in vain once (a timeout, a failed connect).
-    gave_up: bool,
+    /// The current call has had its one wait.
+    waited: bool,
     /// When the current call must be done waiting, from its first wait.
     deadline: Option<Instant>,
 }
 
+#[cfg_attr(not(any(feature = "unix-socket", test)), allow(dead_code))]
 impl Patience {
     pub(crate) fn new(connect_timeout: Duration, io_timeout: Duration) -> Self {
-        Self { connect_timeout, io_timeout, hung: false, gave_up: false, deadline: None }
+        Self { connect_timeout, io_timeout, hung: false, waited: false, deadline: None }
     }
 
     /// A Paho call starts: it may wait again, within a deadline of its own.
     pub(crate) fn begin_call(&mut self) {
-        self.gave_up = false;
+        self.waited = false;
         self.deadline = None;
     }
 
     /// Whether the current call may still wait for Redis; `can_hear`: if
     /// Redis is hung, something would tell when it answers again.
     pub(crate) fn may_wait(&self, can_hear: bool) -> bool {
-        !self.gave_up && (!self.hung || !can_hear)
+        !self.waited && (!self.hung || !can_hear)
     }
 
     pub(crate) fn hung(&self) -> bool {
@@ -49,14 +53,12 @@ impl Patience {
     }
 
     /// Until when a wait starting at `now` may last.
-    #[allow(dead_code)] // until the pipelined transport takes its deadlines from here
     pub(crate) fn wait_until(&mut self, now: Instant) -> Instant {
         now.checked_add(self.io_timeout)
             .map_or(self.call_deadline(now), |end| end.min(self.call_deadline(now)))
     }
 
     /// Until when a connect and its handshake starting at `now` may last.
-    #[allow(dead_code)] // until the pipelined transport takes its deadlines from here
     pub(crate) fn connect_until(&mut self, now: Instant) -> Instant {
         now.checked_add(self.connect_timeout)
             .map_or(self.call_deadline(now), |end| end.min(self.call_deadline(now)))
@@ -70,13 +72,12 @@ impl Patience {
     /// A wait ran out: Redis is hung, and this call waits no more.
     pub(crate) fn timed_out(&mut self) {
         self.hung = true;
-        self.gave_up = true;
+        self.waited = true;
     }
 
-    /// A connect or an exchange failed without a wait running out: this
-    /// call waits no more.
-    pub(crate) fn gave_up(&mut self) {
-        self.gave_up = true;
+    /// The call had its wait (or a connect failed): it waits no more.
+    pub(crate) fn waited(&mut self) {
+        self.waited = true;
     }
 
     /// Redis answered: calls may wait for it again.

@@ -37,90 +37,16 @@ pub(crate) enum Command<'a> {
     ListFields,
     /// `DEL` of the whole hash.
     DeleteAll,
-    /// Writes every record, then removes `removals` and `tied`: all of it or
-    /// nothing (`HSET` when nothing is removed, else one script; Redis runs a
-    /// script atomically and a refused write inside it stops it before any
-    /// change). `tied` are removals that must never run without this write.
-    Write { records: Records<'a>, removals: &'a [FieldName], tied: &'a [FieldName] },
+    /// Writes every record the table owes (`Table::waiting`), then removes
+    /// `removals` and `riding`: all of it or nothing (`encode::Wire` says
+    /// how). `riding` are removals that must never run without this write.
+    Write { records: &'a Table, removals: &'a [FieldName], riding: &'a [FieldName] },
     /// Removes fields (`HDEL`, or the budget's script, which keeps its count).
     Remove(&'a [FieldName]),
     /// Sets the budget's byte count to the sum of the values `open` read.
     SetByteCount(u64),
     /// Removes a byte count that writes without a budget no longer keep.
     DropByteCount,
-}
-
-impl Command<'_> {
-    /// The Redis command this becomes, as sent: the name errors and logs give
-    /// (a write under a budget is the budget's script, not an `HSET`).
-    pub(crate) fn redis_name(&self, budget: Option<u64>) -> &'static str {
-        match self {
-            Command::ReadAll => "HGETALL",
-            Command::KeyType => "TYPE",
-            Command::Read(_) => "HGET",
-            Command::ListFields => "HKEYS",
-            Command::DeleteAll => "DEL",
-            Command::Write { removals: [], tied: [], .. } if budget.is_none() => "HSET",
-            Command::Write { .. } => "EVALSHA",
-            Command::Remove(_) if budget.is_none() => "HDEL",
-            Command::Remove(_) => "EVALSHA",
-            Command::SetByteCount(_) => "HSET",
-            Command::DropByteCount => "HDEL",
-        }
-    }
-}
-
-/// The records a write carries: those Redis has not taken yet, then the new one.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Records<'a> {
-    /// Records kept in memory, all written again (`None` when there are none).
-    pub(crate) kept: Option<&'a Table>,
-    /// The record `put` is writing: its key and the parts Paho passed.
-    pub(crate) new: Option<(&'a str, &'a [&'a [u8]])>,
-}
-
-impl<'a> Records<'a> {
-    /// Every (field, value parts) pair, each field once: a kept older value of
-    /// the new record's key is superseded by it.
-    pub(crate) fn pairs(&self) -> impl Iterator<Item = (&'a [u8], Parts<'a>)> + 'a {
-        let new_key = self.new.map(|(key, _)| key.as_bytes());
-        let kept = self
-            .kept
-            .into_iter()
-            .flat_map(Table::waiting)
-            .filter(move |(key, _)| Some(*key) != new_key)
-            .map(|(key, value)| (key, Parts::One(value)));
-        let new = self.new.map(|(key, parts)| (key.as_bytes(), Parts::Many(parts)));
-        kept.chain(new)
-    }
-
-    /// The number of pairs.
-    pub(crate) fn len(&self) -> usize {
-        self.pairs().count()
-    }
-}
-
-/// A value, in one piece or as the parts Paho passed to `put`.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Parts<'a> {
-    One(&'a [u8]),
-    Many(&'a [&'a [u8]]),
-}
-
-impl<'a> Parts<'a> {
-    /// The parts, in order.
-    pub(crate) fn slices(self) -> impl Iterator<Item = &'a [u8]> {
-        let (one, many): (Option<&'a [u8]>, &'a [&'a [u8]]) = match self {
-            Parts::One(value) => (Some(value), &[]),
-            Parts::Many(parts) => (None, parts),
-        };
-        one.into_iter().chain(many.iter().copied())
-    }
-
-    /// The total length.
-    pub(crate) fn len(self) -> usize {
-        self.slices().map(<[u8]>::len).fold(0, usize::saturating_add)
-    }
 }
 
 /// What Redis answered to one command.
@@ -153,6 +79,9 @@ pub(crate) struct Exchange {
     /// The commands were written and their replies will come later, through
     /// [`super::Core::confirm`] (`replies` is then empty).
     pub(crate) sent: bool,
+    /// The Redis command the plan went out as (the transport decides it),
+    /// for the errors and logs of its outcome.
+    pub(crate) command: &'static str,
 }
 
 /// Why an exchange broke off.

@@ -50,6 +50,9 @@ enum Owned {
     ListFields,
 }
 
+/// What the simulated Redis calls every command in errors.
+const SIMULATED: &str = "simulated";
+
 /// The simulated store's `connect_timeout` and `io_timeout`.
 pub(crate) const TIMEOUT: Duration = Duration::from_millis(200);
 
@@ -124,7 +127,7 @@ impl SimRedis {
             return self.send_behind(plan);
         }
         match self.mode {
-            Mode::Down => self.patience.gave_up(),
+            Mode::Down => self.patience.waited(),
             // As the transports do: no call waits for a Redis known hung,
             // and nothing is sent to it.
             Mode::Hung if self.patience.hung() => {
@@ -137,6 +140,7 @@ impl SimRedis {
                     failure,
                     generation: self.generation,
                     sent: false,
+                    command: SIMULATED,
                 };
             }
             Mode::Hung => {
@@ -161,6 +165,7 @@ impl SimRedis {
                     }),
                     generation: self.generation,
                     sent: false,
+                    command: SIMULATED,
                 };
             }
             Mode::Hung => {
@@ -179,6 +184,7 @@ impl SimRedis {
                     }),
                     generation: self.generation,
                     sent: false,
+                    command: SIMULATED,
                 };
             }
             Mode::Up | Mode::Full => {}
@@ -188,13 +194,19 @@ impl SimRedis {
                     .iter()
                     .map(|_| Err(refusal("LOADING", "Redis is loading the dataset")))
                     .collect();
-                return Exchange { replies, failure: None, generation: self.generation, sent: false };
+                return Exchange {
+                    replies,
+                    failure: None,
+                    generation: self.generation,
+                    sent: false,
+                    command: SIMULATED,
+                };
             }
         }
         self.reconnect_if_broken();
         let mode = self.mode;
         let replies = commands.iter().map(|command| self.execute(mode, command)).collect();
-        Exchange { replies, failure: None, generation: self.generation, sent: false }
+        Exchange { replies, failure: None, generation: self.generation, sent: false, command: SIMULATED }
     }
 
     /// A pipelined write: in Redis at once (its bytes are in Redis's socket,
@@ -210,7 +222,13 @@ impl SimRedis {
             };
             self.due.push_back(reply.map(drop));
         }
-        Exchange { replies: SmallVec::new(), failure: None, generation: self.generation, sent: true }
+        Exchange {
+            replies: SmallVec::new(),
+            failure: None,
+            generation: self.generation,
+            sent: true,
+            command: SIMULATED,
+        }
     }
 
     fn reconnect_if_broken(&mut self) {
@@ -348,12 +366,9 @@ fn owned(plan: &Plan<'_>, command: &Command<'_>) -> Owned {
         Command::Read(key) => Owned::Read(key.as_bytes().to_vec()),
         Command::ListFields => Owned::ListFields,
         Command::DeleteAll => Owned::DeleteAll,
-        Command::Write { records, removals, tied } => Owned::Write {
-            pairs: records
-                .pairs()
-                .map(|(field, value)| (field.to_vec(), value.slices().collect::<Vec<_>>().concat()))
-                .collect(),
-            removals: removals.iter().chain(tied.iter()).map(|field| field.to_vec()).collect(),
+        Command::Write { records, removals, riding } => Owned::Write {
+            pairs: records.waiting().map(|(field, value)| (field.to_vec(), value.to_vec())).collect(),
+            removals: removals.iter().chain(riding.iter()).map(|field| field.to_vec()).collect(),
             budget: plan.budget,
         },
         Command::Remove(fields) => Owned::Remove(fields.iter().map(|field| field.to_vec()).collect()),

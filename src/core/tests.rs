@@ -341,7 +341,7 @@ fn a_call_never_waits_past_its_deadline() {
     assert_eq!(patience.wait_until(start + ms(1000)), start + ms(1300), "a new call, a new deadline");
     patience.answered();
     assert!(patience.may_wait(true));
-    patience.gave_up();
+    patience.waited();
     assert!(!patience.may_wait(true) && !patience.hung(), "a failed connect ends the call's waits only");
 }
 

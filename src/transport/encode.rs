@@ -48,9 +48,9 @@ impl Wire {
             Command::ListFields => Self::Hkeys,
             Command::DeleteAll => Self::Del,
             Command::Write { .. } if budget.is_some() => Self::WriteScript,
-            Command::Write { removals: [], tied: [], .. } => Self::Hset,
+            Command::Write { removals: [], riding: [], .. } => Self::Hset,
             // Nothing to write: the removals alone, one HDEL (atomic by itself).
-            Command::Write { records, .. } if transactions && records.pairs().next().is_none() => Self::Hdel,
+            Command::Write { records, .. } if transactions && records.waiting_count() == 0 => Self::Hdel,
             Command::Write { .. } if transactions => Self::Transaction,
             Command::Write { .. } => Self::WriteAndRemoveScript,
             Command::Remove(_) if budget.is_some() => Self::RemoveScript,
@@ -76,6 +76,7 @@ impl Wire {
     }
 
     /// How many replies Redis sends: one per command sent.
+    #[cfg_attr(not(feature = "unix-socket"), allow(dead_code))] // the Unix socket's transport counts them
     pub(crate) fn replies(self) -> usize {
         match self {
             Self::Transaction => 4,
@@ -102,18 +103,18 @@ pub(super) fn encode(plan: &Plan<'_>, transactions: bool, packed: &mut BytesMut)
             // One DEL of one key is atomic by itself; inside MULTI/EXEC, Redis
             // at `maxmemory` would refuse it (seen on 7.0: -OOM, -EXECABORT).
             Command::DeleteAll => simple(packed, &[b"DEL", hash]),
-            Command::Write { records, removals, tied } => {
-                let pairs = records.len();
+            Command::Write { records, removals, riding } => {
+                let pairs = records.waiting_count();
                 let pair_args = pairs.saturating_mul(2);
-                let removed = removals.len().saturating_add(tied.len());
+                let removed = removals.len().saturating_add(riding.len());
                 let write_pairs = |packed: &mut BytesMut| {
-                    for (field, value) in records.pairs() {
+                    for (field, value) in records.waiting() {
                         resp::arg(packed, field);
-                        resp::arg_from_parts(packed, value.len(), value.slices());
+                        resp::arg(packed, value);
                     }
                 };
                 let remove_fields = |packed: &mut BytesMut| {
-                    for field in removals.iter().chain(tied) {
+                    for field in removals.iter().chain(riding) {
                         resp::arg(packed, field);
                     }
                 };
@@ -207,7 +208,7 @@ mod tests {
     use smallvec::smallvec;
 
     use super::*;
-    use crate::core::{FieldName, Records};
+    use crate::core::{CacheLimits, FieldName, Table};
 
     /// The arguments of each command in `packed`, as Redis reads them.
     fn commands(packed: &[u8]) -> Vec<Vec<Vec<u8>>> {
@@ -242,10 +243,10 @@ mod tests {
     /// replies.
     #[test]
     fn each_command_is_named_as_it_is_encoded() {
-        let parts = [b"value".as_slice()];
         let removals: [FieldName; 1] = [smallvec![b'c', b'-', b'1']];
-        let new = Some(("s-1", &parts[..]));
-        let write = |removals| Command::Write { records: Records { kept: None, new }, removals, tied: &[] };
+        let mut table = Table::new(CacheLimits::default());
+        table.write("s-1", &[b"value"]);
+        let write = |removals| Command::Write { records: &table, removals, riding: &[] };
         let all = [
             Command::ReadAll,
             Command::KeyType,
@@ -278,11 +279,11 @@ mod tests {
     /// write, the `HDEL` alone.
     #[test]
     fn a_write_that_removes_fields_is_a_transaction() {
-        let parts = [b"ab".as_slice(), b"c"];
         let removals: [FieldName; 1] = [smallvec![b'c', b'-', b'1']];
-        let tied: [FieldName; 1] = [smallvec![b'c', b'-', b'2']];
-        let records = Records { kept: None, new: Some(("s-1", &parts[..])) };
-        let write = Command::Write { records, removals: &removals, tied: &tied };
+        let riding: [FieldName; 1] = [smallvec![b'c', b'-', b'2']];
+        let mut table = Table::new(CacheLimits::default());
+        table.write("s-1", &[b"ab", b"c"]);
+        let write = Command::Write { records: &table, removals: &removals, riding: &riding };
         let plan = Plan { hash: "h", budget: None, commands: smallvec![write] };
         let mut packed = BytesMut::new();
         encode(&plan, true, &mut packed);
@@ -296,8 +297,8 @@ mod tests {
                 words(&["EXEC"])
             ]
         );
-        let nothing = Records { kept: None, new: None };
-        let removal_only = Command::Write { records: nothing, removals: &removals, tied: &tied };
+        let nothing = Table::new(CacheLimits::default());
+        let removal_only = Command::Write { records: &nothing, removals: &removals, riding: &riding };
         let plan = Plan { hash: "h", budget: None, commands: smallvec![removal_only] };
         packed.clear();
         encode(&plan, true, &mut packed);

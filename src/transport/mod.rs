@@ -1,38 +1,35 @@
-//! The transport: runs the core's plans against Redis, one exchange at a time.
+//! The transports: run the core's plans against Redis. Each is a thin
+//! driver of one kind of connection; both encode a plan into one reused
+//! buffer (`encode`, which alone decides how each command goes to Redis),
+//! send it in one write, and follow one rule for when a call may wait
+//! (`crate::core::Patience`).
 //!
-//! A plan's commands are encoded into one reused buffer (`encode`), sent in
-//! one write and answered in order; replies are parsed by redis-rs. The caller
-//! waits for the replies: this transport is synchronous, over TCP or a Unix
-//! socket. A connection that breaks is opened again once within the exchange,
-//! and the exchange repeated (every command a plan holds is idempotent); a
-//! timeout is not repeated, so a hung Redis costs one exchange one wait.
-//!
-//! Over a Unix socket (feature `unix-socket`) the store uses the pipelined
-//! transport instead (`pipelined`): writes and removals return once written,
-//! replies are taken in later. TCP stays synchronous: on loopback, data in
-//! flight on a socket whose process is killed is lost (see `pipelined`).
+//! - `tcp`: synchronous, over TCP (and TLS): each exchange waits for its
+//!   replies; on loopback, data in flight on a socket whose process is
+//!   killed is lost.
+//! - `pipelined` (feature `unix-socket`): writes and removals return once
+//!   written to the Unix socket, which Redis reads even if the writer dies;
+//!   replies are taken in at later calls, without a thread.
 
 mod encode;
 #[cfg(feature = "unix-socket")]
 mod frame;
-mod link;
 #[cfg(feature = "unix-socket")]
 mod pipelined;
 mod resp;
 mod scripts;
+mod tcp;
 
-pub(crate) use link::connect;
+pub(crate) use tcp::connect;
 
 use std::sync::Arc;
 
-use bytes::BytesMut;
 use redis::{FromRedisValue, RedisError, RedisResult, Value};
 use smallvec::SmallVec;
 
-use crate::core::{Command, Exchange, Failure, Patience, Plan, Reply};
+use crate::core::{Command, Exchange, Plan, Reply};
 use crate::stats::Counters;
-use crate::{Config, Error};
-use link::Link;
+use crate::Config;
 
 /// Capacity of the command buffer when the store is created: a typical MQTT packet fits.
 const BUFFER_INITIAL: usize = 1024;
@@ -41,178 +38,94 @@ const BUFFER_INITIAL: usize = 1024;
 /// so one 10 MB publish does not pin 10 MB for the life of the client.
 const BUFFER_RETAINED_MAX: usize = 64 * 1024;
 
-/// The store's connection to Redis and its command buffer.
-pub(crate) struct Transport {
+/// The store's connection to Redis, of the kind its URL names.
+#[derive(Debug)]
+// One per store, made once and never moved in a loop: the sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Transport {
+    Tcp(tcp::Tcp),
     #[cfg(feature = "unix-socket")]
-    pipelined: Option<pipelined::Pipelined>,
-    link: Link,
-    counters: Arc<Counters>,
-    packed: BytesMut,
-    /// When a call may wait for Redis over TCP (the pipelined transport keeps its own).
-    patience: Patience,
-}
-
-impl std::fmt::Debug for Transport {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Transport")
-            .field("generation", &self.link.generation())
-            .field("buffer_capacity", &self.packed.capacity())
-            .finish_non_exhaustive()
-    }
+    Unix(pipelined::Pipelined),
 }
 
 impl Transport {
     pub(crate) fn new(config: &Config, counters: Arc<Counters>) -> Self {
-        #[cfg(not(feature = "unix-socket"))]
-        let _ = config;
-        Self {
-            #[cfg(feature = "unix-socket")]
-            pipelined: config.is_unix_socket().then(|| pipelined::Pipelined::new(Arc::clone(&counters))),
-            link: Link::new(Arc::clone(&counters)),
-            counters,
-            packed: BytesMut::with_capacity(BUFFER_INITIAL),
-            patience: Patience::new(config.connect_timeout(), config.io_timeout()),
+        #[cfg(feature = "unix-socket")]
+        if config.is_unix_socket() {
+            return Self::Unix(pipelined::Pipelined::new(config, counters));
         }
+        Self::Tcp(tcp::Tcp::new(config, counters))
     }
 
     /// How many connections have been opened so far.
     pub(crate) fn generation(&self) -> u64 {
-        #[cfg(feature = "unix-socket")]
-        if let Some(pipelined) = &self.pipelined {
-            return pipelined.generation();
+        match self {
+            Self::Tcp(tcp) => tcp.generation(),
+            #[cfg(feature = "unix-socket")]
+            Self::Unix(unix) => unix.generation(),
         }
-        self.link.generation()
     }
 
     /// Drops the connection; the next exchange reconnects.
     pub(crate) fn disconnect(&mut self) {
-        #[cfg(feature = "unix-socket")]
-        if let Some(pipelined) = &mut self.pipelined {
-            pipelined.disconnect();
+        match self {
+            Self::Tcp(tcp) => tcp.disconnect(),
+            #[cfg(feature = "unix-socket")]
+            Self::Unix(unix) => unix.disconnect(),
         }
-        self.link.disconnect();
     }
 
-    /// Starts a Paho call: its first exchange may wait for Redis.
+    /// Starts a Paho call: it may wait for Redis once.
     pub(crate) fn begin_call(&mut self) {
-        #[cfg(feature = "unix-socket")]
-        if let Some(pipelined) = &mut self.pipelined {
-            pipelined.begin_call();
+        match self {
+            Self::Tcp(tcp) => tcp.begin_call(),
+            #[cfg(feature = "unix-socket")]
+            Self::Unix(unix) => unix.begin_call(),
         }
-        self.patience.begin_call();
-        self.link.hear(&mut self.patience);
     }
 
-    /// Whether a follow-up exchange may still wait for Redis in this call:
-    /// a hung or absent Redis costs a call one wait, not one per exchange.
+    /// Whether this call may still wait for Redis (see `Patience`).
     pub(crate) fn may_wait(&self) -> bool {
-        #[cfg(feature = "unix-socket")]
-        if let Some(pipelined) = &self.pipelined {
-            return pipelined.may_wait();
+        match self {
+            Self::Tcp(tcp) => tcp.may_wait(),
+            #[cfg(feature = "unix-socket")]
+            Self::Unix(unix) => unix.may_wait(),
         }
-        // While hung, the probe tells when Redis answers again.
-        self.patience.may_wait(true)
     }
 
-    /// Replies to plans that were sent unanswered, oldest first (only the
-    /// pipelined transport sends so).
+    /// Replies to plans sent unanswered, oldest first (only over the Unix socket).
     pub(crate) fn replies(&mut self) -> SmallVec<[Result<(), RedisError>; 4]> {
-        #[cfg(feature = "unix-socket")]
-        if let Some(pipelined) = &mut self.pipelined {
-            return pipelined.replies();
+        match self {
+            Self::Tcp(_) => SmallVec::new(),
+            #[cfg(feature = "unix-socket")]
+            Self::Unix(unix) => unix.replies(),
         }
-        SmallVec::new()
     }
 
     /// Waits, at most once, for the replies still due (before `close`).
     pub(crate) fn settle(&mut self, config: &Config) {
-        #[cfg(feature = "unix-socket")]
-        if let Some(pipelined) = &mut self.pipelined {
-            pipelined.settle(config);
+        match self {
+            Self::Tcp(_) => {}
+            #[cfg(feature = "unix-socket")]
+            Self::Unix(unix) => unix.settle(config),
         }
         #[cfg(not(feature = "unix-socket"))]
         let _ = config;
     }
 
-    /// Sends `plan` and reads one reply per command (or, pipelined, returns
-    /// once a write is written).
+    /// Sends `plan` and reads one reply per command (or, over the Unix
+    /// socket, returns once a write or removal is written).
     pub(crate) fn run(&mut self, config: &Config, plan: &Plan<'_>) -> Exchange {
-        #[cfg(feature = "unix-socket")]
-        if let Some(pipelined) = &mut self.pipelined {
-            return pipelined.run(config, plan);
-        }
-        self.packed.clear();
-        // Over TCP a write that removes fields stays the script (no transactions).
-        encode::encode(plan, false, &mut self.packed);
-        let name = encode::first_name(plan, false);
-        let packed = &self.packed;
-        let exchanged =
-            self.link.run(config, &mut self.patience, name, plan.hash, |conn| exchange(conn, packed, plan));
-        if self.packed.capacity() > BUFFER_RETAINED_MAX {
-            self.packed = BytesMut::with_capacity(BUFFER_INITIAL);
-        }
-        let generation = self.link.generation();
-        match exchanged {
-            Ok(replies) => {
-                for reply in &replies {
-                    match reply {
-                        Ok(Reply::Value(Some(value))) => self.counters.add_bytes_read(value.len()),
-                        Ok(Reply::Entries(entries)) => {
-                            let bytes =
-                                entries.iter().map(|(_, value)| value.len()).fold(0, usize::saturating_add);
-                            self.counters.add_bytes_read(bytes);
-                        }
-                        _ => {}
-                    }
-                }
-                Exchange { replies, failure: None, generation, sent: false }
-            }
-            Err(error) => {
-                // Sent but unanswered commands may still run; a connect
-                // failure sent nothing.
-                let may_run_late = !matches!(error, Error::Connect { .. });
-                self.patience.gave_up();
-                Exchange {
-                    replies: SmallVec::new(),
-                    failure: Some(Failure { error, may_run_late }),
-                    generation,
-                    sent: false,
-                }
-            }
+        match self {
+            Self::Tcp(tcp) => tcp.run(config, plan),
+            #[cfg(feature = "unix-socket")]
+            Self::Unix(unix) => unix.run(config, plan),
         }
     }
 }
 
+/// One reply per command of a plan.
 type Replies = SmallVec<[Result<Reply, RedisError>; 2]>;
-
-/// Sends the commands in `packed` in one write and reads one reply per
-/// command. An error reply is returned in its slot; an I/O error or a timeout
-/// fails the whole exchange (the connection is then dropped).
-fn exchange(conn: &mut redis::Connection, packed: &[u8], plan: &Plan<'_>) -> RedisResult<Replies> {
-    let replies = send_and_read(conn, packed, plan)?;
-    let unknown_script =
-        |reply: &Result<Reply, RedisError>| matches!(reply, Err(e) if e.code() == Some("NOSCRIPT"));
-    if replies.iter().any(unknown_script) {
-        // Nothing ran of the refused scripts, and the rest is idempotent.
-        scripts::load(conn)?;
-        return send_and_read(conn, packed, plan);
-    }
-    Ok(replies)
-}
-
-fn send_and_read(conn: &mut redis::Connection, packed: &[u8], plan: &Plan<'_>) -> RedisResult<Replies> {
-    conn.send_packed_command(packed)?;
-    let mut replies = Replies::new();
-    for command in &plan.commands {
-        let value = match conn.recv_response() {
-            Ok(value) => value.extract_error(),
-            Err(error) if is_reply_error(&error) => Err(error),
-            Err(error) => return Err(error),
-        };
-        replies.push(value.and_then(|value| parse(command, value)));
-    }
-    Ok(replies)
-}
 
 /// The reply to `command`, parsed by redis-rs.
 fn parse(command: &Command<'_>, value: Value) -> RedisResult<Reply> {

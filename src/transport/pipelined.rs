@@ -49,7 +49,7 @@ use smallvec::SmallVec;
 use super::encode::{self, Wire};
 use super::frame::{self, Frame, Scan, Scanned};
 use super::{parse, resp, scripts};
-use crate::core::{Command, Exchange, Failure, Plan, Reply};
+use crate::core::{Command, Exchange, Failure, Patience, Plan, Reply};
 use crate::stats::Counters;
 use crate::{Config, Error};
 
@@ -350,15 +350,9 @@ pub(crate) struct Pipelined {
     outstanding_bytes: usize,
     /// Replies taken off the connection and not yet given to the core.
     delivered: Confirmations,
-    /// Redis did not answer within `io_timeout`: no call waits for it again
-    /// until a reply shows it answers (found at each call without waiting).
-    hung: bool,
-    /// A call already waited once.
-    waited_in_call: bool,
-    /// When the current call must be done waiting (`connect_timeout +
-    /// io_timeout` after its first wait could start), so that a hung or slow
-    /// Redis costs a call at most that, whatever the call does.
-    call_deadline: Option<Instant>,
+    /// When a call may wait, and until when (a hung Redis is known to
+    /// answer again from a reply, or from a drained connection's close).
+    patience: Patience,
     /// A write was refused with `NOSCRIPT`: reconnect (which loads them) first.
     reload_scripts: bool,
     /// The connection (the last one, when none is open) may send writes that
@@ -376,7 +370,7 @@ impl std::fmt::Debug for Pipelined {
             .field("connected", &self.conn.is_some())
             .field("generation", &self.generation)
             .field("outstanding", &self.outstanding.len())
-            .field("hung", &self.hung)
+            .field("hung", &self.patience.hung())
             .field("transactions", &self.transactions)
             .finish_non_exhaustive()
     }
@@ -387,7 +381,7 @@ fn io_error(kind: std::io::ErrorKind, what: &'static str) -> RedisError {
 }
 
 impl Pipelined {
-    pub(crate) fn new(counters: Arc<Counters>) -> Self {
+    pub(crate) fn new(config: &Config, counters: Arc<Counters>) -> Self {
         Self {
             conn: None,
             draining: None,
@@ -398,9 +392,7 @@ impl Pipelined {
             outstanding: VecDeque::new(),
             outstanding_bytes: 0,
             delivered: Confirmations::new(),
-            hung: false,
-            waited_in_call: false,
-            call_deadline: None,
+            patience: Patience::new(config.connect_timeout(), config.io_timeout()),
             reload_scripts: false,
             transactions: false,
             probe_transactions: true,
@@ -416,8 +408,7 @@ impl Pipelined {
     /// read: a connection Redis closed meanwhile is found by the next write,
     /// which connects again (as after any broken write).
     pub(crate) fn begin_call(&mut self) {
-        self.waited_in_call = false;
-        self.call_deadline = None;
+        self.patience.begin_call();
         self.collect();
         if self.outstanding.is_empty() {
             return;
@@ -434,7 +425,7 @@ impl Pipelined {
         // Hung with no connection left (a write timed out), nothing would
         // tell it answers again (unless Redis closes a connection it was
         // draining): a call may then try once more.
-        !self.waited_in_call && (!self.hung || (self.conn.is_none() && self.draining.is_none()))
+        self.patience.may_wait(self.conn.is_some() || self.draining.is_some())
     }
 
     /// The replies that came in since the last call, oldest first.
@@ -525,7 +516,7 @@ impl Pipelined {
         if closed {
             // Redis ran what it was sent and closed the connection: it answers.
             self.draining = None;
-            self.hung = false;
+            self.patience.answered();
         }
         closed
     }
@@ -551,14 +542,14 @@ impl Pipelined {
         name: &'static str,
         hash: &str,
     ) -> Result<(), Error> {
-        let deadline = self.wait_deadline(config);
-        self.waited_in_call = true;
+        let deadline = self.patience.wait_until(Instant::now());
+        self.patience.waited();
         while self.outstanding.len() > left || self.outstanding_bytes > left_bytes {
             let Some(conn) = &mut self.conn else { return Err(self.closed(config)) };
             match conn.next_by(deadline) {
                 Next::Reply(start, frame) => self.take_in(start, frame),
                 Next::Nothing => {
-                    self.hung = true;
+                    self.patience.timed_out();
                     self.counters.add_timeout();
                     log::warn!(
                         "redis persistence: Redis at {} has not answered for {:?}; records wait in memory \
@@ -591,8 +582,8 @@ impl Pipelined {
     /// One reply off the connection, at `start` in its buffer: it answers
     /// the oldest command's next command on the wire.
     fn take_in(&mut self, start: usize, frame: Frame) {
-        if self.hung {
-            self.hung = false;
+        if self.patience.hung() {
+            self.patience.answered();
             log::info!("redis persistence: Redis answers again");
         }
         let Some(sent) = self.outstanding.front_mut() else { return };
@@ -624,17 +615,15 @@ impl Pipelined {
         let behind = matches!(plan.commands.as_slice(), [Command::Write { .. } | Command::Remove(_)]);
         let result = if behind { self.send_behind(config, plan) } else { self.exchange(config, plan) };
         let generation = self.generation;
+        // As encoded for the connection it went out on.
+        let command = encode::first_name(plan, self.packed_with_transactions);
         match result {
-            Ok(Some(replies)) => Exchange { replies, failure: None, generation, sent: false },
-            Ok(None) => Exchange { replies: SmallVec::new(), failure: None, generation, sent: true },
+            Ok(Some(replies)) => Exchange { replies, failure: None, generation, sent: false, command },
+            Ok(None) => Exchange { replies: SmallVec::new(), failure: None, generation, sent: true, command },
             Err((error, may_run_late)) => {
-                self.waited_in_call = true;
-                Exchange {
-                    replies: SmallVec::new(),
-                    failure: Some(Failure { error, may_run_late }),
-                    generation,
-                    sent: false,
-                }
+                self.patience.waited();
+                let failure = Some(Failure { error, may_run_late });
+                Exchange { replies: SmallVec::new(), failure, generation, sent: false, command }
             }
         }
     }
@@ -674,18 +663,6 @@ impl Pipelined {
         Ok(None)
     }
 
-    /// The current call's deadline, set at its first use.
-    fn call_deadline(&mut self, config: &Config) -> Instant {
-        *self.call_deadline.get_or_insert_with(|| {
-            Instant::now() + config.connect_timeout().saturating_add(config.io_timeout())
-        })
-    }
-
-    /// `io_timeout` from now, or the call's deadline if that is sooner.
-    fn wait_deadline(&mut self, config: &Config) -> Instant {
-        (Instant::now() + config.io_timeout()).min(self.call_deadline(config))
-    }
-
     fn busy(&self, name: &'static str, plan: &Plan<'_>) -> Error {
         Error::command(
             name,
@@ -710,7 +687,7 @@ impl Pipelined {
                     self.encode(plan);
                 }
             }
-            let deadline = self.wait_deadline(config);
+            let deadline = self.patience.wait_until(Instant::now());
             let Some(conn) = &mut self.conn else { continue };
             match conn.write_by(&self.packed, deadline, config.io_timeout()) {
                 Ok(()) => {
@@ -722,7 +699,7 @@ impl Pipelined {
                         matches!(error.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut);
                     if timed_out {
                         self.counters.add_timeout();
-                        self.hung = true;
+                        self.patience.timed_out();
                         // Part of it may be in the socket: nobody waits for
                         // its reply, and the connection is drained, not cut.
                         self.outstanding.push_back(Sent::new(0, None, false));
@@ -752,7 +729,7 @@ impl Pipelined {
         }
         self.encode(plan);
         self.write(config, name, plan)?;
-        let deadline = self.wait_deadline(config);
+        let deadline = self.patience.wait_until(Instant::now());
         let mut replies = SmallVec::new();
         for (answered, command) in plan.commands.iter().enumerate() {
             let wire = Wire::of(command, plan.budget, self.transactions);
@@ -773,7 +750,7 @@ impl Pipelined {
                                     .and_then(|value| parse(command, value)),
                             );
                         }
-                        self.hung = false;
+                        self.patience.answered();
                     }
                     Next::Nothing => {
                         // The rest of its replies come when Redis resumes (which
@@ -785,7 +762,7 @@ impl Pipelined {
                             let wire = Wire::of(later, plan.budget, self.transactions);
                             self.outstanding.push_back(Sent::new(0, Some(wire), false));
                         }
-                        self.hung = true;
+                        self.patience.timed_out();
                         self.counters.add_timeout();
                         let source = io_error(std::io::ErrorKind::TimedOut, "no reply within io_timeout");
                         return Err((Error::command(name, plan.hash, source), true));
@@ -828,17 +805,17 @@ impl Pipelined {
     fn connect(&mut self, config: &Config) -> Result<(), Error> {
         let connect_error = |source: RedisError| Error::connect(config.address(), source);
         // The connect and the handshake share `connect_timeout`, within the call's deadline.
-        let deadline = (Instant::now() + config.connect_timeout()).min(self.call_deadline(config));
+        let deadline = self.patience.connect_until(Instant::now());
         if self.draining.is_some() {
             // Hung, the drain is not waited for: the calls that follow see it end.
-            if self.hung && !self.drain(Some(Instant::now())) {
+            if self.patience.hung() && !self.drain(Some(Instant::now())) {
                 let busy = "Redis has not closed the connection given up on yet";
                 // Not a timeout: nothing waited.
                 return Err(connect_error(io_error(std::io::ErrorKind::ResourceBusy, busy)));
             }
             if !self.drain(Some(deadline)) {
                 // Its close will tell that Redis answers: no call waits for it again.
-                self.hung = true;
+                self.patience.timed_out();
                 let waited = "Redis has not closed the connection given up on within connect_timeout";
                 return Err(connect_error(io_error(std::io::ErrorKind::TimedOut, waited)));
             }
@@ -927,7 +904,7 @@ impl Pipelined {
         self.transactions = transactions;
         self.conn = Some(conn);
         // It answered the handshake.
-        self.hung = false;
+        self.patience.answered();
         Ok(())
     }
 }
@@ -975,7 +952,7 @@ mod tests {
     use std::sync::mpsc;
 
     use super::*;
-    use crate::core::Records;
+    use crate::core::{CacheLimits, Table};
 
     /// A Redis that reads slowly: it answers the handshake, then takes 32 KiB
     /// every 50 ms. Writing 16 MiB to it takes 25 s, each `write` making some
@@ -998,10 +975,11 @@ mod tests {
         });
         let config = config_of(&dir);
         let counters = Arc::new(Counters::new());
-        let mut transport = Pipelined::new(Arc::clone(&counters));
+        let mut transport = Pipelined::new(&config, Arc::clone(&counters));
         let value = vec![7u8; 16 << 20];
         let parts = [value.as_slice()];
-        let plan = write("s-1", &parts);
+        let table = owing("s-1", &parts);
+        let plan = write(&table);
 
         transport.begin_call();
         let started = Instant::now();
@@ -1049,7 +1027,7 @@ mod tests {
         });
         let config = config_of(&dir);
         let counters = Arc::new(Counters::new());
-        let mut transport = Pipelined::new(Arc::clone(&counters));
+        let mut transport = Pipelined::new(&config, Arc::clone(&counters));
         let big = vec![7u8; 4 << 20];
         let (big, small) = ([big.as_slice()], [b"x".as_slice()]);
 
@@ -1060,10 +1038,10 @@ mod tests {
             "the read is not answered"
         );
         transport.begin_call();
-        let given_up = transport.run(&config, &write("s-2", &big));
+        let given_up = transport.run(&config, &write(&owing("s-2", &big)));
         assert!(given_up.failure.is_some_and(|failure| failure.error.is_timeout()), "the socket filled");
         transport.begin_call();
-        let meanwhile = transport.run(&config, &write("s-3", &small));
+        let meanwhile = transport.run(&config, &write(&owing("s-3", &small)));
         assert!(meanwhile.failure.is_some(), "no connection while Redis has not closed the old one");
         assert_eq!(counters.snapshot().timeouts, 2, "the read and the write; the refusal waited for nothing");
 
@@ -1077,7 +1055,7 @@ mod tests {
             transport.collect();
         }
         transport.begin_call();
-        let after = transport.run(&config, &write("s-4", &small));
+        let after = transport.run(&config, &write(&owing("s-4", &small)));
         assert!(after.failure.is_none(), "{:?}", after.failure);
         assert!(after.sent);
         drop(transport);
@@ -1099,11 +1077,11 @@ mod tests {
             }
         });
         let config = config_of(&dir);
-        let mut transport = Pipelined::new(Arc::new(Counters::new()));
+        let mut transport = Pipelined::new(&config, Arc::new(Counters::new()));
         let small = [b"x".as_slice()];
         transport.begin_call();
         let started = Instant::now();
-        let exchange = transport.run(&config, &write("s-1", &small));
+        let exchange = transport.run(&config, &write(&owing("s-1", &small)));
         let took = started.elapsed();
         drop(transport);
         let _ = server.join();
@@ -1150,9 +1128,15 @@ mod tests {
         Plan { hash: HASH, budget: None, commands: [Command::Read(key)].into_iter().collect() }
     }
 
-    fn write<'a>(key: &'a str, parts: &'a [&'a [u8]]) -> Plan<'a> {
-        let records = Records { kept: None, new: Some((key, parts)) };
-        let commands = [Command::Write { records, removals: &[], tied: &[] }].into_iter().collect();
+    /// A table owing one record: `key`, of `parts`.
+    fn owing(key: &str, parts: &[&[u8]]) -> Table {
+        let mut table = Table::new(CacheLimits::default());
+        table.write(key, parts);
+        table
+    }
+
+    fn write(records: &Table) -> Plan<'_> {
+        let commands = [Command::Write { records, removals: &[], riding: &[] }].into_iter().collect();
         Plan { hash: HASH, budget: None, commands }
     }
 }

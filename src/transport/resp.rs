@@ -2,11 +2,12 @@
 //!
 //! redis-rs's `Cmd` allocates its argument list and then a second buffer for
 //! the encoded command on every call. The hot path here (one write per `put`)
-//! instead writes the command, with Paho's scatter buffers joined in place as
-//! its last argument, into the transport's one reused buffer: encoding
-//! allocates nothing. Replies are parsed by redis-rs, whose parser allocates
-//! once per reply (`tests/allocations.rs` counts one allocation per
-//! steady-state `put`, inside redis-rs).
+//! instead writes the command into the transport's one reused buffer, from
+//! the record table's values (Paho's scatter buffers are joined once, into a
+//! recycled buffer, when `put` records them): encoding allocates nothing.
+//! Over TCP, replies are parsed by redis-rs, whose parser allocates once per
+//! reply; over the Unix socket, `frame` finds where each reply ends and only
+//! error replies reach redis-rs (`tests/allocations.rs` counts both).
 
 use bytes::{BufMut, BytesMut};
 

@@ -1,22 +1,35 @@
-//! The one Redis connection of a store, re-established once when it breaks.
+//! The synchronous transport, over TCP (and TLS): each exchange waits for
+//! its replies, read by redis-rs's connection. On loopback, data in flight on
+//! a socket whose process is killed is reset and lost, so nothing is sent
+//! ahead here (see `pipelined` for the Unix socket, where it is not).
+//!
+//! A connection that breaks is opened again once within the exchange, and
+//! the exchange repeated (every command a plan holds is idempotent); a
+//! timeout is not repeated, and marks Redis hung (`Patience`) until a probe
+//! thread's `PING` on connections of its own is answered.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use redis::{ConnectionLike, RedisError, RedisResult};
+use smallvec::SmallVec;
 
-use crate::core::Patience;
+use super::{encode, parse, scripts, Replies};
+use crate::core::{Exchange, Failure, Patience, Plan, Reply};
 use crate::stats::Counters;
 use crate::{Config, Error};
 
-/// A lazily opened, self-healing connection to Redis.
+/// A lazily opened, self-healing connection to Redis, and its command buffer.
 ///
 /// Every command this crate sends is idempotent (HSET of a whole value, HDEL,
 /// DEL, reads), so repeating one after the connection broke mid-call cannot
 /// change the outcome; that is what makes the single automatic retry safe.
-pub(crate) struct Link {
+pub(crate) struct Tcp {
     conn: Option<redis::Connection>,
+    packed: BytesMut,
+    patience: Patience,
     /// How many connections have been opened: a change tells the store that
     /// Redis may have restarted (and lost data) since it last looked.
     generation: u64,
@@ -29,9 +42,80 @@ pub(crate) struct Link {
 /// How long the probe waits between two `PING`s of a hung Redis.
 const PROBE_INTERVAL: Duration = Duration::from_millis(50);
 
-impl Link {
-    pub(crate) fn new(counters: Arc<Counters>) -> Self {
-        Self { conn: None, generation: 0, counters, probe: None }
+impl std::fmt::Debug for Tcp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tcp")
+            .field("connected", &self.conn.is_some())
+            .field("generation", &self.generation)
+            .field("hung", &self.patience.hung())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tcp {
+    pub(crate) fn new(config: &Config, counters: Arc<Counters>) -> Self {
+        Self {
+            conn: None,
+            packed: BytesMut::with_capacity(super::BUFFER_INITIAL),
+            patience: Patience::new(config.connect_timeout(), config.io_timeout()),
+            generation: 0,
+            counters,
+            probe: None,
+        }
+    }
+
+    /// Starts a Paho call: it may wait once, unless Redis is hung.
+    pub(crate) fn begin_call(&mut self) {
+        self.patience.begin_call();
+        if self.probe.as_ref().is_some_and(|answered| answered.load(Ordering::Acquire)) {
+            self.probe = None;
+            self.patience.answered();
+        }
+    }
+
+    pub(crate) fn may_wait(&self) -> bool {
+        // While hung, the probe tells when Redis answers again.
+        self.patience.may_wait(true)
+    }
+
+    /// Sends `plan` and reads one reply per command.
+    pub(crate) fn run(&mut self, config: &Config, plan: &Plan<'_>) -> Exchange {
+        self.packed.clear();
+        // Over TCP a write that removes fields stays the script (no transactions).
+        encode::encode(plan, false, &mut self.packed);
+        let command = encode::first_name(plan, false);
+        let packed = std::mem::take(&mut self.packed);
+        let exchanged =
+            self.exchange_with_retry(config, command, plan.hash, |conn| exchange(conn, &packed, plan));
+        self.packed = packed;
+        if self.packed.capacity() > super::BUFFER_RETAINED_MAX {
+            self.packed = BytesMut::with_capacity(super::BUFFER_INITIAL);
+        }
+        let generation = self.generation;
+        match exchanged {
+            Ok(replies) => {
+                for reply in &replies {
+                    match reply {
+                        Ok(Reply::Value(Some(value))) => self.counters.add_bytes_read(value.len()),
+                        Ok(Reply::Entries(entries)) => {
+                            let bytes =
+                                entries.iter().map(|(_, value)| value.len()).fold(0, usize::saturating_add);
+                            self.counters.add_bytes_read(bytes);
+                        }
+                        _ => {}
+                    }
+                }
+                Exchange { replies, failure: None, generation, sent: false, command }
+            }
+            Err(error) => {
+                // Sent but unanswered commands may still run; a connect
+                // failure sent nothing.
+                let may_run_late = !matches!(error, Error::Connect { .. });
+                self.patience.waited();
+                let failure = Some(Failure { error, may_run_late });
+                Exchange { replies: SmallVec::new(), failure, generation, sent: false, command }
+            }
+        }
     }
 
     /// The number of connections opened so far.
@@ -44,34 +128,24 @@ impl Link {
         self.conn = None;
     }
 
-    /// Tells `patience` if the probe heard from a hung Redis.
-    pub(crate) fn hear(&mut self, patience: &mut Patience) {
-        if self.probe.as_ref().is_some_and(|answered| answered.load(Ordering::Acquire)) {
-            self.probe = None;
-            patience.answered();
-        }
-    }
-
     /// Runs `command` on the connection, reconnecting once if the connection
     /// turns out to be broken. A timeout is not retried: a hung Redis must cost
     /// the caller one `io_timeout`, not two.
-    pub(crate) fn run<T>(
+    fn exchange_with_retry<T>(
         &mut self,
         config: &Config,
-        patience: &mut Patience,
         name: &'static str,
         hash: &str,
         mut command: impl FnMut(&mut redis::Connection) -> RedisResult<T>,
     ) -> Result<T, Error> {
         let fail = |source: RedisError| Error::command(name, hash, source);
-        self.hear(patience);
-        if patience.hung() {
+        if self.patience.hung() {
             // Nothing is sent: the probe has not heard from Redis yet.
             let source =
                 std::io::Error::new(std::io::ErrorKind::TimedOut, "Redis has not answered since a timeout");
             return Err(Error::connect(config.address(), source.into()));
         }
-        let conn = self.connected(config, patience)?;
+        let conn = self.connected(config)?;
         let error = match command(conn) {
             Ok(value) => {
                 self.counters.add_round_trip();
@@ -88,11 +162,11 @@ impl Link {
             // A hung Redis would only time out again; the next call that finds
             // it answering reconnects.
             self.counters.add_timeout();
-            self.probe(config, patience);
+            self.probe(config);
             return Err(fail(error));
         }
         log::info!("redis persistence: connection lost during {name} on `{hash}` ({error}); reconnecting");
-        let conn = self.connected(config, patience)?;
+        let conn = self.connected(config)?;
         match command(conn) {
             Ok(value) => {
                 self.counters.add_round_trip();
@@ -111,8 +185,8 @@ impl Link {
     }
 
     /// Marks Redis hung and starts a thread that `PING`s it until it answers.
-    fn probe(&mut self, config: &Config, patience: &mut Patience) {
-        patience.timed_out();
+    fn probe(&mut self, config: &Config) {
+        self.patience.timed_out();
         if self.probe.is_some() {
             return;
         }
@@ -143,23 +217,19 @@ impl Link {
         match spawned {
             Ok(_) => self.probe = Some(answered),
             // No probe: do not stop waiting for Redis, or nothing would clear it.
-            Err(_) => patience.answered(),
+            Err(_) => self.patience.answered(),
         }
     }
 
     /// The connection, opened now if there is none.
-    pub(crate) fn connected(
-        &mut self,
-        config: &Config,
-        patience: &mut Patience,
-    ) -> Result<&mut redis::Connection, Error> {
+    fn connected(&mut self, config: &Config) -> Result<&mut redis::Connection, Error> {
         if self.conn.is_none() {
             let conn = match connect(config) {
                 Ok(conn) => conn,
                 Err(error) => {
                     if matches!(error, Error::Connect { .. }) && error.is_timeout() {
                         self.counters.add_timeout();
-                        self.probe(config, patience);
+                        self.probe(config);
                     }
                     return Err(error);
                 }
@@ -172,6 +242,35 @@ impl Link {
         }
         self.conn.as_mut().ok_or(Error::NotOpen)
     }
+}
+
+/// Sends the commands in `packed` in one write and reads one reply per
+/// command. An error reply is returned in its slot; an I/O error or a timeout
+/// fails the whole exchange (the connection is then dropped).
+fn exchange(conn: &mut redis::Connection, packed: &[u8], plan: &Plan<'_>) -> RedisResult<Replies> {
+    let replies = send_and_read(conn, packed, plan)?;
+    let unknown_script =
+        |reply: &Result<Reply, RedisError>| matches!(reply, Err(e) if e.code() == Some("NOSCRIPT"));
+    if replies.iter().any(unknown_script) {
+        // Nothing ran of the refused scripts, and the rest is idempotent.
+        scripts::load(conn)?;
+        return send_and_read(conn, packed, plan);
+    }
+    Ok(replies)
+}
+
+fn send_and_read(conn: &mut redis::Connection, packed: &[u8], plan: &Plan<'_>) -> RedisResult<Replies> {
+    conn.send_packed_command(packed)?;
+    let mut replies = Replies::new();
+    for command in &plan.commands {
+        let value = match conn.recv_response() {
+            Ok(value) => value.extract_error(),
+            Err(error) if super::is_reply_error(&error) => Err(error),
+            Err(error) => return Err(error),
+        };
+        replies.push(value.and_then(|value| parse(command, value)));
+    }
+    Ok(replies)
 }
 
 /// Whether `conn` can no longer be trusted after `error`: it broke, or a late
