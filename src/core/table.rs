@@ -252,13 +252,19 @@ impl Table {
         }
     }
 
+    /// The record of `key`, made (in Redis, of `kind`) if the table lacks it.
+    fn entry(&mut self, key: &[u8], kind: Kind) -> &mut Record {
+        self.map.entry(FieldName::from_slice(key)).or_insert(Record {
+            value: Value::InRedis,
+            kind,
+            standing: Standing::InRedis,
+            stamp: 0,
+        })
+    }
+
     /// `open` found `key` holding `value`.
     pub(crate) fn restore(&mut self, key: &str, value: Vec<u8>) {
-        let kind = kind_of(key, &value);
-        self.map.insert(
-            FieldName::from_slice(key.as_bytes()),
-            Record { value: Value::InRedis, kind, standing: Standing::InRedis, stamp: 0 },
-        );
+        self.entry(key.as_bytes(), kind_of(key, &value));
         self.set_value(key.as_bytes(), Value::Restored(value));
     }
 
@@ -308,17 +314,8 @@ impl Table {
         for rider in resent {
             self.stand(&rider, Standing::RidesWith(FieldName::from_slice(key)));
         }
-        let before = match self.map.get_mut(key) {
-            Some(record) => {
-                record.kind = kind;
-                Some(record.standing.clone())
-            }
-            None => {
-                let record = Record { value: Value::InRedis, kind, standing: Standing::InRedis, stamp: 0 };
-                self.map.insert(FieldName::from_slice(key), record);
-                None
-            }
-        };
+        let before = self.map.get(key).map(|record| record.standing.clone());
+        self.entry(key, kind).kind = kind;
         self.set_value(key, Value::Kept(value));
         self.stand(key, Standing::WriteOwed);
         before
@@ -327,11 +324,7 @@ impl Table {
     /// Paho removed `key` (or a failed `put` left it so): `standing` says
     /// what Redis owes, a record of a key the table lacks included.
     pub(crate) fn remove(&mut self, key: &[u8], standing: Standing) {
-        if !self.map.contains_key(key) {
-            let kind = kind_of(std::str::from_utf8(key).unwrap_or_default(), &[]);
-            let record = Record { value: Value::InRedis, kind, standing: Standing::InRedis, stamp: 0 };
-            self.map.insert(FieldName::from_slice(key), record);
-        }
+        self.entry(key, kind_of(std::str::from_utf8(key).unwrap_or_default(), &[]));
         self.set_value(key, Value::InRedis);
         self.stand(key, standing);
     }
