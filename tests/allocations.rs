@@ -122,23 +122,28 @@ fn one_message(store: &mut RedisPersistence, seqno: u32, msgid: u16, payload: &[
     in_puts
 }
 
+/// 1,000 messages after 100 of warm-up (buffers reach their working size,
+/// the connection is open): the allocations inside their puts, and how many
+/// puts that was.
+fn steady_state_puts(store: &mut RedisPersistence) -> (Allocations, u64) {
+    let payload = vec![0xA5u8; 256];
+    for n in 0..100u16 {
+        one_message(store, u32::from(n) + 1, n % 10 + 1, &payload);
+    }
+    let messages = 1000u16;
+    let mut in_puts = Allocations::default();
+    for n in 0..messages {
+        in_puts += one_message(store, u32::from(n) + 101, n % 10 + 1, &payload);
+    }
+    (in_puts, 2 * u64::from(messages))
+}
+
 #[test]
 fn a_steady_state_put_allocates_only_in_redis_rs_reply_parser_once() {
     let redis = RedisServer::start();
     let mut store = RedisPersistence::with_url(&redis.url()).expect("valid url");
     store.open("alloc", "broker:1883").expect("open");
-    let payload = vec![0xA5u8; 256];
-
-    // Warm up: buffers reach their working size, the connection is open.
-    for n in 0..100u16 {
-        one_message(&mut store, u32::from(n) + 1, n % 10 + 1, &payload);
-    }
-    let messages = 1000u16;
-    let mut in_puts = Allocations::default();
-    for n in 0..messages {
-        in_puts += one_message(&mut store, u32::from(n) + 101, n % 10 + 1, &payload);
-    }
-    let puts = 2 * u64::from(messages);
+    let (in_puts, puts) = steady_state_puts(&mut store);
     let first_elsewhere = FIRST_ELSEWHERE.with(|first| first.borrow_mut().take()).unwrap_or_default();
     assert_eq!(
         in_puts.elsewhere, 0,
@@ -152,8 +157,8 @@ fn a_steady_state_put_allocates_only_in_redis_rs_reply_parser_once() {
 /// Over the Unix socket no thread reads the replies: each call reads them
 /// into one reused buffer and finds where each ends by itself; redis-rs reads
 /// only error replies, so its parser makes no allocation in a steady-state
-/// `put`. (Other allocations are not asserted here: records wait in the
-/// core's cache until their replies are taken in, and replies taken in at
+/// `put`. (Other allocations are not asserted here: records stay in the
+/// core's record table until their replies are taken in, and replies taken in at
 /// once beyond the four the confirmations hold inline make one.)
 #[cfg(feature = "unix-socket")]
 #[test]
@@ -161,18 +166,10 @@ fn a_steady_state_put_over_the_unix_socket_never_allocates_in_redis_rs_parser() 
     let redis = RedisServer::start();
     let mut store = RedisPersistence::with_url(&redis.unix_url()).expect("valid url");
     store.open("alloc-unix", "broker:1883").expect("open");
-    let payload = vec![0xA5u8; 256];
-    for n in 0..100u16 {
-        one_message(&mut store, u32::from(n) + 1, n % 10 + 1, &payload);
-    }
-    let messages = 1000u16;
-    let mut in_puts = Allocations::default();
-    for n in 0..messages {
-        in_puts += one_message(&mut store, u32::from(n) + 101, n % 10 + 1, &payload);
-    }
-    assert_eq!(in_puts.in_reply_parser, 0, "in {} puts", 2 * messages);
+    let (in_puts, puts) = steady_state_puts(&mut store);
+    assert_eq!(in_puts.in_reply_parser, 0, "in {puts} puts");
     store.close().expect("close");
     store.open("alloc-unix", "broker:1883").expect("open again");
     assert!(store.keys().expect("keys").is_empty(), "every record went");
-    println!("{in_puts:?} in {} steady-state puts over the Unix socket", 2 * messages);
+    println!("{in_puts:?} in {puts} steady-state puts over the Unix socket");
 }

@@ -176,26 +176,6 @@ fn the_budget_counts_records_written_before_it_was_set() {
     assert_eq!(store.unwritten(), 0, "70 + 30 = 100");
 }
 
-/// Fills Redis with keys of its own until it refuses a write at `maxmemory`;
-/// returns their names, to free the memory again.
-fn fill_to_maxmemory(redis: &RedisServer) -> Vec<String> {
-    let mut admin = redis.connection();
-    // Small values: the connection's buffers, freed when it closes, must not
-    // take Redis back below the limit.
-    let filler = vec![7u8; 1024];
-    let mut names = Vec::new();
-    loop {
-        let name = format!("filler:{}", names.len());
-        let set: redis::RedisResult<()> = admin.set(&name, &filler);
-        match set {
-            Ok(()) => names.push(name),
-            Err(error) if error.code() == Some("OOM") => return names,
-            Err(error) => panic!("SET {name}: {error}"),
-        }
-        assert!(names.len() < 10_000, "Redis never reached maxmemory");
-    }
-}
-
 #[test]
 fn redis_at_maxmemory_refuses_a_write_clearly_and_the_record_waits_in_memory() {
     let redis = RedisServer::start_with(&["--maxmemory", "2mb", "--maxmemory-policy", "noeviction"]);
@@ -203,7 +183,7 @@ fn redis_at_maxmemory_refuses_a_write_clearly_and_the_record_waits_in_memory() {
     let mut store = RedisPersistence::with_url(&redis.url()).expect("valid");
     store.open("dev", "broker:1883").expect("open");
     store.put("s-1", vec![b"before"]).expect("put");
-    let filler = fill_to_maxmemory(&redis);
+    let filler = redis.fill_to_maxmemory();
     let value = vec![7u8; 64 * 1024];
     store.put("q-2", vec![&value[..]]).expect("Paho carries on: kept in memory");
     assert!(
@@ -231,7 +211,7 @@ fn a_refused_budget_write_is_logged_as_the_script_it_is() {
     let redis = RedisServer::start_with(&["--maxmemory", "2mb", "--maxmemory-policy", "noeviction"]);
     let mut store = budget_store(&redis, 1 << 30);
     store.put("s-1", vec![b"before"]).expect("put");
-    let filler = fill_to_maxmemory(&redis);
+    let filler = redis.fill_to_maxmemory();
     store.put("q-2", vec![&[7u8; 64 * 1024][..]]).expect("Paho carries on: kept in memory");
     assert!(
         logged_here("WARN", &["put of key \"q-2\"", "Redis EVALSHA on `dev:broker:1883` failed", "OOM"]),
@@ -277,7 +257,7 @@ fn at_maxmemory_a_message_is_never_in_no_record() {
     let mut store = RedisPersistence::with_url(&redis.url()).expect("valid");
     store.open("dev", "broker:1883").expect("open");
     store.put("c-1", vec![&publish_command(1, 1, 60)[..]]).expect("a queued message");
-    let filler = fill_to_maxmemory(&redis);
+    let filler = redis.fill_to_maxmemory();
     let value = vec![7u8; 64 * 1024];
     store.get("c-1").expect("Paho reads the command back");
     store.remove("c-1").expect("and removes it before writing its PUBLISH record");

@@ -91,24 +91,6 @@ fn a_write_that_removes_fields_is_a_transaction() {
     assert_eq!(store.stats().errors, 0);
 }
 
-/// Fills Redis with keys of its own until it refuses a write at `maxmemory`;
-/// returns their names, to free the memory again.
-fn fill_to_maxmemory(redis: &RedisServer) -> Vec<String> {
-    let mut admin = redis.connection();
-    let filler = vec![7u8; 1024];
-    let mut names = Vec::new();
-    loop {
-        let name = format!("filler:{}", names.len());
-        let set: redis::RedisResult<()> = admin.set(&name, &filler);
-        match set {
-            Ok(()) => names.push(name),
-            Err(error) if error.code() == Some("OOM") => return names,
-            Err(error) => panic!("SET {name}: {error}"),
-        }
-        assert!(names.len() < 10_000, "Redis never reached maxmemory");
-    }
-}
-
 fn fields(redis: &RedisServer) -> Vec<String> {
     let mut fields: Vec<String> = redis.connection().hkeys(HASH).expect("HKEYS");
     fields.sort();
@@ -125,7 +107,7 @@ fn at_maxmemory_the_transaction_is_refused_whole() {
     let mut store = store(&redis.unix_url());
     store.put("c-1", vec![&publish_command(1)[..]]).expect("a queued message");
     assert!(support::wait_until(WAIT, || fields(&redis) == ["c-1"]));
-    let filler = fill_to_maxmemory(&redis);
+    let filler = redis.fill_to_maxmemory();
     let value = vec![7u8; 64 * 1024];
     store.get("c-1").expect("Paho reads the command back");
     store.remove("c-1").expect("and removes it before writing its PUBLISH record");

@@ -82,6 +82,26 @@ impl RedisServer {
     }
 
     /// A plain redis-rs connection, for tests to look at or tamper with the data.
+    /// Fills Redis with keys of its own until it refuses a write at
+    /// `maxmemory`; returns their names, to free the memory again.
+    pub fn fill_to_maxmemory(&self) -> Vec<String> {
+        let mut admin = self.connection();
+        // Small values: the connection's buffers, freed when it closes, must
+        // not take Redis back below the limit.
+        let filler = vec![7u8; 1024];
+        let mut names = Vec::new();
+        loop {
+            let name = format!("filler:{}", names.len());
+            let set: redis::RedisResult<()> = redis::cmd("SET").arg(&name).arg(&filler).query(&mut admin);
+            match set {
+                Ok(()) => names.push(name),
+                Err(error) if error.code() == Some("OOM") => return names,
+                Err(error) => panic!("SET {name}: {error}"),
+            }
+            assert!(names.len() < 10_000, "Redis never reached maxmemory");
+        }
+    }
+
     pub fn connection(&self) -> redis::Connection {
         redis::Client::open(self.url())
             .and_then(|client| client.get_connection_with_timeout(Duration::from_secs(5)))
