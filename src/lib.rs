@@ -24,7 +24,7 @@
 //! trips are the client's latency: run Redis locally (TCP on 127.0.0.1, or a
 //! Unix socket with feature `unix-socket`). The store keeps what it can in
 //! memory so that most calls need none: restoring a store is one `HGETALL`,
-//! an online QoS 1 publish 3 commands in 3 round trips (see
+//! an online QoS 1 publish 3 writes (see
 //! [`RedisPersistence`]'s "Round trips").
 //!
 //! Inside, a sans-IO core decides what Redis must hold after each Paho call

@@ -36,7 +36,7 @@ const MAX_VALUE_BYTES: usize = 512 * 1024 * 1024;
 /// - `open` reads the whole hash with one `HGETALL`. Paho's restore (three
 ///   `keys`, one `get` per record, `contains_key` per sent PUBLISH) is answered
 ///   from that snapshot, and each snapshot entry is freed once read.
-/// - An index of the hash's fields answers `keys`, `contains_key` and the
+/// - A table of the hash's records answers `keys`, `contains_key` and the
 ///   `remove` of a key never written (Paho removes four keys per
 ///   acknowledged message, usually three of them absent) without a round trip.
 /// - Paho writes each queued command (`c-` record) and reads it back when it
@@ -44,7 +44,8 @@ const MAX_VALUE_BYTES: usize = 512 * 1024 * 1024;
 ///   command records.
 /// - Paho removes the command record of a QoS 1 or 2 message just before it
 ///   writes the message's PUBLISH record (`s-`). That removal waits for that
-///   write and runs inside it, in one script, so the message is never absent
+///   write and runs inside it, atomically (`MULTI`/`EXEC` over the Unix
+///   socket, a script over TCP), so the message is never absent
 ///   from Redis in between (with Paho's own order, a crash at that moment
 ///   loses it) and never in both records. A crash before that write leaves
 ///   the command record, which Paho restores and sends: the message was not
