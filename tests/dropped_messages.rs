@@ -31,7 +31,6 @@ use std::time::{Duration, Instant};
 
 use paho_mqtt as mqtt;
 use paho_mqtt_redis::RedisPersistence;
-use redis::Commands;
 use support::mqtt::{assert_delivered, client, connect, persistent_session, Subscriber, MQTT_VERSION};
 use support::{ChildSpec, Mosquitto, RedisServer};
 
@@ -139,13 +138,6 @@ fn dropping_create_options(
         .finalize()
 }
 
-/// Every field of the store's hash, sorted.
-fn fields(redis: &RedisServer, hash: &str) -> Vec<String> {
-    let mut fields: Vec<String> = redis.connection().hkeys(hash).expect("HKEYS");
-    fields.sort();
-    fields
-}
-
 /// The queued-command records (`c-`, MQTT 3.1.1) among `fields`.
 fn command_records(fields: &[String]) -> Vec<&String> {
     fields.iter().filter(|field| field.starts_with("c-")).collect()
@@ -207,7 +199,7 @@ impl Drop for ChildProcess {
 /// reported crash came about a second after the publish); the wait ends
 /// early once no command record is left, when there is nothing to finish.
 fn kill_when_idle(child: ChildProcess, redis: &RedisServer, hash: &str) {
-    support::wait_until(Duration::from_secs(1), || command_records(&fields(redis, hash)).is_empty());
+    support::wait_until(Duration::from_secs(1), || command_records(&redis.fields(hash)).is_empty());
     child.kill();
 }
 
@@ -281,7 +273,7 @@ fn qos0_message_is_not_delivered_again_after_restart() {
     let first = subscriber.next(Duration::from_secs(10)).map(|m| m.payload_str().into_owned());
     assert_eq!(first.as_deref(), Some(QOS0_PAYLOAD), "the subscriber receives the QoS 0 message once first");
     kill_when_idle(publisher, &redis, &hash);
-    let at_kill = fields(&redis, &hash);
+    let at_kill = redis.fields(&hash);
 
     let restarted = restart(&broker, &spec.client_id, &store_url(&redis));
     restarted
@@ -320,7 +312,7 @@ fn subscribe_command_record_does_not_outlive_the_process() {
     let mut child = ChildProcess::spawn("subscribe_command_record_does_not_outlive_the_process", &spec);
     child.wait_for_line("subscribed", Duration::from_secs(30));
     kill_when_idle(child, &redis, &hash);
-    let at_kill = fields(&redis, &hash);
+    let at_kill = redis.fields(&hash);
 
     assert_eq!(
         command_records(&at_kill),
@@ -353,7 +345,7 @@ fn messages_paho_dropped_from_a_full_buffer_stay_dropped_after_restart() {
         output.status,
         String::from_utf8_lossy(&output.stderr)
     );
-    let at_abort = fields(&redis, &hash);
+    let at_abort = redis.fields(&hash);
 
     // The same options as the child's: the restarted process is the same application.
     let restarted = mqtt::AsyncClient::new(dropping_create_options(

@@ -79,12 +79,6 @@ impl ClientPersistence for TestStore {
     }
 }
 
-fn fields(redis: &RedisServer, hash: &str) -> Vec<String> {
-    let mut keys: Vec<String> = redis.connection().hkeys(hash).expect("HKEYS");
-    keys.sort();
-    keys
-}
-
 /// The PUBLISH record `s-N` of a store holding exactly one QoS 2 exchange,
 /// and `sc-N` when `with_pubrel`; `None` when it holds anything else.
 ///
@@ -138,12 +132,8 @@ impl Scene {
         let restored = client(&self.broker.uri(), &self.client_id, store);
         connect(&restored, persistent_session());
         let hash = self.hash();
-        let settled = support::wait_until(DELIVERY_TIMEOUT, || fields(&self.redis, &hash).is_empty());
-        assert!(
-            settled,
-            "the restored message finishes and its records go: {:?}",
-            fields(&self.redis, &hash)
-        );
+        let settled = support::wait_until(DELIVERY_TIMEOUT, || self.redis.fields(&hash).is_empty());
+        assert!(settled, "the restored message finishes and its records go: {:?}", self.redis.fields(&hash));
         self.subscriber.collect(usize::MAX, QUIET, QUIET).len()
     }
 }
@@ -163,7 +153,7 @@ fn completed_exchange_then_restart(naive_contains_key: bool) -> usize {
     assert_eq!(scene.subscriber.collect(1, DELIVERY_TIMEOUT, Duration::ZERO).len(), 1, "first delivery");
     drop(first); // the "crash": no DISCONNECT, the broker keeps the session
 
-    let stored = fields(&scene.redis, &scene.hash());
+    let stored = scene.redis.fields(&scene.hash());
     assert!(single_exchange(&stored, true).is_some(), "the store holds the exchange (s-N, sc-N): {stored:?}");
     scene.restart_and_count_deliveries(naive_contains_key)
 }
@@ -192,16 +182,13 @@ fn unacknowledged_publish_then_restart(naive_contains_key: bool) -> usize {
     let _token = first.publish(mqtt::Message::new(&scene.topic, "exactly once", 2));
     let written_hash = support::mqtt::store_hash(&scene.client_id, &black_hole.uri());
     assert!(
-        support::wait_until(DELIVERY_TIMEOUT, || single_exchange(
-            &fields(&scene.redis, &written_hash),
-            false
-        )
-        .is_some()),
+        support::wait_until(DELIVERY_TIMEOUT, || single_exchange(&scene.redis.fields(&written_hash), false)
+            .is_some()),
         "Paho stored the sent PUBLISH (s-N) and nothing else: {:?}",
-        fields(&scene.redis, &written_hash)
+        scene.redis.fields(&written_hash)
     );
     drop(first);
-    let publish = single_exchange(&fields(&scene.redis, &written_hash), false).expect("s-N, as just seen");
+    let publish = single_exchange(&scene.redis.fields(&written_hash), false).expect("s-N, as just seen");
 
     // Move the record to the hash of the real broker's URI.
     let mut conn = scene.redis.connection();

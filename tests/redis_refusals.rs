@@ -20,12 +20,6 @@ fn budget_store(redis: &RedisServer, limit: u64) -> RedisPersistence {
     store
 }
 
-fn fields(redis: &RedisServer) -> Vec<String> {
-    let mut fields: Vec<String> = redis.connection().hkeys(HASH).expect("HKEYS");
-    fields.sort();
-    fields
-}
-
 /// Paho carries on whatever a `put` returns (see `RedisPersistence`'s
 /// Failures), so a record beyond the budget waits in memory, with a clear
 /// reason in the log, and goes with the next write that fits.
@@ -50,7 +44,7 @@ fn a_put_beyond_the_budget_waits_in_memory_with_a_clear_reason() {
         "a clear reason in the log: {:#?}",
         lines_here()
     );
-    assert_eq!(fields(&redis), ["paho-mqtt-redis:bytes", "s-1"], "nothing half-written");
+    assert_eq!(redis.fields(HASH), ["paho-mqtt-redis:bytes", "s-1"], "nothing half-written");
     assert_eq!(store.keys().expect("keys"), ["q-2", "s-1"], "Paho never sees the byte count");
     assert_eq!(store.get("q-2").expect("served from memory"), [[2u8; 30].as_slice(), &[3u8; 20]].concat());
 
@@ -58,7 +52,7 @@ fn a_put_beyond_the_budget_waits_in_memory_with_a_clear_reason() {
     store.remove("s-1").expect("remove");
     store.put("c-3", vec![&[3u8; 10][..]]).expect("50 + 10 of 100 bytes");
     assert_eq!(store.unwritten(), 0);
-    assert_eq!(fields(&redis), ["c-3", "paho-mqtt-redis:bytes", "q-2"]);
+    assert_eq!(redis.fields(HASH), ["c-3", "paho-mqtt-redis:bytes", "q-2"]);
     let counted: u64 = redis.connection().hget(HASH, "paho-mqtt-redis:bytes").expect("counter");
     assert_eq!(counted, 60);
     // Replacing a value counts only the difference.
@@ -67,7 +61,7 @@ fn a_put_beyond_the_budget_waits_in_memory_with_a_clear_reason() {
     assert_eq!(counted, 100);
     store.remove("q-2").expect("remove");
     store.remove("c-3").expect("remove");
-    assert!(fields(&redis).is_empty(), "an empty store leaves no hash behind: {:?}", fields(&redis));
+    assert!(redis.fields(HASH).is_empty(), "an empty store leaves no hash behind: {:?}", redis.fields(HASH));
 }
 
 #[test]
@@ -86,12 +80,12 @@ fn a_command_record_beyond_the_budget_waits_in_memory() {
     store.put("c-1", vec![&[9u8; 50][..]]).expect("kept in memory, not refused");
     assert_eq!(store.unwritten(), 1);
     assert_eq!(store.get("c-1").expect("read back from memory"), vec![9u8; 50]);
-    assert_eq!(fields(&redis), ["paho-mqtt-redis:bytes", "s-1"]);
+    assert_eq!(redis.fields(HASH), ["paho-mqtt-redis:bytes", "s-1"]);
 
     store.remove("s-1").expect("remove frees room");
     store.put("s-2", vec![&[2u8; 10][..]]).expect("the next write takes the waiting record along");
     assert_eq!(store.unwritten(), 0);
-    assert_eq!(fields(&redis), ["c-1", "paho-mqtt-redis:bytes", "s-2"]);
+    assert_eq!(redis.fields(HASH), ["c-1", "paho-mqtt-redis:bytes", "s-2"]);
 }
 
 /// A record waiting in memory and a newer write of the same key go to Redis
@@ -139,7 +133,7 @@ fn a_command_record_is_removed_only_with_the_write_that_replaces_it() {
     store.get("c-1").expect("Paho reads the command back");
     store.remove("c-1").expect("remove");
     store.put("s-1", vec![&[2u8; 70][..]]).expect("70 of 100: the removed record no longer counts");
-    assert_eq!(fields(&redis), ["paho-mqtt-redis:bytes", "s-1"]);
+    assert_eq!(redis.fields(HASH), ["paho-mqtt-redis:bytes", "s-1"]);
     let counted: u64 = redis.connection().hget(HASH, "paho-mqtt-redis:bytes").expect("counter");
     assert_eq!(counted, 70);
 
@@ -149,7 +143,7 @@ fn a_command_record_is_removed_only_with_the_write_that_replaces_it() {
     store.put("s-2", vec![&[4u8; 40][..]]).expect("Paho ignores this result: the record is kept");
     assert_eq!(store.unwritten(), 1, "70 + 40 > 100: s-2 waits in memory");
     assert_eq!(
-        fields(&redis),
+        redis.fields(HASH),
         ["c-2", "paho-mqtt-redis:bytes", "s-1"],
         "the refused write took nothing away: the message is still in Redis"
     );
@@ -158,7 +152,7 @@ fn a_command_record_is_removed_only_with_the_write_that_replaces_it() {
     store.remove("s-1").expect("the first message is acknowledged");
     store.put("c-3", vec![&publish_command(3, 1, 25)[..]]).expect("put");
     assert_eq!(store.unwritten(), 0, "s-2 went with the next write");
-    assert_eq!(fields(&redis), ["c-3", "paho-mqtt-redis:bytes", "s-2"], "the owed removal rode along");
+    assert_eq!(redis.fields(HASH), ["c-3", "paho-mqtt-redis:bytes", "s-2"], "the owed removal rode along");
     let counted: u64 = redis.connection().hget(HASH, "paho-mqtt-redis:bytes").expect("counter");
     assert_eq!(counted, 65);
 }
@@ -327,6 +321,6 @@ fn a_record_larger_than_redis_takes_is_refused_before_anything_is_allocated() {
         "{:#?}",
         lines_here()
     );
-    assert!(fields(&redis).is_empty());
+    assert!(redis.fields(HASH).is_empty());
     store.put("s-1", vec![&mebibyte[..]]).expect("1 MiB is fine");
 }

@@ -91,12 +91,6 @@ fn a_write_that_removes_fields_is_a_transaction() {
     assert_eq!(store.stats().errors, 0);
 }
 
-fn fields(redis: &RedisServer) -> Vec<String> {
-    let mut fields: Vec<String> = redis.connection().hkeys(HASH).expect("HKEYS");
-    fields.sort();
-    fields
-}
-
 /// At `maxmemory` Redis refuses the queued `HSET` (`-OOM`) and then the
 /// whole transaction (`-EXECABORT`): the command record stays in Redis, the
 /// PUBLISH record waits in memory, and goes once Redis has room.
@@ -106,7 +100,7 @@ fn at_maxmemory_the_transaction_is_refused_whole() {
     support::log_capture::install();
     let mut store = store(&redis.unix_url());
     store.put("c-1", vec![&publish_command(1)[..]]).expect("a queued message");
-    assert!(support::wait_until(WAIT, || fields(&redis) == ["c-1"]));
+    assert!(support::wait_until(WAIT, || redis.fields(HASH) == ["c-1"]));
     let filler = redis.fill_to_maxmemory();
     let value = vec![7u8; 64 * 1024];
     store.get("c-1").expect("Paho reads the command back");
@@ -114,15 +108,15 @@ fn at_maxmemory_the_transaction_is_refused_whole() {
     store.put("s-1", vec![&value[..]]).expect("Paho ignores this result: the record is kept");
     let refused = until_answered(&mut store, |_| logged_here("WARN", &["put of key \"s-1\"", "OOM"]));
     assert!(refused, "the refusal came in:{:#?}", lines_here());
-    assert_eq!(fields(&redis), ["c-1"], "the refused transaction removed nothing");
+    assert_eq!(redis.fields(HASH), ["c-1"], "the refused transaction removed nothing");
     let () = redis.connection().del(&filler).expect("memory is freed");
     store.put("c-2", vec![&publish_command(2)[..]]).expect("the next write");
     let written =
-        until_answered(&mut store, |store| store.unwritten() == 0 && fields(&redis) == ["c-2", "s-1"]);
+        until_answered(&mut store, |store| store.unwritten() == 0 && redis.fields(HASH) == ["c-2", "s-1"]);
     assert!(
         written,
         "the PUBLISH record went with the next write, and the command record left: {:?}",
-        fields(&redis)
+        redis.fields(HASH)
     );
 }
 
@@ -135,7 +129,7 @@ fn an_error_inside_exec_is_a_refusal() {
     support::log_capture::install();
     let mut store = store(&redis.unix_url());
     store.put("c-1", vec![&publish_command(1)[..]]).expect("put");
-    assert!(support::wait_until(WAIT, || fields(&redis) == ["c-1"]));
+    assert!(support::wait_until(WAIT, || redis.fields(HASH) == ["c-1"]));
     let mut admin = redis.connection();
     let () = admin.del(HASH).expect("DEL");
     let () = admin.set(HASH, "not a hash").expect("SET");

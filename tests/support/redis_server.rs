@@ -82,6 +82,14 @@ impl RedisServer {
     }
 
     /// A plain redis-rs connection, for tests to look at or tamper with the data.
+    /// The fields of `hash`, sorted.
+    pub fn fields(&self, hash: &str) -> Vec<String> {
+        let mut fields: Vec<String> =
+            redis::cmd("HKEYS").arg(hash).query(&mut self.connection()).expect("HKEYS");
+        fields.sort();
+        fields
+    }
+
     /// Fills Redis with keys of its own until it refuses a write at
     /// `maxmemory`; returns their names, to free the memory again.
     pub fn fill_to_maxmemory(&self) -> Vec<String> {
