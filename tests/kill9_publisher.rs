@@ -278,6 +278,8 @@ fn qos1_every_accepted_message_survives_kill9_at_least_once() {
     kill9_runs("qos1_every_accepted_message_survives_kill9_at_least_once", 1, false);
 }
 
+// The Unix socket needs feature `unix-socket` (`cargo test` without it skips this).
+#[cfg(feature = "unix-socket")]
 #[test]
 fn qos1_every_accepted_message_survives_kill9_at_least_once_over_the_unix_socket() {
     if let Some(child) = ChildSpec::from_env(CHILD_ENV) {
@@ -286,6 +288,8 @@ fn qos1_every_accepted_message_survives_kill9_at_least_once_over_the_unix_socket
     kill9_runs("qos1_every_accepted_message_survives_kill9_at_least_once_over_the_unix_socket", 1, true);
 }
 
+// The Unix socket needs feature `unix-socket` (`cargo test` without it skips this).
+#[cfg(feature = "unix-socket")]
 #[test]
 fn qos2_every_accepted_message_survives_kill9_exactly_once_over_the_unix_socket() {
     if let Some(child) = ChildSpec::from_env(CHILD_ENV) {

@@ -10,6 +10,9 @@
 //!
 //! Counts, not timings: how many records, how many publishes returned while
 //! Redis was stopped (checked before it is resumed), how many delivered.
+//!
+//! All of it needs feature `unix-socket`: `cargo test` without it skips the file.
+#![cfg(feature = "unix-socket")]
 
 mod support;
 
