@@ -5,7 +5,13 @@ use std::time::Duration;
 
 use redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
 
+use crate::paho::Version;
 use crate::{Error, RedisPersistence};
+
+/// What [`Config::quarantine_name`] appends to a store's hash name.
+pub(crate) const QUARANTINE_SUFFIX: &str = ":quarantine";
+/// What [`Config::lease_name`] appends to a store's hash name.
+pub(crate) const LEASE_SUFFIX: &str = ":owner";
 
 /// The Redis port used when neither a URL nor a port is given.
 pub const DEFAULT_PORT: u16 = 6379;
@@ -32,9 +38,15 @@ pub struct Config {
     io_timeout: Duration,
     max_store_bytes: Option<u64>,
     defer_qos1_removals: bool,
+    mqtt_version: Version,
 }
 
 impl Config {
+    /// The MQTT version of the client the store serves (see [`Builder::mqtt_version`]).
+    pub fn mqtt_version(&self) -> crate::MqttVersion {
+        self.mqtt_version
+    }
+
     /// The most bytes of records the store may hold in Redis, if limited.
     pub fn max_store_bytes(&self) -> Option<u64> {
         self.max_store_bytes
@@ -87,6 +99,18 @@ impl Config {
         format!("{}{client_id}:{server_uri}", self.key_prefix)
     }
 
+    /// The hash beside a store that holds the records `open` set aside
+    /// (no restore could take them), with why: `{hash}:quarantine`. Under
+    /// the same prefix, so an ACL that covers the store covers it.
+    pub fn quarantine_name(hash: &str) -> String {
+        format!("{hash}{QUARANTINE_SUFFIX}")
+    }
+
+    /// The key beside a store naming the process that has it open: `{hash}:owner`.
+    pub fn lease_name(hash: &str) -> String {
+        format!("{hash}{LEASE_SUFFIX}")
+    }
+
     /// The redis-rs connection parameters, with the timeouts applied.
     pub(crate) fn connection_info(&self) -> redis::RedisResult<redis::ConnectionInfo> {
         // Nagle's algorithm would hold back our small requests; every call is latency-bound.
@@ -110,6 +134,7 @@ impl Default for Config {
             io_timeout: DEFAULT_IO_TIMEOUT,
             max_store_bytes: None,
             defer_qos1_removals: false,
+            mqtt_version: Version::V3,
         }
     }
 }
@@ -227,6 +252,7 @@ pub struct Builder {
     io_timeout: Option<Duration>,
     max_store_bytes: Option<u64>,
     defer_qos1_removals: bool,
+    mqtt_version: Option<u32>,
 }
 
 /// A URL kept for `build`, printed without its contents (it may hold a password).
@@ -305,6 +331,19 @@ impl Builder {
         self
     }
 
+    /// The MQTT version the client is created with: the value given to
+    /// `paho_mqtt::CreateOptionsBuilder::mqtt_version` (`0`, Paho's default,
+    /// `3` and `4` are MQTT 3.1.1 records; `5` is MQTT 5). Default: `0`.
+    ///
+    /// Paho C names its records by the version it was created with, and
+    /// does not tell its store. `open` uses this to take over the records an
+    /// earlier run of the other version left: rewritten into this version
+    /// when nothing is lost, else set aside in the quarantine.
+    pub fn mqtt_version(mut self, version: u32) -> Self {
+        self.mqtt_version = Some(version);
+        self
+    }
+
     /// Validates the options. Nothing connects until Paho calls `open`.
     pub fn build(self) -> Result<RedisPersistence, Error> {
         Ok(RedisPersistence::from_config(self.into_config()?))
@@ -327,6 +366,16 @@ impl Builder {
         }
         config.max_store_bytes = self.max_store_bytes;
         config.defer_qos1_removals = self.defer_qos1_removals;
+        config.mqtt_version = match self.mqtt_version.unwrap_or(0) {
+            0 | 3 | 4 => Version::V3,
+            5 => Version::V5,
+            other => {
+                return Err(Error::InvalidOption {
+                    option: "mqtt_version",
+                    reason: format!("{other} is not an MQTT version Paho knows (0, 3, 4 or 5)"),
+                })
+            }
+        };
         Ok(config)
     }
 }

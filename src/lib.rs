@@ -76,6 +76,7 @@ mod transport;
 pub use crate::core::BUDGET_COUNTER_FIELD;
 pub use config::{Builder, Config, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IO_TIMEOUT, DEFAULT_PORT};
 pub use error::{Cause, Error};
+pub use paho::Version as MqttVersion;
 pub use persistence::RedisPersistence;
 pub use stats::Stats;
 

@@ -305,6 +305,7 @@ impl RedisPersistence {
         Settings {
             budget: self.shared.config.max_store_bytes(),
             defer_qos1_removals: self.shared.config.defer_qos1_removals(),
+            version: self.shared.config.mqtt_version(),
             ..Settings::default()
         }
     }

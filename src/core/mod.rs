@@ -92,6 +92,8 @@ pub(crate) struct Settings {
     /// `defer_qos1_removals`.
     pub(crate) defer_qos1_removals: bool,
     pub(crate) cache: CacheLimits,
+    /// The MQTT version of the client (`mqtt_version`).
+    pub(crate) version: paho::Version,
 }
 
 /// What a completed call gives back to Paho.

@@ -7,6 +7,8 @@
 //! pinned without a broker; `tests/fixtures/traces` holds recorded call
 //! sequences of real Paho that the core's crash-point checker replays.
 
+pub(crate) mod restore;
+
 /// What kind of record a key names, from its prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
@@ -43,9 +45,10 @@ impl Kind {
 }
 
 /// Which MQTT version wrote a record, from its key prefix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Version {
     /// MQTT 3.1 or 3.1.1 (Paho uses the same keys for both).
+    #[default]
     V3,
     /// MQTT 5: packets and serialized commands carry properties.
     V5,
