@@ -290,6 +290,11 @@ impl Core {
     /// `remove`: the removal goes out now, waits for the next write
     /// (`defer_qos1_removals`), or rides with the move.
     pub(crate) fn remove(&mut self, key: &str) {
+        // A command restored from the other MQTT version's record is removed
+        // under this version's key (see `paho::command_twin`).
+        let twin = paho::command_twin(key)
+            .filter(|twin| !self.records.present(key.as_bytes()) && self.records.present(twin.as_bytes()));
+        let key = twin.as_deref().unwrap_or(key);
         let read_back = match &self.moving {
             Move::ReadBack(read) => Some(read.as_slice()),
             _ => None,

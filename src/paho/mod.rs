@@ -228,6 +228,24 @@ impl CommandRemoval {
     }
 }
 
+/// The other MQTT version's key of command record `key` (`c-N` ↔ `c5-N`).
+///
+/// `MQTTAsync_unpersistCommand` builds the key it removes from the client's
+/// version (`c5-` for MQTT 5), not from the key the command was restored
+/// from (`command->key`), while `MQTTAsync_restoreCommands` restores records
+/// of both versions. After a client changes its MQTT version, Paho therefore
+/// removes each restored command under a key it never had, and the record
+/// would be restored (and sent) again at every later start. The store
+/// applies such a removal to the record Paho restored: Paho numbers commands
+/// on from the highest restored number, so command `N` has one record.
+pub(crate) fn command_twin(key: &str) -> Option<String> {
+    match parse_key(key) {
+        Ok((Kind::Command, Version::V3, number)) => Some(format!("c5-{number}")),
+        Ok((Kind::Command, Version::V5, number)) => Some(format!("c-{number}")),
+        _ => None,
+    }
+}
+
 /// Whether `key` is the PUBLISH record (`s-` or `s5-`) of message `id`. A
 /// command restored from a `c5-` record by an MQTT 3 client is sent as `s-`,
 /// and the other way round (`MQTTPersistence_putPacket` takes the client's
@@ -298,6 +316,14 @@ mod tests {
         }
         assert!(!put_failure_ignored("x-1"));
         assert!(is_command_key("c5-9") && !is_command_key("sc-9"));
+    }
+
+    #[test]
+    fn a_command_key_has_a_twin_of_the_other_version() {
+        assert_eq!(command_twin("c-12").as_deref(), Some("c5-12"));
+        assert_eq!(command_twin("c5-12").as_deref(), Some("c-12"));
+        assert_eq!(command_twin("s-12"), None);
+        assert_eq!(command_twin("c-x"), None);
     }
 
     #[test]
