@@ -10,14 +10,12 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
 use paho_mqtt::{self as mqtt, ClientPersistence};
 use paho_mqtt_redis::RedisPersistence;
 use redis::Commands;
-use support::mqtt::{client, connect, persistent_session, Subscriber};
+use support::mqtt::{client, connect, persistent_session, BlackHoleBroker, Subscriber};
 use support::{Mosquitto, RedisServer};
 
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -227,57 +225,4 @@ fn naive_contains_key_loses_an_unacknowledged_publish() {
         "with the plain answer Paho sent only PUBREL and the message was lost; \
          if this fails, paho-mqtt no longer inverts contains_key: drop the inversion in RedisPersistence"
     );
-}
-
-/// An MQTT "broker" that accepts one connection, answers CONNECT with CONNACK
-/// and then reads and ignores everything.
-struct BlackHoleBroker {
-    port: u16,
-}
-
-impl BlackHoleBroker {
-    fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        std::thread::spawn(move || {
-            if let Ok((stream, _)) = listener.accept() {
-                swallow(stream);
-            }
-        });
-        Self { port }
-    }
-
-    fn uri(&self) -> String {
-        format!("tcp://127.0.0.1:{}", self.port)
-    }
-}
-
-fn swallow(mut stream: TcpStream) {
-    let mut header = [0u8; 1];
-    if stream.read_exact(&mut header).is_err() {
-        return;
-    }
-    // Skip the CONNECT's remaining length and body.
-    let (mut length, mut shift) = (0usize, 0);
-    loop {
-        let mut byte = [0u8; 1];
-        if stream.read_exact(&mut byte).is_err() {
-            return;
-        }
-        length += usize::from(byte[0] & 0x7f) << shift;
-        shift += 7;
-        if byte[0] & 0x80 == 0 {
-            break;
-        }
-    }
-    let mut body = vec![0u8; length];
-    if stream.read_exact(&mut body).is_err() {
-        return;
-    }
-    // CONNACK: session not present, connection accepted.
-    if stream.write_all(&[0x20, 0x02, 0x00, 0x00]).is_err() {
-        return;
-    }
-    let mut sink = [0u8; 4096];
-    while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
 }

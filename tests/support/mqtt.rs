@@ -2,6 +2,8 @@
 
 use paho_mqtt::sync_channel::RecvTimeoutError;
 use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use paho_mqtt as mqtt;
@@ -174,4 +176,57 @@ pub fn assert_delivered(received: &[mqtt::Message], expected: &[(String, i32)], 
 /// passes the server URI without its `tcp://`.
 pub fn store_hash(client_id: &str, server_uri: &str) -> String {
     paho_mqtt_redis::Config::default().hash_name(client_id, server_uri.trim_start_matches("tcp://"))
+}
+
+/// An MQTT "broker" that accepts one connection, answers CONNECT with CONNACK
+/// and then reads and ignores everything.
+pub struct BlackHoleBroker {
+    port: u16,
+}
+
+impl BlackHoleBroker {
+    pub fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        std::thread::spawn(move || {
+            if let Ok((stream, _)) = listener.accept() {
+                swallow(stream);
+            }
+        });
+        Self { port }
+    }
+
+    pub fn uri(&self) -> String {
+        format!("tcp://127.0.0.1:{}", self.port)
+    }
+}
+
+fn swallow(mut stream: TcpStream) {
+    let mut header = [0u8; 1];
+    if stream.read_exact(&mut header).is_err() {
+        return;
+    }
+    // Skip the CONNECT's remaining length and body.
+    let (mut length, mut shift) = (0usize, 0);
+    loop {
+        let mut byte = [0u8; 1];
+        if stream.read_exact(&mut byte).is_err() {
+            return;
+        }
+        length += usize::from(byte[0] & 0x7f) << shift;
+        shift += 7;
+        if byte[0] & 0x80 == 0 {
+            break;
+        }
+    }
+    let mut body = vec![0u8; length];
+    if stream.read_exact(&mut body).is_err() {
+        return;
+    }
+    // CONNACK: session not present, connection accepted.
+    if stream.write_all(&[0x20, 0x02, 0x00, 0x00]).is_err() {
+        return;
+    }
+    let mut sink = [0u8; 4096];
+    while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
 }
