@@ -228,6 +228,7 @@ impl Core {
     pub(crate) fn put(&mut self, key: &str, parts: &[&[u8]]) {
         // Paho writes only after its restore is over.
         self.records.end_restore();
+        self.learn_version(key);
         let field = FieldName::from_slice(key.as_bytes());
         match std::mem::take(&mut self.moving) {
             Move::Removed { command, message_id } if paho::is_publish_record_of(key, message_id) => {
@@ -263,6 +264,25 @@ impl Core {
             was_present,
             superseded_removal: before == Some(Standing::RemovalOwed),
         }));
+    }
+
+    /// Paho names every record it writes by the MQTT version it was created
+    /// with: a record of the other version than `mqtt_version` says the
+    /// setting is wrong. Said once: from then on the core knows the version.
+    fn learn_version(&mut self, key: &str) {
+        let Ok((_, version, _)) = paho::parse_key(key) else { return };
+        if version != self.settings.version {
+            log::error!(
+                "redis persistence: Paho writes {key:?}, a record of MQTT {}, but the store of `{}` was built \
+                 for MQTT {}: set `Builder::mqtt_version` to the version the client is created with. At open, \
+                 records of this client's version were taken for another version's (rewritten into it when \
+                 nothing was lost, else set aside in the quarantine, where `paho-mqtt-redis quarantine` finds them)",
+                version.name(),
+                self.hash,
+                self.settings.version.name(),
+            );
+            self.settings.version = version;
+        }
     }
 
     /// `get`: the value from memory, or `None` when Redis must be asked.

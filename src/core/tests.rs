@@ -419,6 +419,16 @@ fn a_removal_under_this_versions_key_leaves_the_other_versions_record_of_another
 }
 
 #[test]
+fn the_first_record_paho_writes_tells_its_mqtt_version() {
+    // Paho C names records by the version it was created with
+    // (`MQTTAsync_persistCommand`: `c5-` for MQTT 5).
+    let mut store = Store::new(Settings::default());
+    assert_eq!(store.core.settings.version, crate::paho::Version::V3);
+    store.put("c5-1", &publish_command(1, 1)).unwrap();
+    assert_eq!(store.core.settings.version, crate::paho::Version::V5, "learned from the key");
+}
+
+#[test]
 fn a_pipelined_write_refused_later_goes_with_the_next_write() {
     let mut redis = SimRedis::default();
     redis.pipelined = true;

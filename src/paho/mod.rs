@@ -54,6 +54,16 @@ pub enum Version {
     V5,
 }
 
+impl Version {
+    /// How people name it: `3.1.1` or `5`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Version::V3 => "3.1.1",
+            Version::V5 => "5",
+        }
+    }
+}
+
 /// Every key prefix. Each ends with `-`, so no prefix is a prefix of another.
 pub(crate) const PREFIXES: [(&str, Kind, Version); 10] = [
     ("sc5-", Kind::PubrelSent, Version::V5),
