@@ -104,6 +104,8 @@ echo "== fuzz targets: build, replay the seeds"
   for target in url decode; do
     "./target/debug/$target" "seeds/$target" -runs=0
   done
+  # The restore check reads the same records as the decoder: its seeds.
+  ./target/debug/restore_check seeds/decode -runs=0
 )
 done_with fuzz/target
 

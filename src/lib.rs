@@ -77,6 +77,10 @@ pub use crate::core::BUDGET_COUNTER_FIELD;
 pub use config::{Builder, Config, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IO_TIMEOUT, DEFAULT_PORT};
 pub use error::{Cause, Error};
 pub use paho::Version as MqttVersion;
+// For the fuzz crate only (fuzz/fuzz_targets/restore_check.rs), which turns `decode` on.
+#[cfg(feature = "decode")]
+#[doc(hidden)]
+pub use paho::restore::fuzz_at_open;
 pub use persistence::RedisPersistence;
 pub use stats::Stats;
 

@@ -26,8 +26,8 @@ pub enum Kind {
 
 impl Kind {
     /// The key prefix of this kind for `version`, such as `sc5-`.
-    // Public through `decode`; the core itself only reads prefixes.
-    #[cfg(any(feature = "decode", test))]
+    // Public through `decode`; the core itself only reads prefixes, and
+    // `restore` names the other version's key of a record it converts.
     pub fn prefix(self, version: Version) -> &'static str {
         match (self, version) {
             (Kind::PublishSent, Version::V3) => "s-",
@@ -138,10 +138,8 @@ pub(crate) fn put_failure_ignored(key: &str) -> bool {
 /// Paho C's command type numbers are the MQTT packet type numbers
 /// (`MQTTAsync_persistCommand` writes `command.type` first).
 pub(crate) const PUBLISH_COMMAND: i32 = 3;
-// Only the decoder reads records other than PUBLISH commands.
-#[cfg(any(feature = "decode", test))]
+// The decoder and the restore check read records other than PUBLISH commands.
 pub(crate) const SUBSCRIBE_COMMAND: i32 = 8;
-#[cfg(feature = "decode")]
 pub(crate) const UNSUBSCRIBE_COMMAND: i32 = 10;
 
 /// What the store needs to know of a command record: its type, and for a
