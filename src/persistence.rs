@@ -324,6 +324,7 @@ impl RedisPersistence {
         transport.begin_call();
         let result = call(core, &mut Connected { transport, config: &self.shared.config });
         self.shared.counters.set_unwritten_records(core.unwritten());
+        self.shared.counters.add_repaired(core.take_repaired());
         result
     }
 
@@ -346,6 +347,8 @@ impl RedisPersistence {
         self.shared.counters.set_unwritten_records(0);
         let mut opened = Core::new(hash.clone(), self.settings());
         drive::open(&mut opened, &mut runner)?;
+        self.shared.counters.add_repaired(opened.take_repaired());
+        self.shared.counters.set_unwritten_records(opened.unwritten());
         *core = Some(opened);
         *opened_by = self.handle;
         self.set_hash_name(Some(hash.clone()));
@@ -404,6 +407,7 @@ impl RedisPersistence {
         transport.begin_call();
         if let Some(core) = core.as_mut() {
             drive::close(core, &mut Connected { transport, config: &self.shared.config });
+            self.shared.counters.add_repaired(core.take_repaired());
         }
         transport.disconnect();
         *core = None;
