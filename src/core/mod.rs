@@ -64,6 +64,8 @@ mod checker;
 #[cfg(test)]
 mod quarantine_tests;
 #[cfg(test)]
+mod repair_on_redis_tests;
+#[cfg(test)]
 mod sim;
 #[cfg(test)]
 mod tests;
