@@ -66,6 +66,20 @@ const MAX_VALUE_BYTES: usize = 512 * 1024 * 1024;
 /// its reply: data in flight on a loopback TCP socket is lost when the
 /// process is killed.
 ///
+/// `open` checks every record it reads against what Paho C's restore can
+/// take. A record no restore of this client can take (an empty one, a
+/// truncated packet, bytes no client wrote) is never shown to Paho: it is
+/// moved, atomically with its removal from the store's hash, to the hash
+/// `{hash}:quarantine` beside it (see [`Config::quarantine_name`]), with why,
+/// logged once per `open` and counted in [`Stats::quarantined`]; a record only
+/// another MQTT version restores is rewritten for this one
+/// ([`Stats::rewritten`]). Paho C would otherwise delete the first kind
+/// without a trace (`MQTTPersistence_restorePackets`). The operator lists,
+/// reads, puts back and purges them with [`admin::Stores`](crate::admin::Stores)
+/// or `paho-mqtt-redis quarantine`. When Redis cannot take the move, the
+/// records stay in the hash, hidden from Paho, and the next write (or the
+/// next `open`) moves them first.
+///
 /// After every reconnect, and after a command whose outcome is unknown (it
 /// timed out), the store compares its index with the hash both ways: records
 /// Redis lost (a restart without persistence) are written again from memory

@@ -14,6 +14,18 @@
 //!   reconnect, or after a command whose outcome is unknown (it timed out).
 //! - **budget**: `max_store_bytes`; the hash then keeps its byte count in
 //!   [`BUDGET_COUNTER_FIELD`].
+//! - **set aside**: a record `open` read that no restore of this client can
+//!   take (`paho::restore::at_open`): never in the table, never shown to
+//!   Paho. The **repair** ([`Command::Repair`], one script) moves it to the
+//!   **quarantine** (`{hash}:quarantine`) while the hash still holds it as
+//!   read, then writes what is owed: first after `open`'s read, before `open`
+//!   answers, and, while it has not succeeded, in place of every command that
+//!   changes the hash (so nothing is written over a record set aside, nor
+//!   deleted); the check leaves such records alone. A **rewrite** (another
+//!   version's record Paho restores only converted) enters the table owed,
+//!   its original's removal riding with it (`RidesWith`), so Redis holds
+//!   the original or the rewrite, never both. A crash before the repair
+//!   leaves the records in the hash, and the next `open` checks them again.
 //!
 //! Paho's calls go in as methods that only change the table; [`Core::poll`]
 //! then yields the next plan (the call's own first, then upkeep: the check,
