@@ -8,6 +8,12 @@
 //! stores' hashes directly and keeps no state: run it beside a live client
 //! only to look, and purge a store only while no client uses it.
 //!
+//! Each store may have a quarantine beside it (`{hash}:quarantine`, see
+//! [`Config::quarantine_name`]): the records its `open` found that no
+//! restore could take, set aside with why. [`Stores::quarantine`] lists
+//! them, [`Stores::put_back`] returns one to its store, and
+//! [`Stores::purge_quarantine`] deletes them.
+//!
 //! ```no_run
 //! use paho_mqtt_redis::admin::Stores;
 //! use paho_mqtt_redis::RedisPersistence;
@@ -23,10 +29,12 @@
 //! ```
 
 use std::fmt;
+use std::time::{Duration, SystemTime};
 
 use redis::{Connection, RedisError};
 
-use crate::core::BUDGET_COUNTER_FIELD;
+use crate::config::{LEASE_SUFFIX, QUARANTINE_SUFFIX};
+use crate::core::{BUDGET_COUNTER_FIELD, QUARANTINE_REASON_SUFFIX};
 use crate::{paho, Config, Error};
 
 /// A connection for looking into the stores under one key prefix.
@@ -61,6 +69,24 @@ pub struct Size {
     pub records: usize,
     /// Bytes of the records' values.
     pub bytes: u64,
+}
+
+/// A record in a store's quarantine: set aside by `open` because no restore
+/// of its client could take it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Quarantined {
+    /// Its entry in the quarantine, `{key}@{ms}`: what names it to
+    /// [`Stores::put_back`] and [`Stores::purge_quarantine`].
+    pub entry: String,
+    /// Its Paho key in the store (a field name that was not UTF-8 is shown lossily).
+    pub key: String,
+    /// When `open` set it aside.
+    pub at: SystemTime,
+    /// Why no restore could take it.
+    pub reason: String,
+    /// Its value, the exact bytes the store held.
+    pub value: Vec<u8>,
 }
 
 impl Stores {
@@ -99,9 +125,10 @@ impl Stores {
             for name in names {
                 // Paho's client ids and server URIs are UTF-8: any other name is no store.
                 let Ok(hash) = String::from_utf8(name) else { continue };
-                let Some((found, server)) = hash.strip_prefix(&prefix).and_then(split_store_name) else {
+                let Some(name) = hash.strip_prefix(&prefix).filter(|name| !is_beside_a_store(name)) else {
                     continue;
                 };
+                let Some((found, server)) = split_store_name(name) else { continue };
                 if client_id.is_none_or(|id| id == found) {
                     let (client_id, server) = (found.to_owned(), server.to_owned());
                     stores.push(Store { client_id, server, hash });
@@ -166,6 +193,113 @@ impl Stores {
         }
     }
 
+    /// The store of `client_id` on `server` (a scheme such as `tcp://` is
+    /// ignored), named without asking Redis: for its quarantine, which may
+    /// outlive a store all of whose records were set aside.
+    pub fn named(&self, client_id: &str, server: &str) -> Store {
+        let server = server_name(server);
+        Store {
+            client_id: client_id.to_owned(),
+            server: server.to_owned(),
+            hash: self.config.hash_name(client_id, server),
+        }
+    }
+
+    /// Every record in `store`'s quarantine, oldest first (an empty list
+    /// when it has none). These are the raw entries: export them as they are.
+    pub fn quarantine(&mut self, store: &Store) -> Result<Vec<Quarantined>, Error> {
+        let quarantine = Config::quarantine_name(&store.hash);
+        let fields: Vec<(Vec<u8>, Vec<u8>)> =
+            self.query("HGETALL", &quarantine, |conn| redis::cmd("HGETALL").arg(&quarantine).query(conn))?;
+        let reasons: std::collections::HashMap<&[u8], &[u8]> = fields
+            .iter()
+            .filter_map(|(field, value)| {
+                field.strip_suffix(QUARANTINE_REASON_SUFFIX.as_bytes()).map(|entry| (entry, value.as_slice()))
+            })
+            .collect();
+        let mut entries: Vec<Quarantined> = fields
+            .iter()
+            .filter(|(field, _)| !field.ends_with(QUARANTINE_REASON_SUFFIX.as_bytes()))
+            .map(|(field, value)| {
+                let entry = String::from_utf8_lossy(field).into_owned();
+                let (key, at) = split_entry(&entry);
+                let reason = reasons.get(field.as_slice()).map_or_else(
+                    || "(no reason recorded)".to_owned(),
+                    |reason| String::from_utf8_lossy(reason).into_owned(),
+                );
+                Quarantined { key: key.to_owned(), at, reason, value: value.clone(), entry }
+            })
+            .collect();
+        entries.sort_by(|a, b| (a.at, &a.entry).cmp(&(b.at, &b.entry)));
+        Ok(entries)
+    }
+
+    /// One record of `store`'s quarantine, by its entry (`{key}@{ms}`), or
+    /// `None` when there is no such entry.
+    pub fn quarantined(&mut self, store: &Store, entry: &str) -> Result<Option<Quarantined>, Error> {
+        Ok(self.quarantine(store)?.into_iter().find(|found| found.entry == entry))
+    }
+
+    /// Puts a quarantined record back into its store, under its key, and
+    /// removes it from the quarantine, atomically. Refused, changing
+    /// nothing ([`Error::PutBackRefused`]), while a process owns the store
+    /// (its key `{hash}:owner` exists, see [`Config::lease_name`]), when
+    /// the store already holds that key, or when there is no such entry.
+    /// The store's next `open` checks it again: put back only what its
+    /// client can now restore (or the quarantine takes it again).
+    pub fn put_back(&mut self, store: &Store, entry: &str) -> Result<(), Error> {
+        let quarantine = Config::quarantine_name(&store.hash);
+        let owner = Config::lease_name(&store.hash);
+        let (key, _) = split_entry(entry);
+        let script = redis::Script::new(PUT_BACK_SCRIPT);
+        let outcome: String = self.query("EVALSHA", &quarantine, |conn| {
+            script
+                .key(&store.hash)
+                .key(&quarantine)
+                .key(&owner)
+                .arg(entry)
+                .arg(key)
+                .arg(BUDGET_COUNTER_FIELD)
+                .invoke(conn)
+        })?;
+        let why = match outcome.as_str() {
+            "restored" => return Ok(()),
+            "owned" => format!("a process has the store open (`{owner}` exists): close it first"),
+            "missing" => "no such entry in the quarantine".to_owned(),
+            "taken" => format!("the store holds a record `{key}` already"),
+            found => format!("`{}` holds a {found}, not a hash", store.hash),
+        };
+        Err(Error::PutBackRefused { hash: store.hash.clone(), quarantine, entry: entry.to_owned(), why })
+    }
+
+    /// Deletes the record `entry` of `store`'s quarantine, or (`None`) every
+    /// record of it. Returns how many records were deleted.
+    pub fn purge_quarantine(&mut self, store: &Store, entry: Option<&str>) -> Result<usize, Error> {
+        let quarantine = Config::quarantine_name(&store.hash);
+        match entry {
+            Some(entry) => {
+                let reason = format!("{entry}{QUARANTINE_REASON_SUFFIX}");
+                let deleted: usize = self.query("HDEL", &quarantine, |conn| {
+                    redis::cmd("HDEL").arg(&quarantine).arg(entry).arg(&reason).query(conn)
+                })?;
+                // The entry, and its reason if it had one.
+                Ok(usize::from(deleted > 0))
+            }
+            None => {
+                let script = redis::Script::new(PURGE_SCRIPT);
+                let (found, fields): (String, Vec<Vec<u8>>) =
+                    self.query("EVALSHA", &quarantine, |conn| script.key(&quarantine).invoke(conn))?;
+                match found.as_str() {
+                    "none" | "hash" => Ok(fields
+                        .iter()
+                        .filter(|field| !field.ends_with(QUARANTINE_REASON_SUFFIX.as_bytes()))
+                        .count()),
+                    _ => Err(Error::NotAHash { hash: quarantine, found }),
+                }
+            }
+        }
+    }
+
     /// Runs `command`; a failure names the Redis command and the key it was for.
     fn query<T>(
         &mut self,
@@ -185,6 +319,40 @@ local fields = redis.call('HKEYS', KEYS[1])
 redis.call('DEL', KEYS[1])
 return {found, fields}
 ";
+
+/// `KEYS` = the store, its quarantine, its owner key; `ARGV` = the entry,
+/// its Paho key, the budget's counter field. Puts the entry back under its
+/// key (keeping a byte count the store has), or says why not.
+/// `TYPE`, not `EXISTS`: the README's least-privilege ACL allows it.
+const PUT_BACK_SCRIPT: &str = r"
+if redis.call('TYPE', KEYS[3]).ok ~= 'none' then return 'owned' end
+local found = redis.call('TYPE', KEYS[1]).ok
+if found ~= 'none' and found ~= 'hash' then return found end
+local value = redis.call('HGET', KEYS[2], ARGV[1])
+if not value then return 'missing' end
+if redis.call('HEXISTS', KEYS[1], ARGV[2]) == 1 then return 'taken' end
+redis.call('HSET', KEYS[1], ARGV[2], value)
+if redis.call('HEXISTS', KEYS[1], ARGV[3]) == 1 then
+  redis.call('HINCRBY', KEYS[1], ARGV[3], #value)
+end
+redis.call('HDEL', KEYS[2], ARGV[1], ARGV[1] .. '#reason')
+return 'restored'
+";
+
+/// A quarantine entry's Paho key and when it was set aside: `{key}@{ms}`,
+/// split from the right (a key may hold `@`).
+fn split_entry(entry: &str) -> (&str, SystemTime) {
+    let (key, ms) = entry.rsplit_once('@').unwrap_or((entry, ""));
+    let at = ms.parse::<u64>().map_or(SystemTime::UNIX_EPOCH, |ms| {
+        SystemTime::UNIX_EPOCH.checked_add(Duration::from_millis(ms)).unwrap_or(SystemTime::UNIX_EPOCH)
+    });
+    (key, at)
+}
+
+/// Whether a hash name (without the prefix) is beside a store rather than one.
+fn is_beside_a_store(name: &str) -> bool {
+    name.ends_with(QUARANTINE_SUFFIX) || name.ends_with(LEASE_SUFFIX)
+}
 
 /// Whether a field of a store is one of Paho's records (the budget's byte
 /// count is not, nor is anything else written there).
@@ -262,6 +430,18 @@ mod tests {
         for (name, expected) in cases {
             assert_eq!(split_store_name(name), expected, "{name}");
         }
+    }
+
+    #[test]
+    fn quarantine_entries_split_from_the_right() {
+        let (key, at) = split_entry("s-1@1733548800123");
+        assert_eq!(key, "s-1");
+        assert_eq!(
+            at.duration_since(SystemTime::UNIX_EPOCH).ok(),
+            Some(Duration::from_millis(1733548800123))
+        );
+        assert_eq!(split_entry("odd@key@5").0, "odd@key");
+        assert!(PUT_BACK_SCRIPT.contains(&format!("'{QUARANTINE_REASON_SUFFIX}'")));
     }
 
     #[test]

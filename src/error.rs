@@ -141,6 +141,20 @@ pub enum Error {
         max: usize,
     },
 
+    /// An operator's put-back of a quarantined record was refused
+    /// ([`admin::Stores::put_back`](crate::admin::Stores::put_back)); nothing changed.
+    #[error("cannot put `{entry}` of `{quarantine}` back into `{hash}`: {why}")]
+    PutBackRefused {
+        /// The store's hash.
+        hash: String,
+        /// Its quarantine.
+        quarantine: String,
+        /// The quarantine's entry, `{key}@{ms}`.
+        entry: String,
+        /// Why, for the operator.
+        why: String,
+    },
+
     /// `get` of a key that is not in the store.
     #[error("key `{key}` is not in the store")]
     KeyNotFound {

@@ -66,6 +66,20 @@ const MAX_VALUE_BYTES: usize = 512 * 1024 * 1024;
 /// its reply: data in flight on a loopback TCP socket is lost when the
 /// process is killed.
 ///
+/// `open` checks every record it reads against what Paho C's restore can
+/// take. A record no restore of this client can take (an empty one, a
+/// truncated packet, bytes no client wrote) is never shown to Paho: it is
+/// moved, atomically with its removal from the store's hash, to the hash
+/// `{hash}:quarantine` beside it (see [`Config::quarantine_name`]), with why,
+/// logged once per `open` and counted in [`Stats::quarantined`]; a record only
+/// another MQTT version restores is rewritten for this one
+/// ([`Stats::rewritten`]). Paho C would otherwise delete the first kind
+/// without a trace (`MQTTPersistence_restorePackets`). The operator lists,
+/// reads, puts back and purges them with [`admin::Stores`](crate::admin::Stores)
+/// or `paho-mqtt-redis quarantine`. When Redis cannot take the move, the
+/// records stay in the hash, hidden from Paho, and the next write (or the
+/// next `open`) moves them first.
+///
 /// After every reconnect, and after a command whose outcome is unknown (it
 /// timed out), the store compares its index with the hash both ways: records
 /// Redis lost (a restart without persistence) are written again from memory
@@ -324,6 +338,7 @@ impl RedisPersistence {
         transport.begin_call();
         let result = call(core, &mut Connected { transport, config: &self.shared.config });
         self.shared.counters.set_unwritten_records(core.unwritten());
+        self.shared.counters.add_repaired(core.take_repaired());
         result
     }
 
@@ -346,6 +361,8 @@ impl RedisPersistence {
         self.shared.counters.set_unwritten_records(0);
         let mut opened = Core::new(hash.clone(), self.settings());
         drive::open(&mut opened, &mut runner)?;
+        self.shared.counters.add_repaired(opened.take_repaired());
+        self.shared.counters.set_unwritten_records(opened.unwritten());
         *core = Some(opened);
         *opened_by = self.handle;
         self.set_hash_name(Some(hash.clone()));
@@ -404,6 +421,7 @@ impl RedisPersistence {
         transport.begin_call();
         if let Some(core) = core.as_mut() {
             drive::close(core, &mut Connected { transport, config: &self.shared.config });
+            self.shared.counters.add_repaired(core.take_repaired());
         }
         transport.disconnect();
         *core = None;

@@ -65,6 +65,14 @@ pub struct Stats {
     /// messages would not survive a crash: an application that prefers to
     /// refuse publishing then can check it before each publish.
     pub unwritten_records: u64,
+    /// Records `open` found that no restore of this client can take, moved
+    /// to the store's quarantine (see `admin::Stores::quarantine`); counted
+    /// once Redis has moved them.
+    pub quarantined: u64,
+    /// Records `open` found in a form only another MQTT version restores,
+    /// given to Paho rewritten into this client's version (the original
+    /// removed with the rewrite's write).
+    pub rewritten: u64,
 }
 
 /// One of the store operations that Paho (or a Rust caller) invokes; each has its own counter.
@@ -98,6 +106,8 @@ pub(crate) struct Counters {
     index_hits: Counter,
     snapshot_hits: Counter,
     unwritten_records: Counter,
+    quarantined: Counter,
+    rewritten: Counter,
 }
 
 impl Counters {
@@ -164,6 +174,12 @@ impl Counters {
         self.snapshot_hits.add(1);
     }
 
+    /// Counts records moved to the quarantine and records rewritten at `open`.
+    pub(crate) fn add_repaired(&self, (quarantined, rewritten): (u64, u64)) {
+        self.quarantined.add(quarantined);
+        self.rewritten.add(rewritten);
+    }
+
     /// Sets the number of command records held in memory only.
     pub(crate) fn set_unwritten_records(&self, records: usize) {
         self.unwritten_records.set(widen(records));
@@ -193,6 +209,8 @@ impl Counters {
             index_hits: self.index_hits.get(),
             snapshot_hits: self.snapshot_hits.get(),
             unwritten_records: self.unwritten_records.get(),
+            quarantined: self.quarantined.get(),
+            rewritten: self.rewritten.get(),
         }
     }
 }

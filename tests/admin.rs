@@ -140,3 +140,106 @@ fn what_is_not_a_store_is_reported_and_left_alone() {
     assert_eq!(stores.records(&listed[0]).expect("records").len(), 3, "every field is shown");
     assert_eq!(stores.purge("odd", "10.0.0.1:1883").expect("purge"), Some(1), "one record");
 }
+
+/// A quarantine as `open` leaves it (`{hash}:quarantine`, entries
+/// `{key}@{ms}` and their reasons `{entry}#reason`), written here by hand:
+/// which records `open` sets aside is the check's to decide.
+fn quarantine(conn: &mut redis::Connection, hash: &str, entries: &[(&str, &[u8], &str)]) {
+    for (entry, value, reason) in entries {
+        redis::cmd("HSET")
+            .arg(format!("{hash}:quarantine"))
+            .arg(*entry)
+            .arg(*value)
+            .arg(format!("{entry}#reason"))
+            .arg(*reason)
+            .query::<()>(conn)
+            .expect("HSET");
+    }
+}
+
+#[test]
+fn a_quarantine_is_listed_read_put_back_and_purged() {
+    let redis = RedisServer::start();
+    let builder = || RedisPersistence::builder().url(redis.url()).key_prefix("mqtt:");
+    let mut store = builder().max_store_bytes(10_000).build().expect("valid");
+    store.open("gw", "10.0.0.1:1883").expect("open");
+    store.put("s-1", vec![b"abc".as_slice()]).expect("put");
+    store.close().expect("close");
+    let hash = "mqtt:gw:10.0.0.1:1883";
+    let mut conn = redis.connection();
+    quarantine(
+        &mut conn,
+        hash,
+        &[
+            ("s-2@1733548800000", b"", "empty record"),
+            ("c-3@1733548800001", b"\xff\x00garbage", "not a command"),
+            ("s-1@1733548800002", b"old", "truncated PUBLISH"),
+        ],
+    );
+    // A lease's key beside it (a string) and the quarantine (a hash): no stores.
+    redis::cmd("SET").arg(format!("{hash}:owner")).arg("host 1 0").query::<()>(&mut conn).expect("SET");
+
+    let mut stores = Stores::connect(&builder().into_config().expect("valid")).expect("connect");
+    let listed = stores.list(None).expect("list");
+    assert_eq!(listed.iter().map(|s| s.hash.as_str()).collect::<Vec<_>>(), [hash]);
+
+    let gw = stores.named("gw", "tcp://10.0.0.1:1883");
+    let entries = stores.quarantine(&gw).expect("quarantine");
+    let summary: Vec<(&str, &str, usize, &str)> = entries
+        .iter()
+        .map(|e| (e.entry.as_str(), e.key.as_str(), e.value.len(), e.reason.as_str()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("s-2@1733548800000", "s-2", 0, "empty record"),
+            ("c-3@1733548800001", "c-3", 9, "not a command"),
+            ("s-1@1733548800002", "s-1", 3, "truncated PUBLISH"),
+        ]
+    );
+    let at = entries[1].at.duration_since(std::time::UNIX_EPOCH).expect("after 1970");
+    assert_eq!(at, Duration::from_millis(1_733_548_800_001));
+    let one = stores.quarantined(&gw, "c-3@1733548800001").expect("read").expect("found");
+    assert_eq!(one.value, b"\xff\x00garbage", "the exact bytes");
+    assert_eq!(stores.quarantined(&gw, "c-3@1").expect("read"), None);
+
+    // Owned: refused, nothing changed.
+    let refused = stores.put_back(&gw, "s-2@1733548800000");
+    assert!(
+        matches!(&refused, Err(Error::PutBackRefused { why, .. }) if why.contains("open")),
+        "{refused:?}"
+    );
+    redis::cmd("DEL").arg(format!("{hash}:owner")).query::<()>(&mut conn).expect("DEL");
+    // The store holds s-1: refused.
+    let refused = stores.put_back(&gw, "s-1@1733548800002");
+    assert!(matches!(&refused, Err(Error::PutBackRefused { why, .. }) if why.contains("s-1")), "{refused:?}");
+    let refused = stores.put_back(&gw, "s-9@1");
+    assert!(matches!(&refused, Err(Error::PutBackRefused { .. })), "{refused:?}");
+    assert_eq!(stores.quarantine(&gw).expect("quarantine").len(), 3, "nothing changed");
+
+    stores.put_back(&gw, "c-3@1733548800001").expect("put back");
+    let found = stores.find("gw", "10.0.0.1:1883").expect("find").expect("a store");
+    let mut records = stores.records(&found).expect("records");
+    records.sort();
+    assert_eq!(
+        records,
+        [("c-3".to_owned(), b"\xff\x00garbage".to_vec()), ("s-1".to_owned(), b"abc".to_vec())]
+    );
+    let count: String = redis::cmd("HGET")
+        .arg(hash)
+        .arg(paho_mqtt_redis::BUDGET_COUNTER_FIELD)
+        .query(&mut conn)
+        .expect("HGET");
+    assert_eq!(count, "12", "the budget's byte count follows");
+    let left: Vec<String> =
+        stores.quarantine(&gw).expect("quarantine").into_iter().map(|e| e.entry).collect();
+    assert_eq!(left, ["s-2@1733548800000", "s-1@1733548800002"]);
+
+    assert_eq!(stores.purge_quarantine(&gw, Some("s-2@1733548800000")).expect("purge one"), 1);
+    assert_eq!(stores.purge_quarantine(&gw, Some("s-2@1733548800000")).expect("purge one"), 0);
+    assert_eq!(stores.purge_quarantine(&gw, None).expect("purge all"), 1);
+    assert!(stores.quarantine(&gw).expect("quarantine").is_empty());
+    let exists: bool =
+        redis::cmd("EXISTS").arg(format!("{hash}:quarantine")).query(&mut conn).expect("EXISTS");
+    assert!(!exists);
+}

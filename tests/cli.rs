@@ -307,3 +307,66 @@ fn the_timeout_is_checked_and_bounds_a_hung_redis() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("Redis SCAN on") || stderr.contains("cannot connect"), "{stderr}");
 }
+
+/// A quarantine as `open` leaves it, by hand (see tests/admin.rs): a real
+/// PUBLISH record (decodes), an empty one, and a lease's key beside the store.
+#[test]
+fn quarantine_lists_shows_exports_restores_and_purges() {
+    let redis = RedisServer::start();
+    let mut conn = redis.connection();
+    let url = redis.url();
+    let hash = "gw:10.0.0.1:1883";
+    let publish = fixture("v311-inflight", "s-3");
+    hset(&mut conn, hash, "s-4", &fixture("v311-inflight", "s-4"));
+    let quarantine = format!("{hash}:quarantine");
+    for (entry, value, reason) in [
+        ("s-3@1733548800000", publish.as_slice(), "MQTT 5 record"),
+        ("c-9@1733548800001", b"", "empty record"),
+    ] {
+        hset(&mut conn, &quarantine, entry, value);
+        hset(&mut conn, &quarantine, &format!("{entry}#reason"), reason.as_bytes());
+    }
+    redis::cmd("SET").arg(format!("{hash}:owner")).arg("host 1 0").query::<()>(&mut conn).expect("SET");
+    let at = |args: &[&str]| -> Output {
+        let mut all = vec!["quarantine"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--server", "tcp://10.0.0.1:1883", "--url", &url]);
+        cli(&all)
+    };
+
+    let listed = stdout(&cli(&["list", "--url", &url]));
+    assert!(listed.contains("1 store(s)"), "neither the quarantine nor the owner is a store: {listed}");
+
+    let text = stdout(&at(&["list", "gw"]));
+    assert!(text.contains("2 record(s)"), "{text}");
+    assert!(text.contains("s-3@1733548800000") && text.contains("MQTT 5 record"), "{text}");
+    let entries = json(&at(&["list", "gw", "--json"]));
+    assert_eq!(entries[1]["key"], "c-9");
+    assert_eq!(entries[1]["size"], 0);
+    assert_eq!(entries[1]["reason"], "empty record");
+    assert_eq!(entries[1]["at_ms"], 1_733_548_800_001u64);
+
+    let shown = json(&at(&["show", "gw", "s-3@1733548800000", "--json"]));
+    assert_eq!(shown["decoded"]["kind"], "PublishSent", "{shown}");
+    let shown = stdout(&at(&["show", "gw", "c-9@1733548800001"]));
+    assert!(shown.contains("undecodable"), "{shown}");
+    assert_eq!(at(&["show", "gw", "c-9@1"]).status.code(), Some(1));
+
+    let exported = json(&at(&["export", "gw"]));
+    let hex: String = publish.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(exported[0]["value_hex"], Value::String(hex), "the exact bytes");
+
+    let refused = at(&["restore", "gw", "s-3@1733548800000"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains(":owner"), "names the lease");
+    redis::cmd("DEL").arg(format!("{hash}:owner")).query::<()>(&mut conn).expect("DEL");
+    let restored = stdout(&at(&["restore", "gw", "s-3@1733548800000"]));
+    assert!(restored.contains("put s-3@1733548800000 back"), "{restored}");
+    let held: Vec<u8> = redis::cmd("HGET").arg(hash).arg("s-3").query(&mut conn).expect("HGET");
+    assert_eq!(held, publish);
+
+    let refused = at(&["purge", "gw"]);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--yes"));
+    assert_eq!(stdout(&at(&["purge", "gw", "--yes"])), format!("deleted 1 record(s) from {quarantine}\n"));
+    assert_eq!(json(&at(&["list", "gw", "--json"])), Value::Array(Vec::new()));
+}

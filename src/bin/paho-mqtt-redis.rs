@@ -4,7 +4,15 @@
 //! paho-mqtt-redis list  [--url URL] [--prefix P] [--json]
 //! paho-mqtt-redis show  CLIENT_ID [--server HOST:PORT] [--url URL] [--prefix P] [--json]
 //! paho-mqtt-redis purge CLIENT_ID --server HOST:PORT --yes [--url URL] [--prefix P]
+//! paho-mqtt-redis quarantine list    CLIENT_ID --server HOST:PORT [--json]
+//! paho-mqtt-redis quarantine show    CLIENT_ID ENTRY --server HOST:PORT [--json]
+//! paho-mqtt-redis quarantine export  CLIENT_ID --server HOST:PORT
+//! paho-mqtt-redis quarantine restore CLIENT_ID ENTRY --server HOST:PORT
+//! paho-mqtt-redis quarantine purge   CLIENT_ID [ENTRY] --server HOST:PORT --yes
 //! ```
+//!
+//! The quarantine of a store holds the records its `open` found that no
+//! restore could take, each under an entry `{key}@{ms}` with why.
 //!
 //! A store is the Redis hash `{prefix}{client_id}:{server_uri}`, where Paho's
 //! server URI has lost its scheme: `host:port`, `[v6 address]:port`,
@@ -15,7 +23,7 @@
 //! errors as the store itself. This file only parses arguments and prints.
 
 use clap::{Args, Parser, Subcommand};
-use paho_mqtt_redis::admin::{self, Size, Store, Stores};
+use paho_mqtt_redis::admin::{self, Quarantined, Size, Store, Stores};
 use paho_mqtt_redis::decode::{self, Content, DecodeError, PropertyValue, Record};
 use paho_mqtt_redis::{Config, RedisPersistence};
 use serde_json::{json, Value};
@@ -85,6 +93,68 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
+    /// A store's quarantine: the records its open found that no restore could take.
+    Quarantine {
+        #[command(subcommand)]
+        command: QuarantineCommand,
+    },
+}
+
+/// What to do with a store's quarantine.
+#[derive(Subcommand, Debug)]
+enum QuarantineCommand {
+    /// Every record set aside: entry, key, when, size and why.
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One record set aside, decoded where it decodes, else as hex.
+    Show {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The entry, as `list` names it (`{key}@{ms}`).
+        entry: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every record set aside, raw, as JSON (values in hex).
+    Export {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Put one record back into its store (only while no process has the store open).
+    Restore {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The entry, as `list` names it (`{key}@{ms}`).
+        entry: String,
+    },
+    /// Delete one record set aside, or all of them.
+    Purge {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The entry, as `list` names it; without one, every record is deleted.
+        entry: Option<String>,
+        /// Confirm the deletion.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// Which store: client id and server, and the Redis it is on.
+#[derive(Args, Debug)]
+struct StoreArgs {
+    /// The MQTT client id.
+    client_id: String,
+    /// The server (host:port, as Paho names it; a scheme such as tcp:// is ignored).
+    #[arg(long)]
+    server: String,
+    #[command(flatten)]
+    common: Common,
 }
 
 type Result<T> = std::result::Result<T, String>;
@@ -109,6 +179,7 @@ fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
             show(&common, &client_id, server.as_deref(), json, out)
         }
         Command::Purge { client_id, server, yes, common } => purge(&common, &client_id, &server, yes, out),
+        Command::Quarantine { command } => quarantine(command, out),
     };
     written?.map_err(|e| format!("cannot write the output: {e}"))
 }
@@ -337,4 +408,104 @@ fn purge(common: &Common, client_id: &str, server: &str, yes: bool, out: &mut im
         Some(records) => Ok(writeln!(out, "deleted store {hash} ({records} record(s))")),
         None => Err(format!("no store `{hash}`: nothing deleted")),
     }
+}
+
+fn quarantine(command: QuarantineCommand, out: &mut impl Write) -> Outcome {
+    match command {
+        QuarantineCommand::List { store, json } => {
+            let (hash, entries) = quarantined(&store)?;
+            if json {
+                let entries: Vec<Value> = entries.iter().map(|entry| entry_json(entry, false)).collect();
+                return Ok(writeln!(out, "{}", Value::Array(entries)));
+            }
+            Ok(print_quarantine(&hash, &entries, out))
+        }
+        QuarantineCommand::Show { store, entry, json } => {
+            let (hash, entries) = quarantined(&store)?;
+            let Some(found) = entries.into_iter().find(|found| found.entry == entry) else {
+                return Err(format!("no entry {entry:?} in the quarantine of `{hash}`"));
+            };
+            let record = decode::decode(&found.key, &found.value);
+            if json {
+                let mut object = entry_json(&found, true);
+                if let (Value::Object(object), Ok(record)) = (&mut object, &record) {
+                    object.insert("decoded".to_owned(), record_json(record));
+                }
+                return Ok(writeln!(out, "{object}"));
+            }
+            Ok(print_entry(&found, &record, out))
+        }
+        QuarantineCommand::Export { store } => {
+            let (_, entries) = quarantined(&store)?;
+            let entries: Vec<Value> = entries.iter().map(|entry| entry_json(entry, true)).collect();
+            Ok(writeln!(out, "{}", Value::Array(entries)))
+        }
+        QuarantineCommand::Restore { store, entry } => {
+            let mut stores = connect(&store.common)?;
+            let named = stores.named(&store.client_id, &store.server);
+            stores.put_back(&named, &entry).map_err(failed)?;
+            Ok(writeln!(out, "put {entry} back into store {}", named.hash))
+        }
+        QuarantineCommand::Purge { store, entry, yes } => {
+            let mut stores = connect(&store.common)?;
+            let named = stores.named(&store.client_id, &store.server);
+            let quarantine = Config::quarantine_name(&named.hash);
+            if !yes {
+                let what = entry.as_deref().map_or("every record".to_owned(), |entry| format!("{entry:?}"));
+                return Err(format!(
+                    "purge deletes {what} of `{quarantine}`; run it again with --yes to confirm"
+                ));
+            }
+            let deleted = stores.purge_quarantine(&named, entry.as_deref()).map_err(failed)?;
+            if deleted == 0 && entry.is_some() {
+                return Err(format!("no such entry in `{quarantine}`: nothing deleted"));
+            }
+            Ok(writeln!(out, "deleted {deleted} record(s) from {quarantine}"))
+        }
+    }
+}
+
+/// The store's hash and the records of its quarantine.
+fn quarantined(store: &StoreArgs) -> Result<(String, Vec<Quarantined>)> {
+    let mut stores = connect(&store.common)?;
+    let named = stores.named(&store.client_id, &store.server);
+    let entries = stores.quarantine(&named).map_err(failed)?;
+    Ok((named.hash, entries))
+}
+
+/// Milliseconds since the Unix epoch.
+fn unix_ms(entry: &Quarantined) -> u128 {
+    entry.at.duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_millis())
+}
+
+fn entry_json(entry: &Quarantined, value: bool) -> Value {
+    let mut object = json!({
+        "entry": entry.entry, "key": entry.key, "at_ms": unix_ms(entry),
+        "size": entry.value.len(), "reason": entry.reason,
+    });
+    if let (Value::Object(object), true) = (&mut object, value) {
+        object.insert("value_hex".to_owned(), json!(hex(&entry.value)));
+    }
+    object
+}
+
+fn print_quarantine(hash: &str, entries: &[Quarantined], out: &mut impl Write) -> std::io::Result<()> {
+    writeln!(out, "quarantine of {hash}: {} record(s)", entries.len())?;
+    for entry in entries {
+        writeln!(out, "  {}  {} bytes  {}", entry.entry, entry.value.len(), entry.reason)?;
+    }
+    Ok(())
+}
+
+fn print_entry(
+    entry: &Quarantined,
+    record: &std::result::Result<Record, DecodeError>,
+    out: &mut impl Write,
+) -> std::io::Result<()> {
+    writeln!(out, "{} (key {}, {} bytes): {}", entry.entry, entry.key, entry.value.len(), entry.reason)?;
+    match record {
+        Ok(record) => writeln!(out, "  {record}")?,
+        Err(error) => writeln!(out, "  undecodable: {}", error.reason)?,
+    }
+    writeln!(out, "  raw: {}", hex(&entry.value))
 }

@@ -20,6 +20,12 @@
 //! - never a message's command record and its PUBLISH record at once (it
 //!   would be sent twice).
 //!
+//! Replayed on a hash seeded with records no restore takes (`SEEDED`, with
+//! the quarantine's plumbing given its verdicts by a stand-in for the check),
+//! also, at every instant: Paho never sees a record set aside; each one's
+//! exact bytes are in the hash or in the quarantine; a rewritten record is
+//! never in the hash both as its original and as its rewrite.
+//!
 //! Where Paho itself gives no guarantee, or Redis cannot be told, the
 //! checker allows, and the README names: records Paho changed while Redis was
 //! unreachable, hung or refusing writes may differ from the map until the
@@ -148,6 +154,63 @@ fn replay(trace: &Trace, schedule: &Schedule, pipelined: bool) -> Result<Checked
     replay_with(trace, schedule, Settings { cache: SMALL_CACHE, ..Settings::default() }, pipelined, false)
 }
 
+/// Records no restore takes (by the stand-in `quarantine_tests::judge`),
+/// under keys the traces use too, so that Paho writes over them.
+const SEEDED: [(&str, &[u8]); 4] =
+    [("s-1", b""), ("c-1", b"garbage c-1"), ("c-2", b""), ("sc-2", b"garbage\x00sc-2")];
+
+/// A record of another version, rewritten at open (by the stand-in) into
+/// `REWRITTEN`: a key no trace uses, so Paho never acts on it.
+const ORIGINAL: (&str, &[u8]) = ("c5-60000", b"a command of another version");
+const REWRITTEN: &str = "c-60000";
+
+/// `replay` on a hash seeded with `SEEDED` and `ORIGINAL`, under `budget`.
+fn replay_seeded(
+    trace: &Trace,
+    schedule: &Schedule,
+    pipelined: bool,
+    budget: Option<u64>,
+) -> Result<Checked, String> {
+    let settings = Settings {
+        cache: SMALL_CACHE,
+        budget,
+        judge: Some(super::quarantine_tests::judge),
+        ..Settings::default()
+    };
+    replay_inner(trace, schedule, settings, pipelined, false, true)
+}
+
+/// The seeded records' invariant (see the module doc); `lost`: Redis
+/// restarted without its data, `cleared`: Paho cleared the store.
+fn check_seeded(redis: &SimRedis, lost: bool, cleared: bool) -> Result<(), String> {
+    if lost {
+        return Ok(());
+    }
+    for (key, value) in SEEDED {
+        let in_hash = redis.hash.get(key.as_bytes()).is_some_and(|held| held == value);
+        let prefix = format!("{key}@");
+        let quarantined = redis.quarantine.iter().any(|(entry, held)| {
+            entry.starts_with(prefix.as_bytes())
+                && !entry.ends_with(super::QUARANTINE_REASON_SUFFIX.as_bytes())
+                && held == value
+        });
+        if !in_hash && !quarantined {
+            return Err(format!(
+                "the bytes of {key}, set aside, are neither in the hash nor in the quarantine"
+            ));
+        }
+    }
+    let original = redis.hash.contains_key(ORIGINAL.0.as_bytes());
+    let rewritten = redis.hash.contains_key(REWRITTEN.as_bytes());
+    if original && rewritten {
+        return Err(format!("the hash holds both {} and its rewrite {REWRITTEN}", ORIGINAL.0));
+    }
+    if !original && !rewritten && !cleared {
+        return Err(format!("the hash holds neither {} nor its rewrite {REWRITTEN}", ORIGINAL.0));
+    }
+    Ok(())
+}
+
 /// `pipelined`: against a Redis reached as over the Unix socket, where a
 /// write is durable once sent and its reply comes later. `legacy_04`: with
 /// 0.4's rule, emulated around the store: every command record's removal
@@ -159,9 +222,28 @@ fn replay_with(
     pipelined: bool,
     legacy_04: bool,
 ) -> Result<Checked, String> {
+    replay_inner(trace, schedule, settings, pipelined, legacy_04, false)
+}
+
+/// `seeded`: on a hash seeded as `replay_seeded` says.
+fn replay_inner(
+    trace: &Trace,
+    schedule: &Schedule,
+    settings: Settings,
+    pipelined: bool,
+    legacy_04: bool,
+    seeded: bool,
+) -> Result<Checked, String> {
     let mut held_back: Vec<String> = Vec::new();
     let mut redis = SimRedis::default();
     redis.pipelined = pipelined;
+    if seeded {
+        for (key, value) in SEEDED.into_iter().chain([ORIGINAL]) {
+            redis.hash.insert(key.as_bytes().to_vec(), value.to_vec());
+        }
+    }
+    // Redis lost the seeded records (a restart without its data), or Paho cleared them.
+    let (mut seed_lost, mut seed_cleared) = (false, false);
     let mut core: Option<Core> = None;
     let mut model: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     // Paho changed these while Redis could not be told: Redis may lack them
@@ -187,6 +269,7 @@ fn replay_with(
             Some(Fault::RestartEmpty) => {
                 redis.restart_empty();
                 lost.extend(model.keys().cloned());
+                seed_lost = true;
             }
             None => {}
         }
@@ -210,6 +293,13 @@ fn replay_with(
                     redis.begin_call();
                     drive::open(&mut opened, &mut redis).map_err(|e| format!("{}: open: {e}", here()))?;
                     core = Some(opened);
+                }
+                if let Some(opened) = core.as_ref().filter(|_| seeded) {
+                    for (key, _) in SEEDED {
+                        if opened.contains(key) && !model.contains_key(key) {
+                            return Err(format!("{}: Paho sees {key}, which no restore takes", here()));
+                        }
+                    }
                 }
             }
             Call::Close => {
@@ -291,6 +381,8 @@ fn replay_with(
             Call::Keys(recorded) => {
                 let store = core.as_mut().ok_or_else(|| format!("{}: not open", here()))?;
                 let mut keys = drive::keys(store, &mut redis);
+                // The rewritten record is not in the recorded trace.
+                keys.retain(|key| !(seeded && key == REWRITTEN));
                 // The order is the store's (`paho::restore_order`), the set Paho's.
                 keys.sort();
                 let expected: Vec<String> = model.keys().cloned().collect();
@@ -316,6 +408,7 @@ fn replay_with(
             Call::Clear => {
                 let store = core.as_mut().ok_or_else(|| format!("{}: not open", here()))?;
                 if drive::clear(store, &mut redis).is_ok() {
+                    seed_cleared = true;
                     model.clear();
                     in_window.clear();
                     lost.clear();
@@ -331,7 +424,22 @@ fn replay_with(
         if let Some(store) = &core {
             store.check_queues().map_err(|e| format!("{}: {e}", here()))?;
         }
-        let excused = Excused { missing: &maybe_missing, extra: &maybe_extra, lost: &lost };
+        // Not Paho's: what `check_seeded` checks.
+        let mut extra = maybe_extra.clone();
+        if seeded {
+            extra.extend([ORIGINAL.0, REWRITTEN].map(str::to_owned));
+            for (key, value) in SEEDED {
+                if redis.hash.get(key.as_bytes()).is_some_and(|held| held == value) {
+                    extra.insert(key.to_owned());
+                }
+            }
+            if !up && !seed_cleared {
+                // A clear Redis could not take may have run late.
+                seed_cleared = matches!(call, Call::Clear);
+            }
+            check_seeded(&redis, seed_lost, seed_cleared).map_err(|e| format!("{}: {e}", here()))?;
+        }
+        let excused = Excused { missing: &maybe_missing, extra: &extra, lost: &lost };
         check_crash_state(&redis, &model, &excused, &in_window).map_err(|e| format!("{}: {e}", here()))?;
         checked.crash_points += 1;
     }
@@ -483,6 +591,26 @@ fn every_crash_point_of_every_trace_is_safe_with_redis_answering() {
     assert!(total.crash_points > 6000, "{total:?}");
 }
 
+#[test]
+fn every_crash_point_is_safe_on_a_hash_seeded_with_records_no_restore_takes() {
+    let mut total = Checked::default();
+    for trace in traces() {
+        for pipelined in [false, true] {
+            for budget in [None, Some(1 << 20)] {
+                let checked = replay_seeded(&trace, &Schedule::new(), pipelined, budget)
+                    .unwrap_or_else(|violation| panic!("{violation}"));
+                total.calls += checked.calls;
+                total.crash_points += checked.crash_points;
+            }
+        }
+    }
+    println!(
+        "checked {} calls, {} crash points on seeded hashes, no faults",
+        total.calls, total.crash_points
+    );
+    assert!(total.crash_points > 12000, "{total:?}");
+}
+
 /// The checker finds what it is for: with 0.4's rule (every command record's
 /// removal waits for the next write), a sent QoS 0 message, a sent SUBSCRIBE
 /// and a message Paho dropped stay restorable.
@@ -534,6 +662,9 @@ fn every_crash_point_stays_safe_through_failures_hangs_refusals_and_restarts() {
         let mut runner = TestRunner::new(config);
         let result = runner.run(&schedule, |(schedule, pipelined)| {
             let checked = replay(&trace, &schedule, pipelined).map_err(TestCaseError::fail)?;
+            crash_points.set(crash_points.get() + checked.crash_points);
+            // The same faults, on a hash seeded with records no restore takes.
+            let checked = replay_seeded(&trace, &schedule, pipelined, None).map_err(TestCaseError::fail)?;
             crash_points.set(crash_points.get() + checked.crash_points);
             interleavings.set(interleavings.get() + 1);
             Ok(())

@@ -14,6 +14,18 @@
 //!   reconnect, or after a command whose outcome is unknown (it timed out).
 //! - **budget**: `max_store_bytes`; the hash then keeps its byte count in
 //!   [`BUDGET_COUNTER_FIELD`].
+//! - **set aside**: a record `open` read that no restore of this client can
+//!   take (`paho::restore::at_open`): never in the table, never shown to
+//!   Paho. The **repair** ([`Command::Repair`], one script) moves it to the
+//!   **quarantine** (`{hash}:quarantine`) while the hash still holds it as
+//!   read, then writes what is owed: first after `open`'s read, before `open`
+//!   answers, and, while it has not succeeded, in place of every command that
+//!   changes the hash (so nothing is written over a record set aside, nor
+//!   deleted); the check leaves such records alone. A **rewrite** (another
+//!   version's record Paho restores only converted) enters the table owed,
+//!   its original's removal riding with it (`RidesWith`), so Redis holds
+//!   the original or the rewrite, never both. A crash before the repair
+//!   leaves the records in the hash, and the next `open` checks them again.
 //!
 //! Paho's calls go in as methods that only change the table; [`Core::poll`]
 //! then yields the next plan (the call's own first, then upkeep: the check,
@@ -62,6 +74,10 @@ mod table;
 #[cfg(test)]
 mod checker;
 #[cfg(test)]
+mod quarantine_tests;
+#[cfg(test)]
+mod repair_on_redis_tests;
+#[cfg(test)]
 mod sim;
 #[cfg(test)]
 mod tests;
@@ -75,6 +91,7 @@ pub(crate) use plan::{Command, Exchange, Failure, Plan, Reply};
 pub(crate) use table::{CacheLimits, FieldName, KeySet, Table};
 use table::{Carried, Kind, Seq, Standing, Value};
 
+use crate::paho::restore::AtOpen;
 use crate::paho::{self, CommandRemoval};
 use crate::Error;
 use drive::Served;
@@ -94,7 +111,45 @@ pub(crate) struct Settings {
     pub(crate) cache: CacheLimits,
     /// The MQTT version of the client (`mqtt_version`).
     pub(crate) version: paho::Version,
+    /// Tests only: a verdict in place of `paho::restore::at_open`'s, so that
+    /// the plumbing of the quarantine is tested apart from the check.
+    #[cfg(test)]
+    pub(crate) judge: Option<Judge>,
 }
+
+/// What `open` does with a record: [`paho::restore::at_open`]'s signature.
+#[cfg(test)]
+pub(crate) type Judge = fn(&str, &[u8], paho::Version) -> AtOpen;
+
+/// A record `open` set aside: the quarantine takes it at the next
+/// repair (see [`Command::Repair`]), and until then it stays in the hash,
+/// hidden from Paho.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Aside {
+    /// Its field in the store's hash.
+    pub(crate) key: FieldName,
+    /// Its value as `open` read it: moved only while the hash still holds it.
+    pub(crate) value: Vec<u8>,
+    /// Why no restore can take it (`paho::restore::at_open`).
+    pub(crate) reason: String,
+    /// When `open` read it, in milliseconds since the Unix epoch: its
+    /// quarantine entry is `{key}@{at_ms}` (see [`quarantine_entry`]).
+    pub(crate) at_ms: u64,
+}
+
+/// The quarantine's field holding the value of `key` set aside at `at_ms`.
+/// Its reason is in the field of the same name plus [`QUARANTINE_REASON_SUFFIX`].
+/// An entry's name ends in digits and a reason's in the suffix, so each
+/// splits back from the right whatever the key holds.
+#[cfg(test)]
+pub(crate) fn quarantine_entry(key: &[u8], at_ms: u64) -> Vec<u8> {
+    let mut entry = key.to_vec();
+    entry.extend_from_slice(format!("@{at_ms}").as_bytes());
+    entry
+}
+
+/// What a quarantine entry's name is followed by in its reason's field.
+pub const QUARANTINE_REASON_SUFFIX: &str = "#reason";
 
 /// What a completed call gives back to Paho.
 #[derive(Debug, PartialEq, Eq)]
@@ -134,6 +189,9 @@ enum Awaiting {
     },
     Check,
     ByteCount(Option<u64>),
+    /// `open`'s repair: what it set aside goes to the quarantine, its
+    /// rewrites replace their originals.
+    Repair,
 }
 
 #[derive(Debug)]
@@ -159,6 +217,8 @@ struct InFlight {
     /// The record a `put` wrote, for the log.
     key: Option<FieldName>,
     carried: Carried,
+    /// It carried the records set aside to the quarantine.
+    repair: bool,
 }
 
 /// What the core wants of Redis besides Paho's calls.
@@ -171,6 +231,9 @@ struct Upkeep {
     flush: bool,
     /// `open` found a byte count to repair: the value to set, or `None` to drop it.
     byte_count: Option<Option<u64>>,
+    /// With a budget, `open` set records aside or rewrote some: the repair
+    /// takes the byte count again from the values.
+    recount: bool,
 }
 
 /// The core of one open store.
@@ -184,20 +247,39 @@ pub(crate) struct Core {
     /// Oldest first: a pipelined transport answers them later.
     in_flight: VecDeque<InFlight>,
     upkeep: Upkeep,
+    /// `{hash}:quarantine`.
+    quarantine: String,
+    /// What `open` set aside and the quarantine has not taken yet. While
+    /// any is left, every command that changes the hash is the repair,
+    /// which moves these first: nothing is written over them, nor deleted.
+    aside: Vec<Aside>,
+    /// The plan handed out is the repair (see `sent`).
+    repair_handed: bool,
+    /// Counted since `take_repaired`: records moved to the quarantine, records rewritten.
+    repaired: (u64, u64),
 }
 
 impl Core {
     /// A core for the store in `hash`, before `open` has read it.
     pub(crate) fn new(hash: String, settings: Settings) -> Self {
         Self {
-            hash,
             settings,
             records: Table::new(settings.cache),
             moving: Move::Idle,
             awaiting: None,
             in_flight: VecDeque::new(),
             upkeep: Upkeep::default(),
+            quarantine: crate::Config::quarantine_name(&hash),
+            hash,
+            aside: Vec::new(),
+            repair_handed: false,
+            repaired: (0, 0),
         }
+    }
+
+    /// Records moved to the quarantine and records rewritten since the last call.
+    pub(crate) fn take_repaired(&mut self) -> (u64, u64) {
+        std::mem::take(&mut self.repaired)
     }
 
     pub(crate) fn hash(&self) -> &str {
@@ -397,11 +479,34 @@ impl Core {
     /// The one command that writes what the table owes (`records`), or
     /// removes it.
     fn owed_command(&self, records: bool, removals: bool) -> Command<'_> {
+        if self.repair_due() {
+            return self.repair_command(false);
+        }
         let owed = if removals { self.records.removals() } else { &[] };
         if records {
             Command::Write { records: &self.records, removals: owed, riding: self.records.riding() }
         } else {
             Command::Remove(owed)
+        }
+    }
+
+    /// Whether the next command that changes the hash must be the repair:
+    /// records set aside are still in the hash, or (with a budget) the byte
+    /// count must be taken again after them.
+    fn repair_due(&self) -> bool {
+        !self.aside.is_empty() || self.upkeep.recount
+    }
+
+    /// The repair: moves what is set aside to the quarantine, then writes
+    /// and removes everything owed, or (`clear`) deletes the hash.
+    fn repair_command(&self, clear: bool) -> Command<'_> {
+        Command::Repair {
+            records: &self.records,
+            removals: self.records.removals(),
+            riding: self.records.riding(),
+            quarantine: &self.quarantine,
+            aside: &self.aside,
+            clear,
         }
     }
 
@@ -421,7 +526,19 @@ impl Core {
                 None
             };
         }
-        let command = match self.awaiting.as_ref()? {
+        let awaiting = self.awaiting.as_ref()?;
+        self.repair_handed = self.repair_due()
+            && matches!(
+                awaiting,
+                Awaiting::Put(_)
+                    | Awaiting::Remove
+                    | Awaiting::Clear
+                    | Awaiting::Close { .. }
+                    | Awaiting::Flush { .. }
+                    | Awaiting::Repair
+            );
+        let command = match awaiting {
+            Awaiting::Clear if self.repair_handed => self.repair_command(true),
             Awaiting::Open => Command::ReadAll,
             Awaiting::KeyType => Command::KeyType,
             Awaiting::Put(put) => self.owed_command(true, put.removals),
@@ -432,6 +549,7 @@ impl Core {
             Awaiting::Check => Command::ListFields,
             Awaiting::ByteCount(Some(bytes)) => Command::SetByteCount(*bytes),
             Awaiting::ByteCount(None) => Command::DropByteCount,
+            Awaiting::Repair => self.owed_command(true, true),
         };
         Some(Plan {
             hash: &self.hash,
@@ -461,8 +579,32 @@ impl Core {
                     self.awaiting = Some(Awaiting::KeyType);
                     return None;
                 }
+                // Before `open` answers: Paho restores nothing until it has.
+                Ok(_) if self.repair_due() || self.records.waiting_count() > 0 => {
+                    self.awaiting = Some(Awaiting::Repair);
+                    return None;
+                }
                 opened => opened,
             },
+            Awaiting::Repair => {
+                let aside = self.aside.len();
+                self.owed_sent(true, outcome, command);
+                if aside > 0 && self.aside.is_empty() {
+                    log::warn!(
+                        "redis persistence: {aside} records of `{}` that no restore can take were moved to `{}`",
+                        self.hash,
+                        self.quarantine
+                    );
+                } else if aside > 0 {
+                    log::warn!(
+                        "redis persistence: {aside} records of `{}` that no restore can take stay in it, hidden \
+                         from Paho: the move to `{}` failed, and goes with the next write (or the next open)",
+                        self.hash,
+                        self.quarantine
+                    );
+                }
+                Ok(Answer::Done)
+            }
             Awaiting::KeyType => {
                 let found = match outcome {
                     Outcome::Replied(Ok(Reply::Type(found))) => found,
@@ -483,6 +625,9 @@ impl Core {
             }
             Awaiting::Clear => match outcome {
                 Outcome::Replied(Ok(_)) | Outcome::Sent => {
+                    if std::mem::take(&mut self.repair_handed) {
+                        self.repaired_now();
+                    }
                     self.records.clear();
                     self.moving = Move::Idle;
                     self.upkeep = Upkeep { checked: Some(generation), ..Upkeep::default() };
@@ -537,24 +682,66 @@ impl Core {
         self.upkeep.checked = Some(generation);
         let mut byte_count = None;
         let mut bytes = 0u64;
+        let at_ms = unix_ms();
+        let mut rewrites = Vec::new();
         for (field, value) in entries {
             if field == BUDGET_COUNTER_FIELD.as_bytes() {
                 byte_count = Some(String::from_utf8_lossy(&value).trim().parse::<u64>().ok());
                 continue;
             }
             bytes = bytes.saturating_add(u64::try_from(value.len()).unwrap_or(u64::MAX));
-            if let Some(key) = paho_key(field) {
-                self.records.restore(&key, value);
+            let Some(key) = paho_key(field) else { continue };
+            match self.verdict(&key, &value) {
+                AtOpen::Restore => self.records.restore(&key, value),
+                AtOpen::Quarantine(reason) => self.set_aside(&key, value, reason, at_ms),
+                AtOpen::Rewrite { key: new, value: new_value } => rewrites.push((key, value, new, new_value)),
             }
         }
+        // After every record restored as it is: a rewrite must not take the
+        // place of one (nor of another rewrite), which would lose it.
+        for (key, value, new, new_value) in rewrites {
+            if self.records.get(new.as_bytes()).is_some() || paho_key(new.clone().into_bytes()).is_none() {
+                let reason = format!("its rewrite into {new:?} would replace a record of that key");
+                self.set_aside(&key, value, reason, at_ms);
+            } else {
+                self.records.rewrite(&key, &new, new_value);
+                self.repaired.1 = self.repaired.1.saturating_add(1);
+            }
+        }
+        self.upkeep.recount =
+            self.settings.budget.is_some() && (!self.aside.is_empty() || self.records.waiting_count() > 0);
         // A byte count is trusted only if it is the sum of the values: one
         // left by an earlier run without a budget is stale.
         self.upkeep.byte_count = match (self.settings.budget, byte_count) {
+            // The repair counts the bytes that stay.
+            (Some(_), _) if self.upkeep.recount => None,
             (Some(_), Some(count)) if count != Some(bytes) => Some(Some(bytes)),
             (None, Some(_)) => Some(None),
             _ => None,
         };
         Ok(Answer::Done)
+    }
+
+    /// What `open` does with `key` = `value` (`paho::restore::at_open`).
+    fn verdict(&self, key: &str, value: &[u8]) -> AtOpen {
+        #[cfg(test)]
+        if let Some(judge) = self.settings.judge {
+            return judge(key, value, self.settings.version);
+        }
+        paho::restore::at_open(key, value, self.settings.version)
+    }
+
+    fn set_aside(&mut self, key: &str, value: Vec<u8>, reason: String, at_ms: u64) {
+        log::debug!("redis persistence: setting {key:?} of `{}` aside: {reason}", self.hash);
+        self.aside.push(Aside { key: FieldName::from_slice(key.as_bytes()), value, reason, at_ms });
+    }
+
+    /// The repair ran: what was set aside is in the quarantine, the byte count right.
+    fn repaired_now(&mut self) {
+        let moved = u64::try_from(self.aside.len()).unwrap_or(u64::MAX);
+        self.repaired.0 = self.repaired.0.saturating_add(moved);
+        self.aside.clear();
+        self.upkeep.recount = false;
     }
 
     fn put_done(&mut self, put: Put, outcome: Outcome, command: &'static str) -> Result<Answer, Error> {
@@ -611,8 +798,10 @@ impl Core {
     /// sent, as `command`: Redis has what it carried, unless its reply says otherwise.
     fn sent(&mut self, key: Option<FieldName>, records: bool, removals: bool, command: &'static str) {
         let seq = self.in_flight.back().map_or(0, |last| last.seq.wrapping_add(1));
-        let carried = self.records.send(seq, records, removals);
-        self.in_flight.push_back(InFlight { seq, command, key, carried });
+        // The repair carries everything owed.
+        let repair = std::mem::take(&mut self.repair_handed);
+        let carried = self.records.send(seq, records || repair, removals || repair);
+        self.in_flight.push_back(InFlight { seq, command, key, carried, repair });
     }
 
     /// Takes in Redis's reply to the oldest write or removal not answered
@@ -620,9 +809,12 @@ impl Core {
     /// owed again (a write and its removals are all or nothing). Returns the
     /// refusal, as an error.
     pub(crate) fn confirm(&mut self, reply: Result<(), RedisError>) -> Option<Error> {
-        let InFlight { seq, command, key, carried } = self.in_flight.pop_front()?;
+        let InFlight { seq, command, key, carried, repair } = self.in_flight.pop_front()?;
         let source = match reply {
             Ok(()) => {
+                if repair {
+                    self.repaired_now();
+                }
                 let written = self.records.confirmed(seq, &carried);
                 let kept = written.saturating_sub(usize::from(key.is_some()));
                 if kept > 0 && written > 1 {
@@ -700,10 +892,17 @@ impl Core {
             }
             Outcome::Sent => return,
         };
+        // What is set aside and gone from the hash was moved by a repair
+        // that ran late, or lost with it: either way, nothing is left to move.
+        let held: KeySet<&[u8]> = fields.iter().map(Vec::as_slice).collect();
+        self.aside.retain(|aside| held.contains(aside.key.as_slice()));
+        let aside: KeySet<&[u8]> = self.aside.iter().map(|aside| aside.key.as_slice()).collect();
+        // Records set aside are neither Paho's nor stale.
         let present: KeySet<&[u8]> = fields
             .iter()
             .map(Vec::as_slice)
             .filter(|field| *field != BUDGET_COUNTER_FIELD.as_bytes())
+            .filter(|field| !aside.contains(field) || self.records.present(field))
             .collect();
         let (rewritten, lost, stale) = self.records.reconcile(&present);
         if lost.is_empty() && rewritten == 0 && stale.is_empty() {
@@ -721,6 +920,13 @@ impl Core {
         self.upkeep.checked = Some(generation);
         self.upkeep.flush = self.owed_plan().is_some();
     }
+}
+
+/// Now, in milliseconds since the Unix epoch (0 if the clock is before it).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The first reply of an exchange, or why there is none.

@@ -10,7 +10,7 @@ use redis::RedisError;
 use smallvec::SmallVec;
 
 use super::table::Table;
-use super::FieldName;
+use super::{Aside, FieldName};
 use crate::Error;
 
 /// The commands of one exchange with Redis, in the order they must run.
@@ -47,6 +47,19 @@ pub(crate) enum Command<'a> {
     SetByteCount(u64),
     /// Removes a byte count that writes without a budget no longer keep.
     DropByteCount,
+    /// `open`'s repair, and every command that changes the hash while it is
+    /// due: moves each record set aside that the hash still holds as `open`
+    /// read it to the quarantine hash, then runs what `Write` would (or,
+    /// `clear`, deletes the hash); with a budget, takes the byte count again
+    /// from the values. All or nothing: one script.
+    Repair {
+        records: &'a Table,
+        removals: &'a [FieldName],
+        riding: &'a [FieldName],
+        quarantine: &'a str,
+        aside: &'a [Aside],
+        clear: bool,
+    },
 }
 
 /// What Redis answered to one command.

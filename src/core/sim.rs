@@ -39,7 +39,11 @@ pub(crate) enum Mode {
 /// A command of a plan, owned, so that a hung Redis can run it later.
 #[derive(Debug, Clone)]
 enum Owned {
-    Write { pairs: Vec<(Vec<u8>, Vec<u8>)>, removals: Vec<Vec<u8>>, budget: Option<u64> },
+    Write {
+        pairs: Vec<(Vec<u8>, Vec<u8>)>,
+        removals: Vec<Vec<u8>>,
+        budget: Option<u64>,
+    },
     Remove(Vec<Vec<u8>>),
     DeleteAll,
     SetByteCount(u64),
@@ -48,6 +52,13 @@ enum Owned {
     KeyType,
     Read(Vec<u8>),
     ListFields,
+    Repair {
+        moves: Vec<super::Aside>,
+        pairs: Vec<(Vec<u8>, Vec<u8>)>,
+        removals: Vec<Vec<u8>>,
+        budget: Option<u64>,
+        clear: bool,
+    },
 }
 
 /// What the simulated Redis calls every command in errors.
@@ -60,6 +71,8 @@ pub(crate) const TIMEOUT: Duration = Duration::from_millis(200);
 pub(crate) struct SimRedis {
     /// The store's hash: what a crash right now leaves for a restarted client.
     pub(crate) hash: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Its quarantine (`{hash}:quarantine`): entries and their reasons, as the repair script writes them.
+    pub(crate) quarantine: BTreeMap<Vec<u8>, Vec<u8>>,
     pub(crate) mode: Mode,
     generation: u64,
     /// The connection broke (a timeout, a restart): the next exchange reconnects.
@@ -84,6 +97,7 @@ impl Default for SimRedis {
     fn default() -> Self {
         Self {
             hash: BTreeMap::new(),
+            quarantine: BTreeMap::new(),
             mode: Mode::Up,
             generation: 1,
             broken: false,
@@ -101,6 +115,7 @@ impl SimRedis {
     /// Redis restarts without its data.
     pub(crate) fn restart_empty(&mut self) {
         self.hash.clear();
+        self.quarantine.clear();
         self.late.clear();
         self.broken = true;
     }
@@ -317,6 +332,75 @@ impl SimRedis {
                 self.hash.remove(BUDGET_COUNTER_FIELD.as_bytes());
                 Ok(Reply::Done)
             }
+            Owned::Repair { moves, pairs, removals, budget, clear } => {
+                if full {
+                    return Err(refusal("OOM", "command not allowed when used memory > 'maxmemory'"));
+                }
+                // As the repair script: only what the hash still holds as read.
+                let moves: Vec<&super::Aside> = moves
+                    .iter()
+                    .filter(|aside| self.hash.get(aside.key.as_slice()) == Some(&aside.value))
+                    .collect();
+                let moved = |field: &[u8]| moves.iter().any(|aside| aside.key.as_slice() == field);
+                let mut after = None;
+                if let (Some(limit), false) = (budget, clear) {
+                    let mut bytes = self
+                        .hash
+                        .iter()
+                        .filter(|(field, _)| {
+                            field.as_slice() != BUDGET_COUNTER_FIELD.as_bytes() && !moved(field)
+                        })
+                        .map(|(_, value)| value.len() as u64)
+                        .sum::<u64>();
+                    for (field, value) in pairs {
+                        if !moved(field) {
+                            bytes -= self.hash.get(field).map_or(0, Vec::len) as u64;
+                        }
+                        bytes += value.len() as u64;
+                    }
+                    for field in removals {
+                        if !moved(field) {
+                            bytes -= self.hash.get(field).map_or(0, Vec::len) as u64;
+                        }
+                    }
+                    if bytes > *limit {
+                        return Err(refusal("STOREFULL", "the store would hold too many bytes"));
+                    }
+                    after = Some(bytes);
+                }
+                for aside in &moves {
+                    let mut at_ms = aside.at_ms;
+                    let mut entry = super::quarantine_entry(&aside.key, at_ms);
+                    while self.quarantine.contains_key(&entry) {
+                        at_ms += 1;
+                        entry = super::quarantine_entry(&aside.key, at_ms);
+                    }
+                    let mut why = entry.clone();
+                    why.extend_from_slice(super::QUARANTINE_REASON_SUFFIX.as_bytes());
+                    self.quarantine.insert(entry, aside.value.clone());
+                    self.quarantine.insert(why, aside.reason.clone().into_bytes());
+                    self.hash.remove(aside.key.as_slice());
+                }
+                if *clear {
+                    self.hash.clear();
+                    return Ok(Reply::Done);
+                }
+                for (field, value) in pairs {
+                    self.hash.insert(field.clone(), value.clone());
+                }
+                for field in removals {
+                    self.hash.remove(field);
+                }
+                if let Some(bytes) = after {
+                    let counter = BUDGET_COUNTER_FIELD.as_bytes().to_vec();
+                    if self.hash.keys().any(|field| *field != counter) {
+                        self.hash.insert(counter, bytes.to_string().into_bytes());
+                    } else {
+                        self.hash.remove(&counter);
+                    }
+                }
+                Ok(Reply::Done)
+            }
         }
     }
 
@@ -374,5 +458,20 @@ fn owned(plan: &Plan<'_>, command: &Command<'_>) -> Owned {
         Command::Remove(fields) => Owned::Remove(fields.iter().map(|field| field.to_vec()).collect()),
         Command::SetByteCount(bytes) => Owned::SetByteCount(*bytes),
         Command::DropByteCount => Owned::DropByteCount,
+        Command::Repair { records, removals, riding, aside, clear, .. } => Owned::Repair {
+            moves: aside.to_vec(),
+            pairs: if *clear {
+                Vec::new()
+            } else {
+                records.waiting().map(|(field, value)| (field.to_vec(), value.to_vec())).collect()
+            },
+            removals: if *clear {
+                Vec::new()
+            } else {
+                removals.iter().chain(riding.iter()).map(|field| field.to_vec()).collect()
+            },
+            budget: plan.budget,
+            clear: *clear,
+        },
     }
 }

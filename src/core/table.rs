@@ -268,6 +268,18 @@ impl Table {
         self.set_value(key.as_bytes(), Value::Restored(value));
     }
 
+    /// `open` found `old` holding a record that Paho restores only as `new`
+    /// = `value`: Paho sees `new`, owed to Redis, and the removal of `old`
+    /// rides with its write, so that Redis never holds both, nor neither.
+    pub(crate) fn rewrite(&mut self, old: &str, new: &str, value: Vec<u8>) {
+        let new_key = new.as_bytes();
+        self.entry(new_key, kind_of(new, &value));
+        self.set_value(new_key, Value::Restored(value));
+        self.stand(new_key, Standing::WriteOwed);
+        self.entry(old.as_bytes(), Kind::Foreign);
+        self.stand(old.as_bytes(), Standing::RidesWith(FieldName::from_slice(new_key)));
+    }
+
     /// Paho's restore is over (it writes only after it): what it did not
     /// read by then it never will.
     pub(crate) fn end_restore(&mut self) {

@@ -25,6 +25,10 @@ pub(crate) enum Wire {
     WriteScript,
     /// `EVALSHA` of the budget's remove script.
     RemoveScript,
+    /// `EVALSHA` of the repair script: one per open that set records aside,
+    /// so always the script (over TCP too, and it needs the stored value
+    /// compared, which a transaction cannot do).
+    RepairScript,
     /// `MULTI`, `HSET`, `HDEL`, `EXEC`: a write that removes fields, over a
     /// connection that may use transactions (see `Wire::of`).
     Transaction,
@@ -57,6 +61,7 @@ impl Wire {
             Command::Remove(_) => Self::Hdel,
             Command::SetByteCount(_) => Self::Hset,
             Command::DropByteCount => Self::Hdel,
+            Command::Repair { .. } => Self::RepairScript,
         }
     }
 
@@ -70,7 +75,9 @@ impl Wire {
             Self::Del => "DEL",
             Self::Hset => "HSET",
             Self::Hdel => "HDEL",
-            Self::WriteAndRemoveScript | Self::WriteScript | Self::RemoveScript => "EVALSHA",
+            Self::WriteAndRemoveScript | Self::WriteScript | Self::RemoveScript | Self::RepairScript => {
+                "EVALSHA"
+            }
             Self::Transaction => "MULTI/EXEC",
         }
     }
@@ -192,6 +199,45 @@ pub(super) fn encode(plan: &Plan<'_>, transactions: bool, packed: &mut BytesMut)
                 resp::arg_number(packed, bytes);
             }
             Command::DropByteCount => simple(packed, &[b"HDEL", hash, BUDGET_COUNTER_FIELD.as_bytes()]),
+            Command::Repair { records, removals, riding, quarantine, aside, clear } => {
+                let pairs = if clear { 0 } else { records.waiting_count() };
+                let removed = if clear { 0 } else { removals.len().saturating_add(riding.len()) };
+                let args = aside
+                    .len()
+                    .saturating_mul(4)
+                    .saturating_add(pairs.saturating_mul(2))
+                    .saturating_add(removed)
+                    .saturating_add(10);
+                resp::begin(packed, args);
+                resp::arg(packed, b"EVALSHA");
+                resp::arg(packed, SCRIPTS.repair.get_hash().as_bytes());
+                resp::arg(packed, b"2");
+                resp::arg(packed, hash);
+                resp::arg(packed, quarantine.as_bytes());
+                match plan.budget {
+                    Some(limit) => resp::arg_number(packed, limit),
+                    None => resp::arg(packed, b""),
+                }
+                resp::arg(packed, BUDGET_COUNTER_FIELD.as_bytes());
+                resp::arg(packed, if clear { b"1" } else { b"0" });
+                resp::arg_number(packed, u64::try_from(aside.len()).unwrap_or(u64::MAX));
+                for set_aside in aside {
+                    resp::arg(packed, &set_aside.key);
+                    resp::arg_number(packed, set_aside.at_ms);
+                    resp::arg(packed, &set_aside.value);
+                    resp::arg(packed, set_aside.reason.as_bytes());
+                }
+                resp::arg_number(packed, u64::try_from(pairs).unwrap_or(u64::MAX));
+                if !clear {
+                    for (field, value) in records.waiting() {
+                        resp::arg(packed, field);
+                        resp::arg(packed, value);
+                    }
+                    for field in removals.iter().chain(riding) {
+                        resp::arg(packed, field);
+                    }
+                }
+            }
         }
     }
 }
@@ -208,7 +254,14 @@ mod tests {
     use smallvec::smallvec;
 
     use super::*;
+    use crate::core::QUARANTINE_REASON_SUFFIX;
     use crate::core::{CacheLimits, FieldName, Table};
+
+    /// The script names the reason's field as the store does.
+    #[test]
+    fn the_repair_script_names_reasons_as_the_store_reads_them() {
+        assert!(super::super::scripts::REPAIR_SCRIPT.contains(&format!("'{QUARANTINE_REASON_SUFFIX}'")));
+    }
 
     /// The arguments of each command in `packed`, as Redis reads them.
     fn commands(packed: &[u8]) -> Vec<Vec<Vec<u8>>> {
@@ -247,6 +300,20 @@ mod tests {
         let mut table = Table::new(CacheLimits::default());
         table.write("s-1", &[b"value"]);
         let write = |removals| Command::Write { records: &table, removals, riding: &[] };
+        let aside = [crate::core::Aside {
+            key: smallvec![b's', b'-', b'2'],
+            value: Vec::new(),
+            reason: "empty".to_owned(),
+            at_ms: 1,
+        }];
+        let repair = |clear| Command::Repair {
+            records: &table,
+            removals: &removals,
+            riding: &[],
+            quarantine: "h:quarantine",
+            aside: &aside,
+            clear,
+        };
         let all = [
             Command::ReadAll,
             Command::KeyType,
@@ -258,6 +325,8 @@ mod tests {
             Command::Remove(&removals),
             Command::SetByteCount(7),
             Command::DropByteCount,
+            repair(false),
+            repair(true),
         ];
         for (budget, transactions) in [(None, false), (Some(100), false), (None, true), (Some(100), true)] {
             for command in all {

@@ -79,21 +79,92 @@ end
 return freed
 ";
 
+/// `open`'s repair (`Command::Repair`). `KEYS[1]` the hash, `KEYS[2]` its
+/// quarantine; `ARGV` = limit (empty: no budget), counter field, `1` to
+/// delete the hash instead of writing, number of records set aside, then
+/// for each its field, the time it was read (ms), its value and the reason;
+/// then the number of pairs, the pairs and the fields to remove, as for
+/// `WRITE_AND_REMOVE_SCRIPT`.
+///
+/// A record set aside is moved only while the hash still holds the value
+/// that was checked (a repair that ran late moved it already), to the
+/// entry `{field}@{ms}` (the next free ms, so that two quarantines of one
+/// field stay apart), with the reason in `{entry}#reason`. With a budget,
+/// the byte count is taken again from the values that stay, and a write
+/// beyond the budget changes nothing (`STOREFULL`). Returns the records moved.
+pub(crate) const REPAIR_SCRIPT: &str = r"
+local hash, quarantine = KEYS[1], KEYS[2]
+local limit, counter, clear = tonumber(ARGV[1]), ARGV[2], ARGV[3] == '1'
+local moves, moved, at = {}, {}, 5
+for _ = 1, tonumber(ARGV[4]) do
+  if redis.call('HGET', hash, ARGV[at]) == ARGV[at + 2] then
+    moves[#moves + 1] = at
+    moved[ARGV[at]] = true
+  end
+  at = at + 4
+end
+local first_pair, last_pair = at + 1, at + 2 * tonumber(ARGV[at])
+local after
+if limit and not clear then
+  after = 0
+  local all = redis.call('HGETALL', hash)
+  for i = 1, #all, 2 do
+    if all[i] ~= counter and not moved[all[i]] then after = after + #all[i + 1] end
+  end
+  for i = first_pair, last_pair, 2 do
+    if not moved[ARGV[i]] then after = after - redis.call('HSTRLEN', hash, ARGV[i]) end
+    after = after + #ARGV[i + 1]
+  end
+  for i = last_pair + 1, #ARGV do
+    if not moved[ARGV[i]] then after = after - redis.call('HSTRLEN', hash, ARGV[i]) end
+  end
+  if after > limit then
+    return redis.error_reply('STOREFULL the store would hold ' .. after .. ' bytes')
+  end
+end
+for _, m in ipairs(moves) do
+  local ms = tonumber(ARGV[m + 1])
+  local entry = ARGV[m] .. '@' .. string.format('%.0f', ms)
+  while redis.call('HEXISTS', quarantine, entry) == 1 do
+    ms = ms + 1
+    entry = ARGV[m] .. '@' .. string.format('%.0f', ms)
+  end
+  redis.call('HSET', quarantine, entry, ARGV[m + 2], entry .. '#reason', ARGV[m + 3])
+  redis.call('HDEL', hash, ARGV[m])
+end
+if clear then
+  redis.call('DEL', hash)
+  return #moves
+end
+for i = first_pair, last_pair, 2 do redis.call('HSET', hash, ARGV[i], ARGV[i + 1]) end
+for i = last_pair + 1, #ARGV do redis.call('HDEL', hash, ARGV[i]) end
+if after then
+  if redis.call('HLEN', hash) > redis.call('HEXISTS', hash, counter) then
+    redis.call('HSET', hash, counter, after)
+  else
+    redis.call('HDEL', hash, counter)
+  end
+end
+return #moves
+";
+
 /// The scripts, with their SHA computed once.
 pub(crate) struct Scripts {
     pub(crate) write_and_remove: redis::Script,
     pub(crate) write: redis::Script,
     pub(crate) remove: redis::Script,
+    pub(crate) repair: redis::Script,
 }
 
 pub(crate) static SCRIPTS: std::sync::LazyLock<Scripts> = std::sync::LazyLock::new(|| Scripts {
     write_and_remove: redis::Script::new(WRITE_AND_REMOVE_SCRIPT),
     write: redis::Script::new(WRITE_SCRIPT),
     remove: redis::Script::new(REMOVE_SCRIPT),
+    repair: redis::Script::new(REPAIR_SCRIPT),
 });
 
 /// Every script's source.
-pub(crate) const SOURCES: [&str; 3] = [WRITE_AND_REMOVE_SCRIPT, WRITE_SCRIPT, REMOVE_SCRIPT];
+pub(crate) const SOURCES: [&str; 4] = [WRITE_AND_REMOVE_SCRIPT, WRITE_SCRIPT, REMOVE_SCRIPT, REPAIR_SCRIPT];
 
 /// Loads every script into Redis (`SCRIPT LOAD`), after a `NOSCRIPT`.
 pub(crate) fn load(conn: &mut redis::Connection) -> redis::RedisResult<()> {
