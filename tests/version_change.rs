@@ -184,7 +184,8 @@ fn key(version: u32, v3_prefix: &str, id: u16) -> String {
 
 /// A sent QoS 1 PUBLISH (`s-`), a QoS 2 PUBLISH whose PUBREL was sent
 /// (`s-` and `sc-`: the broker has it, it must not come again) and an
-/// inbound QoS 2 PUBLISH (`r-`) of one version, restarted as the other.
+/// inbound QoS 2 PUBLISH (`r-`) of one version, restarted as the other:
+/// the first two resume once, the third is set aside.
 fn exchanges_survive(from: u32, to: u32) {
     let scene = Scene::new(&format!("exchanges-{from}-{to}"));
     scene.open_session(to);
@@ -197,10 +198,12 @@ fn exchanges_survive(from: u32, to: u32) {
         (key(from, "r-", 3), publish_packet(&scene.topic, 3, 2, "received qos2", properties)),
     ]);
     assert_eq!(scene.start_and_collect(to, 1), once_each(&["sent qos1"]), "after the change");
-    // The inbound one waits for a PUBREL this broker will never send: its
-    // record stays, in the client's version.
-    assert_eq!(scene.redis.fields(&scene.hash()), [key(to, "r-", 3)], "only the inbound record is left");
-    assert_eq!(scene.quarantine_fields(), 0, "nothing needed setting aside");
+    // The inbound one cannot change version: MQTT 5 hands a message to the
+    // application when it arrives, MQTT 3.1.1 when its PUBREL does
+    // (`MQTTProtocol_handlePubrels`), so the other version would deliver it
+    // twice or never. It is set aside.
+    assert_eq!(scene.redis.fields(&scene.hash()), Vec::<String>::new(), "nothing left in the store");
+    assert!(scene.quarantine_fields() > 0, "the inbound record is in the quarantine");
     assert_eq!(scene.start_and_collect(to, 0), [], "nothing again at the next start");
 }
 

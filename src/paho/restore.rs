@@ -19,7 +19,6 @@ use super::{parse_key, Kind, Version, PUBLISH_COMMAND, SUBSCRIBE_COMMAND, UNSUBS
 
 /// What `open` does with a record it read, for a client of a given version.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[cfg_attr(not(test), allow(dead_code))] // until the check returns every verdict
 pub(crate) enum AtOpen {
     /// Paho's restore takes it as it is.
     Restore,
@@ -32,8 +31,6 @@ pub(crate) enum AtOpen {
 }
 
 /// What `open` does with the record `key` = `value` for a client of `client` version.
-// Unused until the store's open calls it (being plumbed in another branch).
-#[cfg_attr(not(feature = "decode"), allow(dead_code))]
 pub(crate) fn at_open(key: &str, value: &[u8], client: Version) -> AtOpen {
     // A key without a Paho prefix is not this check's business: the store
     // never hands such fields to Paho (it skips them when listing keys).
