@@ -695,7 +695,11 @@ fn random_call_sequences_keep_the_table_and_redis_in_step() {
             (true, true, small),
         ] {
             for budget in [None, Some(300)] {
-                random_sequence(seed, Settings { budget, defer_qos1_removals, cache }, pipelined);
+                random_sequence(
+                    seed,
+                    Settings { budget, defer_qos1_removals, cache, ..Settings::default() },
+                    pipelined,
+                );
                 sequences += 1;
             }
         }
