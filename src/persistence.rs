@@ -10,6 +10,7 @@ use paho_mqtt::ClientPersistence;
 use crate::config::{Builder, Config};
 use crate::core::drive::{self, Confirmations, Runner, Served};
 use crate::core::{Core, Exchange, Plan, Settings};
+use crate::lease::{Lease, Standing};
 use crate::stats::{Counters, Operation};
 use crate::transport::Transport;
 use crate::{Error, Stats};
@@ -216,6 +217,8 @@ struct State {
     core: Option<Core>,
     /// The clone that opened `core`.
     opened_by: usize,
+    /// The open store's lease: this process owns the hash.
+    lease: Option<Lease>,
 }
 
 impl Default for RedisPersistence {
@@ -251,7 +254,7 @@ impl RedisPersistence {
     pub fn from_config(config: Config) -> Self {
         let counters = Arc::new(Counters::new());
         let transport = Transport::new(&config, Arc::clone(&counters));
-        let state = Mutex::new(State { transport, core: None, opened_by: 0 });
+        let state = Mutex::new(State { transport, core: None, opened_by: 0, lease: None });
         let next_handle = AtomicUsize::new(1);
         Self {
             shared: Arc::new(Shared { config, counters, hash: Mutex::new(None), state, next_handle }),
@@ -316,10 +319,14 @@ impl RedisPersistence {
         call: impl FnOnce(&mut Core, &mut Connected<'_>) -> Result<T, Error>,
     ) -> Result<T, Error> {
         let mut state = self.lock();
-        let State { transport, core, opened_by } = &mut *state;
+        let State { transport, core, opened_by, lease } = &mut *state;
         let core = core.as_mut().ok_or(Error::NotOpen)?;
         if *opened_by != self.handle {
             return Err(Error::OpenElsewhere { hash: core.hash().to_owned() });
+        }
+        if let Some(lease) = lease {
+            // A clock read while the lease is valid.
+            fence_unless_held(core, lease.standing(), &self.shared.counters);
         }
         transport.begin_call();
         let result = call(core, &mut Connected { transport, config: &self.shared.config });
@@ -330,7 +337,7 @@ impl RedisPersistence {
     fn try_open(&self, client_id: &str, server_uri: &str) -> Result<String, Error> {
         let hash = self.shared.config.hash_name(client_id, server_uri);
         let mut state = self.lock();
-        let State { transport, core, opened_by } = &mut *state;
+        let State { transport, core, opened_by, lease } = &mut *state;
         if let Some(open) = core.as_ref().filter(|_| *opened_by != self.handle && *opened_by != NO_HANDLE) {
             return Err(Error::OpenElsewhere { hash: open.hash().to_owned() });
         }
@@ -342,10 +349,21 @@ impl RedisPersistence {
             drive::close(&mut previous, &mut runner);
             self.set_hash_name(None);
         }
+        // Released before it is taken again (the same process would find itself alive).
+        *lease = None;
+        runner.transport.set_gate(None);
         // A closed (or reopened) store holds nothing in memory any more.
         self.shared.counters.set_unwritten_records(0);
+        self.shared.counters.set_lease_lost(false);
+        // Taken before the hash is read: from here on no other process writes it.
+        let taken = Lease::acquire(&self.shared.config, &hash)?;
+        runner.transport.set_gate(Some(taken.gate()));
         let mut opened = Core::new(hash.clone(), self.settings());
-        drive::open(&mut opened, &mut runner)?;
+        if let Err(error) = drive::open(&mut opened, &mut runner) {
+            runner.transport.set_gate(None);
+            return Err(error); // the lease is released with `taken`
+        }
+        *lease = Some(taken);
         *core = Some(opened);
         *opened_by = self.handle;
         self.set_hash_name(Some(hash.clone()));
@@ -397,15 +415,21 @@ impl RedisPersistence {
 
     fn try_close(&self) {
         let mut state = self.lock();
-        let State { transport, core, opened_by } = &mut *state;
+        let State { transport, core, opened_by, lease } = &mut *state;
         if core.is_some() && *opened_by != self.handle {
             return; // another clone's store: not this one's to close
+        }
+        if let (Some(core), Some(lease)) = (core.as_mut(), lease.as_ref()) {
+            fence_unless_held(core, lease.standing(), &self.shared.counters);
         }
         transport.begin_call();
         if let Some(core) = core.as_mut() {
             drive::close(core, &mut Connected { transport, config: &self.shared.config });
         }
         transport.disconnect();
+        transport.set_gate(None);
+        // Released after the last write: compare-and-delete, only if still ours.
+        *lease = None;
         *core = None;
         self.shared.counters.set_unwritten_records(0);
         self.set_hash_name(None);
@@ -414,6 +438,31 @@ impl RedisPersistence {
     fn set_hash_name(&self, hash: Option<String>) {
         *self.shared.hash.lock().unwrap_or_else(PoisonError::into_inner) = hash;
     }
+}
+
+/// Fences `core` unless its lease is held, and lifts the fence once it is
+/// held again (see `Core::fence`); logs each change once.
+fn fence_unless_held(core: &mut Core, standing: Standing, counters: &Counters) {
+    let lost = matches!(standing, Standing::Lost(_));
+    let why = match standing {
+        Standing::Held if core.fenced().is_none() => return,
+        Standing::Held => None,
+        standing => Some(standing.reason()),
+    };
+    if core.fenced() == why.as_deref() {
+        return;
+    }
+    counters.set_lease_lost(lost);
+    match (&why, core.fenced()) {
+        // A lost lease was logged as an error where it was found.
+        (Some(why), None) if !lost => log::warn!(
+            "redis persistence: `{}` writes nothing until its lease is confirmed ({why}); records wait in memory",
+            core.hash()
+        ),
+        (None, Some(_)) => log::info!("redis persistence: the lease of `{}` is confirmed again", core.hash()),
+        _ => {}
+    }
+    core.fence(why);
 }
 
 /// The transport, with the configuration its exchanges need, as the core's runner.

@@ -65,6 +65,12 @@ pub struct Stats {
     /// messages would not survive a crash: an application that prefers to
     /// refuse publishing then can check it before each publish.
     pub unwritten_records: u64,
+    /// Not a count but a gauge: 1 once the store's lease was lost to another
+    /// process (this one was paused, or cut off from Redis, longer than the
+    /// lease): the store is fenced and writes nothing more to its hash, so
+    /// every record Paho stores from then on is in memory only. Restart the
+    /// client. 0 otherwise.
+    pub lease_lost: u64,
 }
 
 /// One of the store operations that Paho (or a Rust caller) invokes; each has its own counter.
@@ -98,6 +104,7 @@ pub(crate) struct Counters {
     index_hits: Counter,
     snapshot_hits: Counter,
     unwritten_records: Counter,
+    lease_lost: Counter,
 }
 
 impl Counters {
@@ -169,6 +176,11 @@ impl Counters {
         self.unwritten_records.set(widen(records));
     }
 
+    /// Sets the lease-lost gauge.
+    pub(crate) fn set_lease_lost(&self, lost: bool) {
+        self.lease_lost.set(u64::from(lost));
+    }
+
     /// The current number of records held in memory only.
     pub(crate) fn unwritten_records(&self) -> u64 {
         self.unwritten_records.get()
@@ -193,6 +205,7 @@ impl Counters {
             index_hits: self.index_hits.get(),
             snapshot_hits: self.snapshot_hits.get(),
             unwritten_records: self.unwritten_records.get(),
+            lease_lost: self.lease_lost.get(),
         }
     }
 }
