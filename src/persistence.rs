@@ -156,10 +156,32 @@ const MAX_VALUE_BYTES: usize = 512 * 1024 * 1024;
 ///
 /// Paho sees only [`paho_mqtt::Error::PersistenceError`] (so
 /// `AsyncClient::new` fails with it); `OpenElsewhere` itself is in the log.
-/// Two stores built separately for one client id are not detected: they
-/// share the hash as two writers, which the store assumes it is not. Once
-/// Paho has closed the store (its client dropped), a clone may serve a new
-/// client; [`stats`](Self::stats) keeps counting across both.
+/// Two stores built separately for one client id are refused like two
+/// processes (see "One owner per store"). Once Paho has closed the store
+/// (its client dropped), a clone may serve a new client;
+/// [`stats`](Self::stats) keeps counting across both.
+///
+/// # One owner per store
+///
+/// `open` takes the store for this process with a lease in Redis, the
+/// string [`Config::lease_name`] (`{hash}:owner`), before it reads the hash;
+/// a thread renews it every third of [`Builder::lease`] (default 10 s) on a
+/// connection of its own, and `close` deletes it if it is still this
+/// store's. A live owner makes `open` fail with [`Error::InUse`] naming it;
+/// a dead one on this host (its pid gone or reused) is taken over at once;
+/// one this host cannot look up (another host or pid namespace) is waited
+/// out, at most the lease plus 1 s, and refused if it renews meanwhile.
+///
+/// The lease costs Paho's calls a clock read: no command, no wait. Past the
+/// lease's validity (the last confirmed renewal plus ¾ of the lease, on a
+/// monotonic clock), a call renews it before it writes; and a reconnect
+/// confirms it before anything is written on the new connection. A store
+/// whose lease was taken by another (this process was paused, or cut off
+/// from Redis, past it) is fenced: nothing more is written to or removed
+/// from the hash, Paho's records stay in memory as when Redis is down,
+/// [`Stats::lease_lost`] turns 1 and the log says it once. A pause between
+/// that clock read and the write's system call is not covered (see the
+/// README's "One owner per store").
 ///
 /// # Threads
 ///
