@@ -202,6 +202,12 @@ impl Owner {
     }
 }
 
+/// The lease value of a new store of this process: who it is, since now,
+/// and a token of its own.
+pub(crate) fn own_value() -> String {
+    Owner::new(Identity::own()).value()
+}
+
 /// A random token, from the standard library's per-process random hash keys.
 fn token() -> String {
     use std::hash::BuildHasher;
@@ -272,11 +278,14 @@ impl Lease {
     /// Takes the lease of `hash` for this process, waiting out one held by a
     /// process this host cannot look up (at most the lease plus 1 s), and
     /// starts its renewal.
-    pub(crate) fn acquire(config: &Config, hash: &str) -> Result<Self, Error> {
+    ///
+    /// `value` is the store's own (see [`own_value`]), the same at every
+    /// `open` of one store: a lease holding it is this store's already (a
+    /// release that failed, or a `SET` that timed out and ran late).
+    pub(crate) fn acquire(config: &Config, hash: &str, value: &str) -> Result<Self, Error> {
         let key = Config::lease_name(hash);
         let me = Identity::own();
-        let owner = Owner::new(me.clone());
-        let value = owner.value();
+        let value = value.to_owned();
         let duration = config.lease();
         let millis = duration_millis(duration);
         let mut conn = connect(config)?;
@@ -311,6 +320,15 @@ impl Lease {
                 .map_err(|source| command_error("GET", source))?;
             let Some(held) = held else { continue }; // expired in between
             let held = String::from_utf8_lossy(&held).into_owned();
+            if held == value {
+                let () = redis::cmd("PEXPIRE")
+                    .arg(&key)
+                    .arg(millis)
+                    .query::<i64>(&mut conn)
+                    .map(drop)
+                    .map_err(|source| command_error("PEXPIRE", source))?;
+                return Ok(Self::start(hash, key.clone(), value, duration, config, conn, base));
+            }
             let holder = Owner::parse(&held);
             let in_use = || Error::InUse { hash: hash.to_owned(), owner: holder.describe() };
             races += 1;
@@ -493,8 +511,17 @@ impl Shared {
         }
     }
 
-    /// One renewal (compare-and-set) on `conn`, connecting first if needed.
+    /// One renewal (compare-and-set) on `conn`, connecting first if needed;
+    /// a connection found broken (Redis restarted, `CLIENT KILL`) is opened
+    /// again once, as the store's own transport does.
     fn renew(&self, conn: &mut Option<redis::Connection>) -> Renewal {
+        match self.renew_once(conn) {
+            Renewal::Unreachable(error) if conn.is_none() && !error.is_timeout() => self.renew_once(conn),
+            renewal => renewal,
+        }
+    }
+
+    fn renew_once(&self, conn: &mut Option<redis::Connection>) -> Renewal {
         if self.lost_to().is_some() {
             return Renewal::Lost(self.lost_to().unwrap_or_default());
         }
@@ -542,7 +569,10 @@ impl Shared {
                 Renewal::Lost(holder)
             }
             Err(source) => {
-                *conn = None;
+                let broken = source.is_io_error() || source.is_connection_dropped() || source.is_timeout();
+                if broken {
+                    *conn = None;
+                }
                 Renewal::Unreachable(Error::command("EVALSHA", &self.key, source))
             }
         }
@@ -597,9 +627,21 @@ impl Drop for Lease {
             return;
         }
         let mut conn = self.shared.conn.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(connection) = conn.as_mut() else { return };
-        let released: redis::RedisResult<i64> =
-            SCRIPTS.release.key(&self.shared.key).arg(&self.shared.value).invoke(connection);
+        let release = |connection: &mut redis::Connection| {
+            SCRIPTS.release.key(&self.shared.key).arg(&self.shared.value).invoke::<i64>(connection)
+        };
+        let mut released = match conn.as_mut() {
+            Some(connection) => {
+                release(connection).map_err(|e| Error::command("EVALSHA", &self.shared.key, e))
+            }
+            None => Err(Error::NotOpen),
+        };
+        if released.is_err() {
+            // The connection may have broken since the last renewal: once more on a new one.
+            released = connect(&self.shared.config).and_then(|mut fresh| {
+                release(&mut fresh).map_err(|e| Error::command("EVALSHA", &self.shared.key, e))
+            });
+        }
         if let Err(error) = released {
             log::warn!(
                 "redis persistence: cannot release the lease `{}` (it expires by itself): {error}",

@@ -229,6 +229,8 @@ struct Shared {
     hash: Mutex<Option<String>>,
     state: Mutex<State>,
     next_handle: AtomicUsize,
+    /// The value of this store's lease, the same at every `open`.
+    owner: String,
 }
 
 /// What changes while the store is in use; guarded by one lock.
@@ -279,7 +281,14 @@ impl RedisPersistence {
         let state = Mutex::new(State { transport, core: None, opened_by: 0, lease: None });
         let next_handle = AtomicUsize::new(1);
         Self {
-            shared: Arc::new(Shared { config, counters, hash: Mutex::new(None), state, next_handle }),
+            shared: Arc::new(Shared {
+                config,
+                counters,
+                hash: Mutex::new(None),
+                state,
+                next_handle,
+                owner: crate::lease::own_value(),
+            }),
             handle: 0,
         }
     }
@@ -378,7 +387,7 @@ impl RedisPersistence {
         self.shared.counters.set_unwritten_records(0);
         self.shared.counters.set_lease_lost(false);
         // Taken before the hash is read: from here on no other process writes it.
-        let taken = Lease::acquire(&self.shared.config, &hash)?;
+        let taken = Lease::acquire(&self.shared.config, &hash, &self.shared.owner)?;
         runner.transport.set_gate(Some(taken.gate()));
         let mut opened = Core::new(hash.clone(), self.settings());
         if let Err(error) = drive::open(&mut opened, &mut runner) {
