@@ -25,6 +25,13 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Redis can stall the MQTT client.
 pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long a store's lease lasts without renewal: 10 s (see [`Builder::lease`]).
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
+
+/// The shortest lease [`Builder::lease`] accepts: Redis expires keys to the
+/// millisecond, and a renewal every third of it must have time to run.
+pub const MIN_LEASE: Duration = Duration::from_millis(300);
+
 /// A validated configuration of a [`RedisPersistence`].
 ///
 /// `Debug` shows the address, database, user name and prefix, and prints
@@ -39,9 +46,15 @@ pub struct Config {
     max_store_bytes: Option<u64>,
     defer_qos1_removals: bool,
     mqtt_version: Version,
+    lease: Duration,
 }
 
 impl Config {
+    /// How long the store's lease lasts without renewal (see [`Builder::lease`]).
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
     /// The MQTT version of the client the store serves (see [`Builder::mqtt_version`]).
     pub fn mqtt_version(&self) -> crate::MqttVersion {
         self.mqtt_version
@@ -135,6 +148,7 @@ impl Default for Config {
             max_store_bytes: None,
             defer_qos1_removals: false,
             mqtt_version: Version::V3,
+            lease: DEFAULT_LEASE,
         }
     }
 }
@@ -158,6 +172,7 @@ impl fmt::Debug for Config {
             .field("io_timeout", &self.io_timeout)
             .field("max_store_bytes", &self.max_store_bytes)
             .field("defer_qos1_removals", &self.defer_qos1_removals)
+            .field("lease", &self.lease)
             .finish()
     }
 }
@@ -253,6 +268,7 @@ pub struct Builder {
     max_store_bytes: Option<u64>,
     defer_qos1_removals: bool,
     mqtt_version: Option<u32>,
+    lease: Option<Duration>,
 }
 
 /// A URL kept for `build`, printed without its contents (it may hold a password).
@@ -344,6 +360,27 @@ impl Builder {
         self
     }
 
+    /// How long the store's lease lasts without renewal. Default:
+    /// [`DEFAULT_LEASE`] (10 s); at least [`MIN_LEASE`].
+    ///
+    /// `open` takes the store for this process with a lease in Redis
+    /// (`{hash}:owner`, see [`Config::lease_name`]), renewed every third of
+    /// this by a thread of the store, so that a second process with the same
+    /// client id is refused ([`Error::InUse`]) instead of overwriting this
+    /// one's records. After a crash, a new process on the same host takes
+    /// the store over at once; one on another host (or in another pid
+    /// namespace: another container) cannot tell a dead owner from a paused
+    /// one, and waits until the lease expires, at most this plus 1 s, inside
+    /// `open` (so inside Paho's client creation). Shorter: faster takeovers
+    /// from another host, more renewals (3 per lease), and a store that
+    /// stops writing ([`Error::Fenced`]) after a shorter stall of its
+    /// process or of Redis. It should exceed `io_timeout` several times, so
+    /// that one slow renewal does not cost the lease.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = Some(lease);
+        self
+    }
+
     /// Validates the options. Nothing connects until Paho calls `open`.
     pub fn build(self) -> Result<RedisPersistence, Error> {
         Ok(RedisPersistence::from_config(self.into_config()?))
@@ -366,6 +403,13 @@ impl Builder {
         }
         config.max_store_bytes = self.max_store_bytes;
         config.defer_qos1_removals = self.defer_qos1_removals;
+        config.lease = positive("lease", self.lease)?.unwrap_or(DEFAULT_LEASE);
+        if config.lease < MIN_LEASE {
+            return Err(Error::InvalidOption {
+                option: "lease",
+                reason: format!("{:?} is shorter than the shortest lease, {MIN_LEASE:?}", config.lease),
+            });
+        }
         config.mqtt_version = match self.mqtt_version.unwrap_or(0) {
             0 | 3 | 4 => Version::V3,
             5 => Version::V5,

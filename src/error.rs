@@ -90,6 +90,31 @@ pub enum Error {
         hash: String,
     },
 
+    /// Another process (or another `RedisPersistence` of this process) has
+    /// the store open: its lease (`{hash}:owner`) names it, and it is alive,
+    /// or it kept renewing its lease while `open` waited for it to expire.
+    #[error(
+        "the store `{hash}` is in use by {owner}: two clients with one client id would overwrite \
+         each other's records (stop that one, or give this client another client id)"
+    )]
+    InUse {
+        /// The Redis hash that holds the store.
+        hash: String,
+        /// Who holds it, as its lease says: host, pid, and since when.
+        owner: String,
+    },
+
+    /// The store's lease was lost (another process took the store over while
+    /// this one was paused or cut off from Redis), or this process cannot
+    /// confirm it: nothing more is written to or removed from the hash.
+    #[error("the store `{hash}` is fenced: {reason}; nothing is written to it any more")]
+    Fenced {
+        /// The Redis hash that holds the store.
+        hash: String,
+        /// Why: who holds the lease now, or that it could not be confirmed.
+        reason: String,
+    },
+
     /// Connecting (or reconnecting) to Redis failed.
     #[error("cannot connect to Redis at {addr}: {source}")]
     Connect {
@@ -106,10 +131,12 @@ pub enum Error {
     Command {
         /// The Redis command that failed, or that could not be sent because
         /// Redis had not answered the ones before it: `HSET`, `HDEL`, `HGET`,
-        /// `HGETALL`, `HKEYS`, `DEL`, `TYPE`, `MULTI/EXEC` for a write with a
+        /// `HGETALL`, `HKEYS`, `DEL`, `TYPE`, `SET`, `GET` and `PTTL` (the
+        /// lease), `MULTI/EXEC` for a write with a
         /// removal over the Unix socket, or `EVALSHA` for the store's scripts
         /// (a write with a removal over TCP, any write or removal under
-        /// `max_store_bytes`, and [`admin::Stores::purge`](crate::admin::Stores::purge));
+        /// `max_store_bytes`, the lease's renewal and release, and
+        /// [`admin::Stores::purge`](crate::admin::Stores::purge));
         /// also `SCAN` and `HSTRLEN` for [`admin`](crate::admin).
         command: &'static str,
         /// The Redis hash that holds the store (the pattern, for `SCAN`).

@@ -68,13 +68,16 @@ mod core;
 #[cfg_attr(docsrs, doc(cfg(feature = "decode")))]
 pub mod decode;
 mod error;
+mod lease;
 mod paho;
 mod persistence;
 mod stats;
 mod transport;
 
 pub use crate::core::BUDGET_COUNTER_FIELD;
-pub use config::{Builder, Config, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IO_TIMEOUT, DEFAULT_PORT};
+pub use config::{
+    Builder, Config, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IO_TIMEOUT, DEFAULT_LEASE, DEFAULT_PORT, MIN_LEASE,
+};
 pub use error::{Cause, Error};
 pub use paho::Version as MqttVersion;
 // For the fuzz crate only (fuzz/fuzz_targets/restore_check.rs), which turns `decode` on.

@@ -10,6 +10,7 @@ use paho_mqtt::ClientPersistence;
 use crate::config::{Builder, Config};
 use crate::core::drive::{self, Confirmations, Runner, Served};
 use crate::core::{Core, Exchange, Plan, Settings};
+use crate::lease::{Lease, Standing};
 use crate::stats::{Counters, Operation};
 use crate::transport::Transport;
 use crate::{Error, Stats};
@@ -169,10 +170,32 @@ const MAX_VALUE_BYTES: usize = 512 * 1024 * 1024;
 ///
 /// Paho sees only [`paho_mqtt::Error::PersistenceError`] (so
 /// `AsyncClient::new` fails with it); `OpenElsewhere` itself is in the log.
-/// Two stores built separately for one client id are not detected: they
-/// share the hash as two writers, which the store assumes it is not. Once
-/// Paho has closed the store (its client dropped), a clone may serve a new
-/// client; [`stats`](Self::stats) keeps counting across both.
+/// Two stores built separately for one client id are refused like two
+/// processes (see "One owner per store"). Once Paho has closed the store
+/// (its client dropped), a clone may serve a new client;
+/// [`stats`](Self::stats) keeps counting across both.
+///
+/// # One owner per store
+///
+/// `open` takes the store for this process with a lease in Redis, the
+/// string [`Config::lease_name`] (`{hash}:owner`), before it reads the hash;
+/// a thread renews it every third of [`Builder::lease`] (default 10 s) on a
+/// connection of its own, and `close` deletes it if it is still this
+/// store's. A live owner makes `open` fail with [`Error::InUse`] naming it;
+/// a dead one on this host (its pid gone or reused) is taken over at once;
+/// one this host cannot look up (another host or pid namespace) is waited
+/// out, at most the lease plus 1 s, and refused if it renews meanwhile.
+///
+/// The lease costs Paho's calls a clock read: no command, no wait. Past the
+/// lease's validity (the last confirmed renewal plus ¾ of the lease, on a
+/// monotonic clock), a call renews it before it writes; and a reconnect
+/// confirms it before anything is written on the new connection. A store
+/// whose lease was taken by another (this process was paused, or cut off
+/// from Redis, past it) is fenced: nothing more is written to or removed
+/// from the hash, Paho's records stay in memory as when Redis is down,
+/// [`Stats::lease_lost`] turns 1 and the log says it once. A pause between
+/// that clock read and the write's system call is not covered (see the
+/// README's "One owner per store").
 ///
 /// # Threads
 ///
@@ -220,6 +243,8 @@ struct Shared {
     hash: Mutex<Option<String>>,
     state: Mutex<State>,
     next_handle: AtomicUsize,
+    /// The value of this store's lease, the same at every `open`.
+    owner: String,
 }
 
 /// What changes while the store is in use; guarded by one lock.
@@ -230,6 +255,8 @@ struct State {
     core: Option<Core>,
     /// The clone that opened `core`.
     opened_by: usize,
+    /// The open store's lease: this process owns the hash.
+    lease: Option<Lease>,
 }
 
 impl Default for RedisPersistence {
@@ -265,10 +292,17 @@ impl RedisPersistence {
     pub fn from_config(config: Config) -> Self {
         let counters = Arc::new(Counters::new());
         let transport = Transport::new(&config, Arc::clone(&counters));
-        let state = Mutex::new(State { transport, core: None, opened_by: 0 });
+        let state = Mutex::new(State { transport, core: None, opened_by: 0, lease: None });
         let next_handle = AtomicUsize::new(1);
         Self {
-            shared: Arc::new(Shared { config, counters, hash: Mutex::new(None), state, next_handle }),
+            shared: Arc::new(Shared {
+                config,
+                counters,
+                hash: Mutex::new(None),
+                state,
+                next_handle,
+                owner: crate::lease::own_value(),
+            }),
             handle: 0,
         }
     }
@@ -330,10 +364,14 @@ impl RedisPersistence {
         call: impl FnOnce(&mut Core, &mut Connected<'_>) -> Result<T, Error>,
     ) -> Result<T, Error> {
         let mut state = self.lock();
-        let State { transport, core, opened_by } = &mut *state;
+        let State { transport, core, opened_by, lease } = &mut *state;
         let core = core.as_mut().ok_or(Error::NotOpen)?;
         if *opened_by != self.handle {
             return Err(Error::OpenElsewhere { hash: core.hash().to_owned() });
+        }
+        if let Some(lease) = lease {
+            // A clock read while the lease is valid.
+            fence_unless_held(core, lease.standing(), &self.shared.counters);
         }
         transport.begin_call();
         let result = call(core, &mut Connected { transport, config: &self.shared.config });
@@ -345,7 +383,7 @@ impl RedisPersistence {
     fn try_open(&self, client_id: &str, server_uri: &str) -> Result<String, Error> {
         let hash = self.shared.config.hash_name(client_id, server_uri);
         let mut state = self.lock();
-        let State { transport, core, opened_by } = &mut *state;
+        let State { transport, core, opened_by, lease } = &mut *state;
         if let Some(open) = core.as_ref().filter(|_| *opened_by != self.handle && *opened_by != NO_HANDLE) {
             return Err(Error::OpenElsewhere { hash: open.hash().to_owned() });
         }
@@ -357,10 +395,21 @@ impl RedisPersistence {
             drive::close(&mut previous, &mut runner);
             self.set_hash_name(None);
         }
+        // Released before it is taken again (the same process would find itself alive).
+        *lease = None;
+        runner.transport.set_gate(None);
         // A closed (or reopened) store holds nothing in memory any more.
         self.shared.counters.set_unwritten_records(0);
+        self.shared.counters.set_lease_lost(false);
+        // Taken before the hash is read: from here on no other process writes it.
+        let taken = Lease::acquire(&self.shared.config, &hash, &self.shared.owner)?;
+        runner.transport.set_gate(Some(taken.gate()));
         let mut opened = Core::new(hash.clone(), self.settings());
-        drive::open(&mut opened, &mut runner)?;
+        if let Err(error) = drive::open(&mut opened, &mut runner) {
+            runner.transport.set_gate(None);
+            return Err(error); // the lease is released with `taken`
+        }
+        *lease = Some(taken);
         self.shared.counters.add_repaired(opened.take_repaired());
         self.shared.counters.set_unwritten_records(opened.unwritten());
         *core = Some(opened);
@@ -414,9 +463,12 @@ impl RedisPersistence {
 
     fn try_close(&self) {
         let mut state = self.lock();
-        let State { transport, core, opened_by } = &mut *state;
+        let State { transport, core, opened_by, lease } = &mut *state;
         if core.is_some() && *opened_by != self.handle {
             return; // another clone's store: not this one's to close
+        }
+        if let (Some(core), Some(lease)) = (core.as_mut(), lease.as_ref()) {
+            fence_unless_held(core, lease.standing(), &self.shared.counters);
         }
         transport.begin_call();
         if let Some(core) = core.as_mut() {
@@ -424,6 +476,9 @@ impl RedisPersistence {
             self.shared.counters.add_repaired(core.take_repaired());
         }
         transport.disconnect();
+        transport.set_gate(None);
+        // Released after the last write: compare-and-delete, only if still ours.
+        *lease = None;
         *core = None;
         self.shared.counters.set_unwritten_records(0);
         self.set_hash_name(None);
@@ -432,6 +487,31 @@ impl RedisPersistence {
     fn set_hash_name(&self, hash: Option<String>) {
         *self.shared.hash.lock().unwrap_or_else(PoisonError::into_inner) = hash;
     }
+}
+
+/// Fences `core` unless its lease is held, and lifts the fence once it is
+/// held again (see `Core::fence`); logs each change once.
+fn fence_unless_held(core: &mut Core, standing: Standing, counters: &Counters) {
+    let lost = matches!(standing, Standing::Lost(_));
+    let why = match standing {
+        Standing::Held if core.fenced().is_none() => return,
+        Standing::Held => None,
+        standing => Some(standing.reason()),
+    };
+    if core.fenced() == why.as_deref() {
+        return;
+    }
+    counters.set_lease_lost(lost);
+    match (&why, core.fenced()) {
+        // A lost lease was logged as an error where it was found.
+        (Some(why), None) if !lost => log::warn!(
+            "redis persistence: `{}` writes nothing until its lease is confirmed ({why}); records wait in memory",
+            core.hash()
+        ),
+        (None, Some(_)) => log::info!("redis persistence: the lease of `{}` is confirmed again", core.hash()),
+        _ => {}
+    }
+    core.fence(why);
 }
 
 /// The transport, with the configuration its exchanges need, as the core's runner.

@@ -73,6 +73,12 @@ pub struct Stats {
     /// given to Paho rewritten into this client's version (the original
     /// removed with the rewrite's write).
     pub rewritten: u64,
+    /// Not a count but a gauge: 1 once the store's lease was lost to another
+    /// process (this one was paused, or cut off from Redis, longer than the
+    /// lease): the store is fenced and writes nothing more to its hash, so
+    /// every record Paho stores from then on is in memory only. Restart the
+    /// client. 0 otherwise.
+    pub lease_lost: u64,
 }
 
 /// One of the store operations that Paho (or a Rust caller) invokes; each has its own counter.
@@ -108,6 +114,7 @@ pub(crate) struct Counters {
     unwritten_records: Counter,
     quarantined: Counter,
     rewritten: Counter,
+    lease_lost: Counter,
 }
 
 impl Counters {
@@ -185,6 +192,11 @@ impl Counters {
         self.unwritten_records.set(widen(records));
     }
 
+    /// Sets the lease-lost gauge.
+    pub(crate) fn set_lease_lost(&self, lost: bool) {
+        self.lease_lost.set(u64::from(lost));
+    }
+
     /// The current number of records held in memory only.
     pub(crate) fn unwritten_records(&self) -> u64 {
         self.unwritten_records.get()
@@ -211,6 +223,7 @@ impl Counters {
             unwritten_records: self.unwritten_records.get(),
             quarantined: self.quarantined.get(),
             rewritten: self.rewritten.get(),
+            lease_lost: self.lease_lost.get(),
         }
     }
 }

@@ -18,11 +18,16 @@ fn store(url: &str, prefix: &str, client_id: &str, server: &str) -> RedisPersist
     store
 }
 
-/// Everything in the Redis database behind `url`: hash name -> field -> value.
+/// Every hash in the Redis database behind `url`: hash name -> field -> value
+/// (the stores' leases, strings, are not records).
 fn everything(url: &str) -> BTreeMap<String, BTreeMap<String, Vec<u8>>> {
     let mut conn = redis::Client::open(url).and_then(|c| c.get_connection()).expect("connect");
     let names: Vec<String> = conn.keys("*").expect("KEYS");
-    names.into_iter().map(|name| (name.clone(), conn.hgetall(&name).expect("HGETALL"))).collect()
+    let hashes: Vec<String> = names
+        .into_iter()
+        .filter(|name| redis::cmd("TYPE").arg(name).query::<String>(&mut conn).is_ok_and(|t| t == "hash"))
+        .collect();
+    hashes.into_iter().map(|name| (name.clone(), conn.hgetall(&name).expect("HGETALL"))).collect()
 }
 
 /// Runs a full life on `a` while checking after every step that `b`'s records are untouched.

@@ -78,6 +78,68 @@ fn every_operation_works_under_the_documented_acl() {
     }
 }
 
+/// The lease's paths under the ACL: taken at open (`SET NX`), renewed by
+/// its thread (a script: `GET`, `PEXPIRE`), refusing a second store (`GET`,
+/// `PTTL`), taken over from a dead owner (a script: `GET`, `SET`), released
+/// at close (a script: `GET`, `DEL`). A refused renewal would fence the
+/// store, which `lease_lost` and Redis's fields would show.
+#[test]
+fn the_lease_works_under_the_documented_acl() {
+    support::init_logging();
+    let redis = redis_with_readme_user();
+    let mut urls = vec![format!("redis://mqtt:{PASSWORD}@127.0.0.1:{}/0", redis.port())];
+    if cfg!(feature = "unix-socket") {
+        urls.push(format!("{}?user=mqtt&pass={PASSWORD}", redis.unix_url()));
+    }
+    let lease = "mqtt:dev:broker:1883:owner";
+    let mut admin = redis.connection();
+    // From here on Redis counts only the store's errors (the harness's start-up has some).
+    redis.reset_command_counts();
+    for url in urls {
+        let build = || {
+            RedisPersistence::builder()
+                .url(url.as_str())
+                .key_prefix("mqtt:")
+                .lease(std::time::Duration::from_millis(300))
+                .build()
+                .expect("valid")
+        };
+        // A dead owner's lease on this host: taken over at once.
+        let () = redis::cmd("SET")
+            .arg(lease)
+            .arg(support::lease_value(support::unused_pid(), None))
+            .arg("PX")
+            .arg(60_000)
+            .query(&mut admin)
+            .expect("SET");
+        let mut store = build();
+        store.open("dev", "broker:1883").expect("open takes a dead owner's lease");
+
+        let held: String = redis::cmd("GET").arg(lease).query(&mut admin).expect("GET");
+        assert!(held.contains(&format!("pid={}", std::process::id())), "{url}: {held}");
+        // Several renewals (every 100 ms).
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        store.put("c-1", vec![b"x"]).expect("put");
+        assert_eq!(store.unwritten(), 0, "{url}: the lease was renewed, the write went");
+        assert_eq!(store.stats().lease_lost, 0, "{url}");
+        let mut second = build();
+        assert!(second.open("dev", "broker:1883").is_err(), "{url}: the store is in use");
+        store.clear().expect("clear");
+        store.close().expect("close");
+        let gone: Option<String> = redis::cmd("GET").arg(lease).query(&mut admin).expect("GET");
+        assert_eq!(gone, None, "{url}: released at close");
+    }
+    // A refused renewal leaves the lease to expire and be taken again, which
+    // the store survives: Redis's own count of refusals tells it.
+    let errors: String = redis::cmd("INFO").arg("errorstats").query(&mut admin).expect("INFO errorstats");
+    // (`NOSCRIPT` is a script's first EVALSHA on a Redis that does not know it yet.)
+    let refused: Vec<&str> = errors
+        .lines()
+        .filter(|l| l.starts_with("errorstat_") && !l.starts_with("errorstat_NOSCRIPT"))
+        .collect();
+    assert!(refused.is_empty(), "Redis refused commands of the lease: {refused:?}");
+}
+
 #[test]
 fn the_store_budget_works_under_the_documented_acl() {
     let redis = redis_with_readme_user();

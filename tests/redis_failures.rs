@@ -83,7 +83,7 @@ fn a_dropped_connection_is_reestablished_within_the_call() {
         .arg("yes")
         .query(&mut redis.connection())
         .expect("CLIENT KILL");
-    assert_eq!(killed, 1, "our store's connection was the one killed");
+    assert_eq!(killed, 2, "our store's connections were the ones killed: its own and its lease's");
     assert_eq!(store.get("s-1").expect("get reconnects once and succeeds"), b"kept");
 }
 

@@ -42,7 +42,7 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use super::drive;
 use super::sim::{Mode, SimRedis};
 use super::{CacheLimits, Core, Settings};
-use crate::paho;
+use crate::paho::{self, Version};
 
 /// One recorded Paho call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +116,15 @@ enum Fault {
     Mode(Mode, usize),
     /// Redis restarts without its data.
     RestartEmpty,
+    /// The store's lease is lost (another process took the store over while
+    /// this one was paused): the core is fenced for good. From here on no
+    /// write or removal of this core may reach Redis, which is the new
+    /// owner's; what Paho stores is kept in memory.
+    LoseLease,
+    /// The lease is not confirmed in time for `calls` calls (Redis
+    /// unreachable for its renewal), then confirmed again: the core is
+    /// fenced meanwhile, as if Redis were down, and must catch up after.
+    Unconfirmed(usize),
 }
 
 /// Faults by the index of the call they come before.
@@ -234,6 +243,9 @@ fn replay_inner(
     legacy_04: bool,
     seeded: bool,
 ) -> Result<Checked, String> {
+    // The client that recorded the trace: `open` checks records for its version.
+    let version = if trace.name.starts_with("v5") { Version::V5 } else { Version::V3 };
+    let settings = Settings { version, ..settings };
     let mut held_back: Vec<String> = Vec::new();
     let mut redis = SimRedis::default();
     redis.pipelined = pipelined;
@@ -258,6 +270,9 @@ fn replay_inner(
     // Every sent message's command record, by its PUBLISH record's key.
     let mut sent_from: BTreeMap<String, String> = BTreeMap::new();
     let mut fault_left = 0usize;
+    // The lost lease: Redis's count of changing exchanges when it was lost.
+    let mut fenced_at: Option<usize> = None;
+    let mut unconfirmed_left = 0usize;
     let mut checked = Checked::default();
     for (at, call) in trace.calls.iter().enumerate() {
         let here = || format!("{} call {at} {call:?}", trace.name);
@@ -271,14 +286,33 @@ fn replay_inner(
                 lost.extend(model.keys().cloned());
                 seed_lost = true;
             }
-            None => {}
+            Some(Fault::LoseLease) if fenced_at.is_none() => {
+                if let Some(store) = core.as_mut() {
+                    store.fence(Some("lost".to_owned()));
+                    fenced_at = Some(redis.changes);
+                }
+            }
+            Some(Fault::Unconfirmed(calls)) => unconfirmed_left = *calls,
+            Some(Fault::LoseLease) | None => {}
         }
         if fault_left == 0 {
             redis.mode = Mode::Up;
         } else {
             fault_left -= 1;
         }
-        let up = redis.mode == Mode::Up;
+        let unconfirmed = unconfirmed_left > 0;
+        unconfirmed_left = unconfirmed_left.saturating_sub(1);
+        if let Some(store) = core.as_mut().filter(|_| fenced_at.is_none()) {
+            let why = unconfirmed.then(|| "unconfirmed".to_owned());
+            if store.fenced() != why.as_deref() {
+                store.fence(why);
+            }
+        }
+        let up = redis.mode == Mode::Up && !unconfirmed && fenced_at.is_none();
+        if fenced_at.is_some() && matches!(call, Call::Open(_) | Call::Close) {
+            // The fenced store's process ends here (a restart is a new owner's business).
+            return Ok(checked);
+        }
         redis.begin_call();
         match call {
             Call::Open(hash) => {
@@ -423,6 +457,12 @@ fn replay_inner(
         checked.calls += 1;
         if let Some(store) = &core {
             store.check_queues().map_err(|e| format!("{}: {e}", here()))?;
+        }
+        if let Some(at) = fenced_at {
+            if redis.changes != at {
+                return Err(format!("{}: a fenced store sent a write or removal", here()));
+            }
+            continue; // Redis is the new owner's: what it holds is not this store's to check
         }
         // Not Paho's: what `check_seeded` checks.
         let mut extra = maybe_extra.clone();
@@ -635,6 +675,40 @@ fn fault() -> impl Strategy<Value = Fault> {
         6 => (mode, 1usize..30).prop_map(|(mode, calls)| Fault::Mode(mode, calls)),
         1 => Just(Fault::RestartEmpty),
     ]
+}
+
+/// The lease's faults among Redis's: a lost lease at some call, and leases
+/// not confirmed in time for a while. After the loss, no write or removal
+/// of the store may reach Redis, puts Paho ignores the result of still
+/// succeed (kept in memory) and the store's answers still follow Paho; an
+/// unconfirmed lease, once confirmed again, leaves Redis as safe as before.
+#[test]
+fn a_lost_lease_stops_every_write_and_an_unconfirmed_one_catches_up() {
+    let cases = std::env::var("PMR_CHECKER_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(40);
+    let (fenced, checked) = (std::cell::Cell::new(0usize), std::cell::Cell::new(0usize));
+    for trace in traces() {
+        let len = trace.calls.len();
+        let lease = prop_oneof![
+            2 => (1usize..40).prop_map(Fault::Unconfirmed),
+            1 => Just(Fault::LoseLease),
+        ];
+        let faults = prop_oneof![3 => lease, 1 => fault()];
+        let schedule = (prop::collection::btree_map(0..len, faults, 1..5), any::<bool>());
+        let config = Config { cases, failure_persistence: None, ..Config::default() };
+        let result = TestRunner::new(config).run(&schedule, |(schedule, pipelined)| {
+            let done = replay(&trace, &schedule, pipelined).map_err(TestCaseError::fail)?;
+            checked.set(checked.get() + done.crash_points);
+            if schedule.values().any(|fault| *fault == Fault::LoseLease) {
+                fenced.set(fenced.get() + 1);
+            }
+            Ok(())
+        });
+        if let Err(error) = result {
+            panic!("{}: {error}", trace.name);
+        }
+    }
+    println!("{} schedules lost the lease; {} crash points checked", fenced.get(), checked.get());
+    assert!(fenced.get() > 100, "{}", fenced.get());
 }
 
 /// Cases per trace; `PMR_CHECKER_CASES` overrides.

@@ -6,7 +6,7 @@
 use redis::RedisError;
 use smallvec::SmallVec;
 
-use super::{Answer, Core, Exchange, Plan};
+use super::{Answer, Core, Exchange, Failure, Plan};
 use crate::Error;
 
 /// Redis's replies to plans sent unanswered, oldest first.
@@ -55,8 +55,24 @@ fn absorb(core: &mut Core, runner: &mut impl Runner) {
 
 /// Runs the next plan, if the core has one. The plan's borrow of the core
 /// ends here, so that the core can take the exchange.
+/// A fenced store's write or removal fails here, unsent, as if Redis were
+/// unreachable: the one place every plan passes, for the store and its
+/// simulated tests alike.
 fn run_next(core: &mut Core, runner: &mut impl Runner, upkeep: bool) -> Option<Exchange> {
-    let plan = core.poll(runner.generation(), upkeep)?;
+    let fence = core.fenced().map(str::to_owned);
+    let generation = runner.generation();
+    let plan = core.poll(generation, upkeep)?;
+    if let Some(reason) = fence.filter(|_| plan.changes_hash()) {
+        let error = Error::Fenced { hash: plan.hash.to_owned(), reason };
+        let failure = Some(Failure { error, may_run_late: false });
+        return Some(Exchange {
+            replies: SmallVec::new(),
+            failure,
+            generation,
+            sent: false,
+            command: "none",
+        });
+    }
     Some(runner.run(&plan))
 }
 

@@ -257,6 +257,9 @@ pub(crate) struct Core {
     repair_handed: bool,
     /// Counted since `take_repaired`: records moved to the quarantine, records rewritten.
     repaired: (u64, u64),
+    /// Why nothing may be written to or removed from the hash now (its
+    /// lease is lost, or not confirmed in time), if so: see [`Core::fence`].
+    fence: Option<String>,
 }
 
 impl Core {
@@ -274,12 +277,34 @@ impl Core {
             aside: Vec::new(),
             repair_handed: false,
             repaired: (0, 0),
+            fence: None,
         }
     }
 
     /// Records moved to the quarantine and records rewritten since the last call.
     pub(crate) fn take_repaired(&mut self) -> (u64, u64) {
         std::mem::take(&mut self.repaired)
+    }
+
+    /// Fences the store (`Some(why)`) or lifts the fence (`None`). While
+    /// fenced, no write or removal goes to Redis: `drive` fails such a plan
+    /// without running it, as if Redis were unreachable (a `put` Paho
+    /// ignores the result of is kept in memory, a removal stays owed), and
+    /// upkeep (the check, flushes) waits; reads still run. The hash may be
+    /// another process's by then: the store must not touch it.
+    pub(crate) fn fence(&mut self, why: Option<String>) {
+        if self.fence.is_some() && why.is_none() {
+            // The lease is confirmed again: look at the hash before writing
+            // what was held (Redis may have restarted meanwhile), then write it.
+            self.upkeep.checked = None;
+            self.upkeep.flush = true;
+        }
+        self.fence = why;
+    }
+
+    /// Why the store is fenced, if it is (see [`Core::fence`]).
+    pub(crate) fn fenced(&self) -> Option<&str> {
+        self.fence.as_deref()
     }
 
     pub(crate) fn hash(&self) -> &str {
@@ -515,7 +540,7 @@ impl Core {
     /// `generation` counts the transport's connections: a new one may be to
     /// a Redis that restarted and lost records.
     pub(crate) fn poll(&mut self, generation: u64, upkeep: bool) -> Option<Plan<'_>> {
-        if self.awaiting.is_none() && upkeep {
+        if self.awaiting.is_none() && upkeep && self.fence.is_none() {
             self.awaiting = if self.upkeep.checked != Some(generation) {
                 Some(Awaiting::Check)
             } else if let Some(repair) = self.upkeep.byte_count.take() {
@@ -758,6 +783,10 @@ impl Core {
             Outcome::Failed(failure) if keep => {
                 // Paho acts as if the record were stored: Redis must get it.
                 self.upkeep.checked = None;
+                if matches!(failure.error, Error::Fenced { .. }) {
+                    // Logged once, where the store was fenced.
+                    return Ok(Answer::Done);
+                }
                 log::warn!(
                     "redis persistence: keeping record {:?} in memory ({} not yet in Redis): {}",
                     String::from_utf8_lossy(&key),
@@ -861,6 +890,7 @@ impl Core {
                 let _ = self.confirm(reply.map(drop));
             }
             Outcome::Sent => self.sent(None, records, true, command),
+            Outcome::Failed(failure) if matches!(failure.error, Error::Fenced { .. }) => {}
             Outcome::Failed(failure) => {
                 self.upkeep.checked = None;
                 log::warn!(

@@ -24,6 +24,16 @@ pub(crate) struct Plan<'a> {
     pub(crate) commands: SmallVec<[Command<'a>; 2]>,
 }
 
+impl Plan<'_> {
+    /// Whether running the plan may change the hash (a fenced store runs
+    /// none of these: see `Core::fence`).
+    pub(crate) fn changes_hash(&self) -> bool {
+        self.commands.iter().any(|command| {
+            !matches!(command, Command::ReadAll | Command::KeyType | Command::Read(_) | Command::ListFields)
+        })
+    }
+}
+
 /// One Redis command of a plan.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Command<'a> {

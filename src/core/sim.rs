@@ -81,6 +81,9 @@ pub(crate) struct SimRedis {
     late: Vec<Owned>,
     /// Exchanges run, for tests that count them.
     pub(crate) exchanges: usize,
+    /// Exchanges whose plan may change the hash (writes, removals), for the
+    /// checker's lost lease: none may come from a fenced core.
+    pub(crate) changes: usize,
     /// When a call may wait, on `clock`'s virtual time.
     pub(crate) patience: Patience,
     /// Virtual time: a wait for a hung Redis advances it, nothing sleeps.
@@ -103,6 +106,7 @@ impl Default for SimRedis {
             broken: false,
             late: Vec::new(),
             exchanges: 0,
+            changes: 0,
             patience: Patience::new(TIMEOUT, TIMEOUT),
             clock: Instant::now(),
             pipelined: false,
@@ -137,6 +141,9 @@ impl SimRedis {
     /// Runs `plan` as the current mode says.
     pub(crate) fn exchange(&mut self, plan: &Plan<'_>) -> Exchange {
         self.exchanges += 1;
+        if plan.changes_hash() {
+            self.changes += 1;
+        }
         let behind = matches!(plan.commands.as_slice(), [Command::Write { .. } | Command::Remove(_)]);
         if self.pipelined && behind && self.mode != Mode::Down {
             return self.send_behind(plan);

@@ -83,7 +83,8 @@ fn subscribe_command(token: i32) -> Vec<u8> {
 }
 
 /// A QoS 1 PUBLISH packet (fixed header 0x32).
-const QOS1_PACKET: &[u8] = b"\x32\x09\x00\x01tpayload";
+/// A QoS 1 PUBLISH of message 1 on topic `t`.
+const QOS1_PACKET: &[u8] = b"\x32\x09\x00\x01t\x00\x01load";
 
 #[test]
 fn a_sent_qos0_message_leaves_no_record() {
@@ -246,7 +247,8 @@ fn records_redis_lost_are_written_again_from_the_snapshot() {
 #[test]
 fn a_byte_count_left_by_a_run_without_budget_is_repaired() {
     let mut redis = SimRedis::default();
-    redis.hash.insert(b"s-1".to_vec(), vec![0; 10]);
+    // A QoS 1 PUBLISH of message 1: 10 bytes.
+    redis.hash.insert(b"s-1".to_vec(), b"\x32\x08\x00\x01t\x00\x01abc".to_vec());
     redis.hash.insert(super::BUDGET_COUNTER_FIELD.as_bytes().to_vec(), b"3".to_vec());
     let store = Store::on(redis, Settings { budget: Some(100), ..Settings::default() });
     assert_eq!(
@@ -254,7 +256,8 @@ fn a_byte_count_left_by_a_run_without_budget_is_repaired() {
         Some(&b"10"[..])
     );
     let mut redis = SimRedis::default();
-    redis.hash.insert(b"s-1".to_vec(), vec![0; 10]);
+    // A QoS 1 PUBLISH of message 1: 10 bytes.
+    redis.hash.insert(b"s-1".to_vec(), b"\x32\x08\x00\x01t\x00\x01abc".to_vec());
     redis.hash.insert(super::BUDGET_COUNTER_FIELD.as_bytes().to_vec(), b"10".to_vec());
     let store = Store::on(redis, Settings::default());
     assert!(

@@ -31,6 +31,12 @@ use crate::core::{Command, Exchange, Plan, Reply};
 use crate::stats::Counters;
 use crate::Config;
 
+/// Asked before a new connection, other than the first, is used: Redis may
+/// have restarted and lost the store's lease meanwhile, and another process
+/// taken it, so the lease is confirmed before anything is written on it.
+/// An error fails the exchange as a connect failure (nothing was sent).
+pub(crate) type Gate = Arc<dyn Fn() -> Result<(), crate::Error> + Send + Sync>;
+
 /// Capacity of the command buffer when the store is created: a typical MQTT packet fits.
 const BUFFER_INITIAL: usize = 1024;
 
@@ -55,6 +61,15 @@ impl Transport {
             return Self::Unix(pipelined::Pipelined::new(config, counters));
         }
         Self::Tcp(tcp::Tcp::new(config, counters))
+    }
+
+    /// Sets what a reconnect must pass before it is used (see [`Gate`]).
+    pub(crate) fn set_gate(&mut self, gate: Option<Gate>) {
+        match self {
+            Self::Tcp(tcp) => tcp.gate = gate,
+            #[cfg(feature = "unix-socket")]
+            Self::Unix(unix) => unix.gate = gate,
+        }
     }
 
     /// How many connections have been opened so far.

@@ -362,6 +362,8 @@ pub(crate) struct Pipelined {
     /// after a Redis that allowed `MULTI` and refused `EXEC` (the connection
     /// was then left in a transaction, and closed).
     probe_transactions: bool,
+    /// What a reconnect must pass (the store's lease).
+    pub(super) gate: Option<super::Gate>,
 }
 
 impl std::fmt::Debug for Pipelined {
@@ -396,6 +398,7 @@ impl Pipelined {
             reload_scripts: false,
             transactions: false,
             probe_transactions: true,
+            gate: None,
         }
     }
 
@@ -898,6 +901,9 @@ impl Pipelined {
         conn.stream.set_write_timeout(Some(config.io_timeout())).map_err(|e| connect_error(e.into()))?;
         conn.write_timeout = config.io_timeout();
         if self.generation > 0 {
+            if let Some(gate) = &self.gate {
+                gate()?;
+            }
             self.counters.add_reconnect();
         }
         self.generation = self.generation.wrapping_add(1);

@@ -37,6 +37,8 @@ pub(crate) struct Tcp {
     /// While Redis is hung (see `Patience`), a probe thread `PING`s it on
     /// connections of its own and sets this once it answers.
     probe: Option<Arc<AtomicBool>>,
+    /// What a reconnect must pass (the store's lease).
+    pub(super) gate: Option<super::Gate>,
 }
 
 /// How long the probe waits between two `PING`s of a hung Redis.
@@ -61,6 +63,7 @@ impl Tcp {
             generation: 0,
             counters,
             probe: None,
+            gate: None,
         }
     }
 
@@ -109,8 +112,8 @@ impl Tcp {
             }
             Err(error) => {
                 // Sent but unanswered commands may still run; a connect
-                // failure sent nothing.
-                let may_run_late = !matches!(error, Error::Connect { .. });
+                // failure (or a reconnect the lease did not let through) sent nothing.
+                let may_run_late = !matches!(error, Error::Connect { .. } | Error::Fenced { .. });
                 self.patience.waited();
                 let failure = Some(Failure { error, may_run_late });
                 Exchange { replies: SmallVec::new(), failure, generation, sent: false, command }
@@ -235,6 +238,9 @@ impl Tcp {
                 }
             };
             if self.generation > 0 {
+                if let Some(gate) = &self.gate {
+                    gate()?;
+                }
                 self.counters.add_reconnect();
             }
             self.generation = self.generation.wrapping_add(1);

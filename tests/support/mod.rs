@@ -221,3 +221,21 @@ impl ChildSpec {
         })
     }
 }
+
+/// A lease value as the store writes it (`{hash}:owner`), naming `pid` on
+/// the host with boot id `boot` (this host's when `None`), in this pid
+/// namespace, with no start time: for tests that plant another owner's lease.
+pub fn lease_value(pid: u32, boot: Option<&str>) -> String {
+    let read =
+        |path: &str| std::fs::read_to_string(path).map(|text| text.trim().to_owned()).unwrap_or_default();
+    let boot = boot.map_or_else(|| read("/proc/sys/kernel/random/boot_id"), str::to_owned);
+    let pid_ns = std::fs::read_link("/proc/self/ns/pid").map(|t| t.display().to_string()).unwrap_or_default();
+    format!("host=planted-host pid={pid} since=1700000000 boot={boot} pidns={pid_ns} start= token=planted")
+}
+
+/// A pid that no process has now (the highest pid Linux may give is 4194304).
+pub fn unused_pid() -> u32 {
+    (4_000_000..4_194_304)
+        .find(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+        .expect("a free pid")
+}
