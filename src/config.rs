@@ -76,6 +76,15 @@ impl Config {
         matches!(self.addr, ConnectionAddr::Unix(_))
     }
 
+    /// The path of the Unix socket Redis is reached on, if it is.
+    #[cfg(feature = "unix-socket")]
+    pub(crate) fn unix_socket(&self) -> Option<&std::path::Path> {
+        match &self.addr {
+            ConnectionAddr::Unix(path) => Some(path),
+            _ => None,
+        }
+    }
+
     /// The key prefix put in front of every hash name (empty by default).
     pub fn key_prefix(&self) -> &str {
         &self.key_prefix

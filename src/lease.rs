@@ -18,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redis::Value;
 
+use crate::stats::Counters;
 use crate::transport::{connect, Gate};
 use crate::{Config, Error};
 
@@ -250,8 +251,10 @@ struct Shared {
     /// Lost to someone else: final.
     lost: Mutex<Option<String>>,
     lost_flag: AtomicBool,
-    /// The last renewal failed to reach Redis: Paho's calls do not wait for
-    /// it again until the renewer gets through.
+    /// The store's, for `Stats::lease_lost` the moment the renewer finds it lost.
+    counters: Arc<Counters>,
+    /// The last renewal timed out (Redis hangs): Paho's calls do not wait
+    /// for it again until the renewer gets through.
     unreachable: AtomicBool,
     /// Set at release: the renewer stops.
     stop: Mutex<bool>,
@@ -282,7 +285,12 @@ impl Lease {
     /// `value` is the store's own (see [`own_value`]), the same at every
     /// `open` of one store: a lease holding it is this store's already (a
     /// release that failed, or a `SET` that timed out and ran late).
-    pub(crate) fn acquire(config: &Config, hash: &str, value: &str) -> Result<Self, Error> {
+    pub(crate) fn acquire(
+        config: &Config,
+        hash: &str,
+        value: &str,
+        counters: &Arc<Counters>,
+    ) -> Result<Self, Error> {
         let key = Config::lease_name(hash);
         let me = Identity::own();
         let value = value.to_owned();
@@ -309,7 +317,16 @@ impl Lease {
                         since.elapsed()
                     );
                 }
-                return Ok(Self::start(hash, key.clone(), value, duration, config, conn, base));
+                return Ok(Self::start(
+                    Arc::clone(counters),
+                    hash,
+                    key.clone(),
+                    value,
+                    duration,
+                    config,
+                    conn,
+                    base,
+                ));
             }
             let (held, ttl): (Option<Vec<u8>>, i64) = redis::pipe()
                 .cmd("GET")
@@ -327,7 +344,16 @@ impl Lease {
                     .query::<i64>(&mut conn)
                     .map(drop)
                     .map_err(|source| command_error("PEXPIRE", source))?;
-                return Ok(Self::start(hash, key.clone(), value, duration, config, conn, base));
+                return Ok(Self::start(
+                    Arc::clone(counters),
+                    hash,
+                    key.clone(),
+                    value,
+                    duration,
+                    config,
+                    conn,
+                    base,
+                ));
             }
             let holder = Owner::parse(&held);
             let in_use = || Error::InUse { hash: hash.to_owned(), owner: holder.describe() };
@@ -351,7 +377,16 @@ impl Lease {
                             "redis persistence: took `{hash}` over from {}, which is dead",
                             holder.describe()
                         );
-                        return Ok(Self::start(hash, key.clone(), value, duration, config, conn, base));
+                        return Ok(Self::start(
+                            Arc::clone(counters),
+                            hash,
+                            key.clone(),
+                            value,
+                            duration,
+                            config,
+                            conn,
+                            base,
+                        ));
                     }
                 }
                 None => {
@@ -385,6 +420,7 @@ impl Lease {
     }
 
     fn start(
+        counters: Arc<Counters>,
         hash: &str,
         key: String,
         value: String,
@@ -404,6 +440,7 @@ impl Lease {
             base: taken_at,
             lost: Mutex::new(None),
             lost_flag: AtomicBool::new(false),
+            counters,
             unreachable: AtomicBool::new(false),
             stop: Mutex::new(false),
             wake: Condvar::new(),
@@ -505,7 +542,10 @@ impl Shared {
             Renewal::Renewed => Standing::Held,
             Renewal::Lost(holder) => Standing::Lost(holder),
             Renewal::Unreachable(error) => {
-                self.unreachable.store(true, Ordering::Release);
+                // Only a hung Redis costs a call a wait; a refused
+                // connection fails at once, so the next call tries again
+                // (a restarted Redis is used as soon as it is back).
+                self.unreachable.store(error.is_timeout(), Ordering::Release);
                 Standing::Unconfirmed(format!("the lease `{}` cannot be renewed: {error}", self.key))
             }
         }
@@ -560,6 +600,7 @@ impl Shared {
                 };
                 *self.lost.lock().unwrap_or_else(PoisonError::into_inner) = Some(holder.clone());
                 self.lost_flag.store(true, Ordering::Release);
+                self.counters.set_lease_lost(true);
                 log::error!(
                     "redis persistence: the lease `{}` is lost to {holder} (this process was paused, or cut \
                      off from Redis, longer than the lease): the store writes nothing more to its hash; what \
@@ -605,7 +646,7 @@ impl Shared {
                 }
                 Renewal::Lost(_) => return,
                 Renewal::Unreachable(error) => {
-                    self.unreachable.store(true, Ordering::Release);
+                    self.unreachable.store(error.is_timeout(), Ordering::Release);
                     if !std::mem::replace(&mut warned, true) {
                         log::warn!("redis persistence: cannot renew the lease `{}`: {error}", self.key);
                     }

@@ -402,7 +402,12 @@ impl RedisPersistence {
         self.shared.counters.set_unwritten_records(0);
         self.shared.counters.set_lease_lost(false);
         // Taken before the hash is read: from here on no other process writes it.
-        let taken = Lease::acquire(&self.shared.config, &hash, &self.shared.owner)?;
+        let taken = Lease::acquire(&self.shared.config, &hash, &self.shared.owner, &self.shared.counters)
+            .inspect_err(|error| {
+                if error.is_timeout() {
+                    self.shared.counters.add_timeout();
+                }
+            })?;
         runner.transport.set_gate(Some(taken.gate()));
         let mut opened = Core::new(hash.clone(), self.settings());
         if let Err(error) = drive::open(&mut opened, &mut runner) {

@@ -155,7 +155,7 @@ fn a_store_left_open_by_a_dropped_clone_can_be_opened_again() {
     let kept = RedisPersistence::with_url(&redis.url()).expect("valid");
     let mut dropped = kept.clone();
     dropped.open("dev", "broker:1883").expect("open");
-    dropped.put("s-1", vec![b"x".as_slice()]).expect("put");
+    dropped.put("s-1", vec![support::records::valid("s-1", b"x").as_slice()]).expect("put");
     drop(dropped);
     let mut next = kept.clone();
     next.open("dev", "broker:1883").expect("open again through another clone");

@@ -124,11 +124,12 @@ fn open_on_an_open_store_writes_what_waited_in_memory_first() {
     let mut store = short_timeouts(&redis.url());
     store.open("dev", "broker:1883").expect("open");
     redis.kill();
-    store.put("c-1", vec![b"queued while Redis was down"]).expect("kept in memory");
+    let record = support::records::valid("c-1", b"queued while Redis was down");
+    store.put("c-1", vec![&record]).expect("kept in memory");
     assert_eq!(store.unwritten(), 1);
     redis.restart();
     store.open("dev", "broker:1883").expect("open again");
     assert_eq!(store.keys().expect("keys"), ["c-1"], "the kept record was written, then read back");
-    assert_eq!(store.get("c-1").expect("get"), b"queued while Redis was down");
+    assert_eq!(store.get("c-1").expect("get"), record);
     assert_eq!(store.unwritten(), 0);
 }

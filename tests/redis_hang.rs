@@ -85,8 +85,8 @@ fn every_call_returns_within_the_timeout_and_work_resumes_after_sigcont() {
     // The connections given up during the hang close once Redis reads them;
     // after that, nothing from the hang can still change the data.
     assert!(
-        support::wait_until(Duration::from_secs(10), || connected_clients(&mut admin) == 2),
-        "only the admin and the store's new connection remain"
+        support::wait_until(Duration::from_secs(10), || connected_clients(&mut admin) == 4),
+        "only the admin, the store's new connection and both stores' lease connections remain"
     );
     let hash = main.hash_name().expect("open");
     let raw = raw_contents(&mut admin, &hash);
@@ -160,8 +160,8 @@ fn a_publish_record_whose_write_timed_out_still_reaches_redis() {
     // The connection given up during the hang may still run its commands once
     // Redis reads them; all of them converge on the same contents.
     assert!(
-        support::wait_until(Duration::from_secs(10), || connected_clients(&mut admin) == 2),
-        "only the admin and the store's new connection remain"
+        support::wait_until(Duration::from_secs(10), || connected_clients(&mut admin) == 3),
+        "only the admin, the store's new connection and its lease's remain"
     );
     let raw = raw_contents(&mut admin, &hash);
     assert_eq!(raw.keys().collect::<Vec<_>>(), ["c-2", "s-1"], "the message is in Redis, once");

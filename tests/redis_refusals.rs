@@ -162,7 +162,7 @@ fn a_command_record_is_removed_only_with_the_write_that_replaces_it() {
 #[test]
 fn the_budget_counts_records_written_before_it_was_set() {
     let redis = RedisServer::start();
-    let () = redis.connection().hset(HASH, "s-1", vec![0u8; 70]).expect("HSET");
+    let () = redis.connection().hset(HASH, "s-1", record_of_70_bytes()).expect("HSET");
     let mut store = budget_store(&redis, 100);
     store.put("q-2", vec![&[0u8; 40][..]]).expect("kept in memory");
     assert_eq!(store.unwritten(), 1, "70 + 40 > 100");
@@ -273,7 +273,7 @@ fn at_maxmemory_a_message_is_never_in_no_record() {
 #[test]
 fn a_stale_byte_count_is_not_trusted() {
     let redis = RedisServer::start();
-    let () = redis.connection().hset(HASH, "s-1", vec![0u8; 70]).expect("HSET");
+    let () = redis.connection().hset(HASH, "s-1", record_of_70_bytes()).expect("HSET");
     let () = redis.connection().hset(HASH, "paho-mqtt-redis:bytes", 3).expect("HSET");
     let mut store = budget_store(&redis, 100);
     let counted: u64 = redis.connection().hget(HASH, "paho-mqtt-redis:bytes").expect("counter");
@@ -323,4 +323,11 @@ fn a_record_larger_than_redis_takes_is_refused_before_anything_is_allocated() {
     );
     assert!(redis.fields(HASH).is_empty());
     store.put("s-1", vec![&mebibyte[..]]).expect("1 MiB is fine");
+}
+
+/// A valid PUBLISH record of 70 bytes (`open` sets aside what Paho could not restore).
+fn record_of_70_bytes() -> Vec<u8> {
+    let record = support::records::valid("s-1", &[0u8; 63]);
+    assert_eq!(record.len(), 70);
+    record
 }

@@ -925,7 +925,7 @@ fn command(buf: &mut BytesMut, args: &[&[u8]]) {
 /// Connects to a Unix socket within `timeout`: a connect to a socket whose
 /// accept backlog is full fails at once with `EAGAIN` when non-blocking, and
 /// is tried again until the deadline.
-fn connect_unix(path: &Path, timeout: Duration) -> std::io::Result<UnixStream> {
+pub(crate) fn connect_unix(path: &Path, timeout: Duration) -> std::io::Result<UnixStream> {
     let address = socket2::SockAddr::unix(path)?;
     let deadline = Instant::now() + timeout;
     loop {

@@ -288,6 +288,14 @@ fn unusable_after(error: &RedisError, conn: &redis::Connection) -> bool {
 /// A new connection to the Redis of `config`, with its timeouts set.
 pub(crate) fn connect(config: &Config) -> Result<redis::Connection, Error> {
     let connect_error = |source: RedisError| Error::connect(config.address(), source);
+    // redis-rs connects to a Unix socket without a timeout: with Redis hung
+    // and its accept backlog full, that blocks for ever. A bounded connect
+    // first says whether Redis accepts connections at all.
+    #[cfg(feature = "unix-socket")]
+    if let Some(path) = config.unix_socket() {
+        super::pipelined::connect_unix(path, config.connect_timeout())
+            .map_err(|e| connect_error(e.into()))?;
+    }
     let client =
         redis::Client::open(config.connection_info().map_err(connect_error)?).map_err(connect_error)?;
     let conn = client.get_connection_with_timeout(config.connect_timeout()).map_err(connect_error)?;

@@ -9,6 +9,7 @@ pub mod log_capture;
 pub mod model;
 pub mod mosquitto;
 pub mod mqtt;
+pub mod records;
 pub mod redis_server;
 
 use std::collections::BTreeSet;
