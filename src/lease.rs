@@ -317,16 +317,7 @@ impl Lease {
                         since.elapsed()
                     );
                 }
-                return Ok(Self::start(
-                    Arc::clone(counters),
-                    hash,
-                    key.clone(),
-                    value,
-                    duration,
-                    config,
-                    conn,
-                    base,
-                ));
+                return Ok(Self::start(Arc::clone(counters), hash, value, config, conn, base));
             }
             let (held, ttl): (Option<Vec<u8>>, i64) = redis::pipe()
                 .cmd("GET")
@@ -344,16 +335,7 @@ impl Lease {
                     .query::<i64>(&mut conn)
                     .map(drop)
                     .map_err(|source| command_error("PEXPIRE", source))?;
-                return Ok(Self::start(
-                    Arc::clone(counters),
-                    hash,
-                    key.clone(),
-                    value,
-                    duration,
-                    config,
-                    conn,
-                    base,
-                ));
+                return Ok(Self::start(Arc::clone(counters), hash, value, config, conn, base));
             }
             let holder = Owner::parse(&held);
             let in_use = || Error::InUse { hash: hash.to_owned(), owner: holder.describe() };
@@ -377,16 +359,7 @@ impl Lease {
                             "redis persistence: took `{hash}` over from {}, which is dead",
                             holder.describe()
                         );
-                        return Ok(Self::start(
-                            Arc::clone(counters),
-                            hash,
-                            key.clone(),
-                            value,
-                            duration,
-                            config,
-                            conn,
-                            base,
-                        ));
+                        return Ok(Self::start(Arc::clone(counters), hash, value, config, conn, base));
                     }
                 }
                 None => {
@@ -419,21 +392,20 @@ impl Lease {
         }
     }
 
+    /// The lease just taken (at `taken_at`, on `conn`), and its renewer.
     fn start(
         counters: Arc<Counters>,
         hash: &str,
-        key: String,
         value: String,
-        duration: Duration,
         config: &Config,
         conn: redis::Connection,
         taken_at: Instant,
     ) -> Self {
         let shared = Arc::new(Shared {
             hash: hash.to_owned(),
-            key,
+            key: Config::lease_name(hash),
             value,
-            duration,
+            duration: config.lease(),
             config: config.clone(),
             conn: Mutex::new(Some(conn)),
             valid_until: AtomicU64::new(0),
