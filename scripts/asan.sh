@@ -23,9 +23,8 @@
 # nothing.
 #
 # Fuzz: `restore_survives_every_record_the_check_lets_through` with many
-# iterations: records through RedisPersistence's check into real Paho. It
-# fails until the check (paho::restore::at_open) lands: the stub passes
-# everything, and the first bad record crashes Paho.
+# iterations: records through RedisPersistence's check into real Paho
+# (before the check, paho::restore::at_open, the first bad record crashed it).
 #
 # ASAN_OPTIONS: detect_leaks=0 by default. A client created on valid records
 # and dropped leaks nothing (LeakSanitizer is clean on that); Paho leaks on
