@@ -137,6 +137,20 @@ pub(crate) struct Aside {
     pub(crate) at_ms: u64,
 }
 
+/// What `open` set aside and the quarantine has not taken yet. While any
+/// is left, every command that changes the hash is the repair, which moves
+/// these first: nothing is written over them, nor deleted.
+#[derive(Debug)]
+struct SetAside {
+    /// `{hash}:quarantine`.
+    quarantine: String,
+    records: Vec<Aside>,
+    /// The plan handed out is the repair (see `sent`).
+    handed: bool,
+    /// Since `take_repaired`: records moved to the quarantine, records rewritten.
+    counted: (u64, u64),
+}
+
 /// The quarantine's field holding the value of `key` set aside at `at_ms`.
 /// Its reason is in the field of the same name plus [`QUARANTINE_REASON_SUFFIX`].
 /// An entry's name ends in digits and a reason's in the suffix, so each
@@ -247,16 +261,8 @@ pub(crate) struct Core {
     /// Oldest first: a pipelined transport answers them later.
     in_flight: VecDeque<InFlight>,
     upkeep: Upkeep,
-    /// `{hash}:quarantine`.
-    quarantine: String,
-    /// What `open` set aside and the quarantine has not taken yet. While
-    /// any is left, every command that changes the hash is the repair,
-    /// which moves these first: nothing is written over them, nor deleted.
-    aside: Vec<Aside>,
-    /// The plan handed out is the repair (see `sent`).
-    repair_handed: bool,
-    /// Counted since `take_repaired`: records moved to the quarantine, records rewritten.
-    repaired: (u64, u64),
+    /// What `open` set aside, on its way to the quarantine.
+    aside: SetAside,
     /// Why nothing may be written to or removed from the hash now (its
     /// lease is lost, or not confirmed in time), if so: see [`Core::fence`].
     fence: Option<String>,
@@ -272,18 +278,20 @@ impl Core {
             awaiting: None,
             in_flight: VecDeque::new(),
             upkeep: Upkeep::default(),
-            quarantine: crate::Config::quarantine_name(&hash),
+            aside: SetAside {
+                quarantine: crate::Config::quarantine_name(&hash),
+                records: Vec::new(),
+                handed: false,
+                counted: (0, 0),
+            },
             hash,
-            aside: Vec::new(),
-            repair_handed: false,
-            repaired: (0, 0),
             fence: None,
         }
     }
 
     /// Records moved to the quarantine and records rewritten since the last call.
     pub(crate) fn take_repaired(&mut self) -> (u64, u64) {
-        std::mem::take(&mut self.repaired)
+        std::mem::take(&mut self.aside.counted)
     }
 
     /// Fences the store (`Some(why)`) or lifts the fence (`None`). While
@@ -519,7 +527,7 @@ impl Core {
     /// records set aside are still in the hash, or (with a budget) the byte
     /// count must be taken again after them.
     fn repair_due(&self) -> bool {
-        !self.aside.is_empty() || self.upkeep.recount
+        !self.aside.records.is_empty() || self.upkeep.recount
     }
 
     /// The repair: moves what is set aside to the quarantine, then writes
@@ -529,8 +537,8 @@ impl Core {
             records: &self.records,
             removals: self.records.removals(),
             riding: self.records.riding(),
-            quarantine: &self.quarantine,
-            aside: &self.aside,
+            quarantine: &self.aside.quarantine,
+            aside: &self.aside.records,
             clear,
         }
     }
@@ -552,7 +560,7 @@ impl Core {
             };
         }
         let awaiting = self.awaiting.as_ref()?;
-        self.repair_handed = self.repair_due()
+        self.aside.handed = self.repair_due()
             && matches!(
                 awaiting,
                 Awaiting::Put(_)
@@ -563,7 +571,7 @@ impl Core {
                     | Awaiting::Repair
             );
         let command = match awaiting {
-            Awaiting::Clear if self.repair_handed => self.repair_command(true),
+            Awaiting::Clear if self.aside.handed => self.repair_command(true),
             Awaiting::Open => Command::ReadAll,
             Awaiting::KeyType => Command::KeyType,
             Awaiting::Put(put) => self.owed_command(true, put.removals),
@@ -612,20 +620,20 @@ impl Core {
                 opened => opened,
             },
             Awaiting::Repair => {
-                let aside = self.aside.len();
+                let aside = self.aside.records.len();
                 self.owed_sent(true, outcome, command);
-                if aside > 0 && self.aside.is_empty() {
+                if aside > 0 && self.aside.records.is_empty() {
                     log::warn!(
                         "redis persistence: {aside} records of `{}` that no restore can take were moved to `{}`",
                         self.hash,
-                        self.quarantine
+                        self.aside.quarantine
                     );
                 } else if aside > 0 {
                     log::warn!(
                         "redis persistence: {aside} records of `{}` that no restore can take stay in it, hidden \
                          from Paho: the move to `{}` failed, and goes with the next write (or the next open)",
                         self.hash,
-                        self.quarantine
+                        self.aside.quarantine
                     );
                 }
                 Ok(Answer::Done)
@@ -650,7 +658,7 @@ impl Core {
             }
             Awaiting::Clear => match outcome {
                 Outcome::Replied(Ok(_)) | Outcome::Sent => {
-                    if std::mem::take(&mut self.repair_handed) {
+                    if std::mem::take(&mut self.aside.handed) {
                         self.repaired_now();
                     }
                     self.records.clear();
@@ -730,11 +738,11 @@ impl Core {
                 self.set_aside(&key, value, reason, at_ms);
             } else {
                 self.records.rewrite(&key, &new, new_value);
-                self.repaired.1 = self.repaired.1.saturating_add(1);
+                self.aside.counted.1 = self.aside.counted.1.saturating_add(1);
             }
         }
-        self.upkeep.recount =
-            self.settings.budget.is_some() && (!self.aside.is_empty() || self.records.waiting_count() > 0);
+        self.upkeep.recount = self.settings.budget.is_some()
+            && (!self.aside.records.is_empty() || self.records.waiting_count() > 0);
         // A byte count is trusted only if it is the sum of the values: one
         // left by an earlier run without a budget is stale.
         self.upkeep.byte_count = match (self.settings.budget, byte_count) {
@@ -758,14 +766,14 @@ impl Core {
 
     fn set_aside(&mut self, key: &str, value: Vec<u8>, reason: String, at_ms: u64) {
         log::debug!("redis persistence: setting {key:?} of `{}` aside: {reason}", self.hash);
-        self.aside.push(Aside { key: FieldName::from_slice(key.as_bytes()), value, reason, at_ms });
+        self.aside.records.push(Aside { key: FieldName::from_slice(key.as_bytes()), value, reason, at_ms });
     }
 
     /// The repair ran: what was set aside is in the quarantine, the byte count right.
     fn repaired_now(&mut self) {
-        let moved = u64::try_from(self.aside.len()).unwrap_or(u64::MAX);
-        self.repaired.0 = self.repaired.0.saturating_add(moved);
-        self.aside.clear();
+        let moved = u64::try_from(self.aside.records.len()).unwrap_or(u64::MAX);
+        self.aside.counted.0 = self.aside.counted.0.saturating_add(moved);
+        self.aside.records.clear();
         self.upkeep.recount = false;
     }
 
@@ -828,7 +836,7 @@ impl Core {
     fn sent(&mut self, key: Option<FieldName>, records: bool, removals: bool, command: &'static str) {
         let seq = self.in_flight.back().map_or(0, |last| last.seq.wrapping_add(1));
         // The repair carries everything owed.
-        let repair = std::mem::take(&mut self.repair_handed);
+        let repair = std::mem::take(&mut self.aside.handed);
         let carried = self.records.send(seq, records || repair, removals || repair);
         self.in_flight.push_back(InFlight { seq, command, key, carried, repair });
     }
@@ -925,8 +933,8 @@ impl Core {
         // What is set aside and gone from the hash was moved by a repair
         // that ran late, or lost with it: either way, nothing is left to move.
         let held: KeySet<&[u8]> = fields.iter().map(Vec::as_slice).collect();
-        self.aside.retain(|aside| held.contains(aside.key.as_slice()));
-        let aside: KeySet<&[u8]> = self.aside.iter().map(|aside| aside.key.as_slice()).collect();
+        self.aside.records.retain(|aside| held.contains(aside.key.as_slice()));
+        let aside: KeySet<&[u8]> = self.aside.records.iter().map(|aside| aside.key.as_slice()).collect();
         // Records set aside are neither Paho's nor stale.
         let present: KeySet<&[u8]> = fields
             .iter()
