@@ -23,9 +23,16 @@
 //! Paho calls the store synchronously from its own threads, so Redis round
 //! trips are the client's latency: run Redis locally (TCP on 127.0.0.1, or a
 //! Unix socket with feature `unix-socket`). The store keeps what it can in
-//! memory so that most calls need none: restoring a store is one `HGETALL`,
-//! an online QoS 1 publish 3 writes (see
+//! memory so that most calls need none: restoring a store is one `HGETALL`
+//! (after the `SET` of its lease), an online QoS 1 publish 3 writes (see
 //! [`RedisPersistence`]'s "Round trips").
+//!
+//! At `open` the store takes the store for its process (a lease: a second
+//! process fails with [`Error::InUse`]), and checks every record against
+//! what Paho C's restore can parse, before Paho sees any: a record none can
+//! take is set aside in a quarantine beside the hash, and one written by the
+//! other MQTT version is rewritten when nothing is lost (tell the store the
+//! client's version with [`Builder::mqtt_version`]).
 //!
 //! Inside, a sans-IO core decides what Redis must hold after each Paho call
 //! (plans of Redis commands, no socket), a transport runs the plans, and the

@@ -34,7 +34,8 @@ const MAX_VALUE_BYTES: usize = 512 * 1024 * 1024;
 /// round trip is latency of the client. The store therefore assumes it is the
 /// only writer of its hash and keeps what it can locally:
 ///
-/// - `open` reads the whole hash with one `HGETALL`. Paho's restore (three
+/// - `open` takes the store's lease (one `SET`, see "One owner" below) and
+///   reads the whole hash with one `HGETALL`. Paho's restore (three
 ///   `keys`, one `get` per record, `contains_key` per sent PUBLISH) is answered
 ///   from that snapshot, and each snapshot entry is freed once read.
 /// - A table of the hash's records answers `keys`, `contains_key` and the
@@ -57,7 +58,8 @@ const MAX_VALUE_BYTES: usize = 512 * 1024 * 1024;
 ///   buffers in place.
 ///
 /// An online QoS 1 publish costs 3 Redis commands (0.3 sent 8), and
-/// restoring any number of records costs one command.
+/// restoring any number of records costs two commands (a third, one script,
+/// when `open` sets records aside or rewrites them).
 ///
 /// Over a Unix socket (`redis+unix://`, feature `unix-socket`) the store
 /// writes behind: a `put` or `remove` returns once its command is written to
