@@ -1,3 +1,11 @@
+//! The README's quick start: one QoS 1 message published with its in-flight
+//! state in Redis. `tests/readme.rs` runs `publish_one` against a real
+//! redis-server and mosquitto, and checks that the README shows this file.
+//!
+//! ```text
+//! cargo run --example quick_start      # Redis on 127.0.0.1:6379, broker on 127.0.0.1:1883
+//! ```
+
 use std::time::Duration;
 
 use paho_mqtt as mqtt;

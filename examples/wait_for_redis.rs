@@ -1,3 +1,7 @@
+//! Creating the client when the application may start before Redis, as the
+//! troubleshooting guide shows it (`tests/readme.rs` runs it, and checks that
+//! the guide shows this file).
+
 use std::time::Duration;
 
 use paho_mqtt as mqtt;
