@@ -13,8 +13,10 @@ const PASSWORD: &str = "acl-test-pw";
 /// The `ACL SETUSER` line from the deployment guide, with the test's password.
 fn guide_acl_line() -> Vec<String> {
     let guide = include_str!("../src/guide/deployment.md");
-    let line =
-        guide.lines().find(|l| l.starts_with("ACL SETUSER mqtt ")).expect("the deployment guide documents the ACL");
+    let line = guide
+        .lines()
+        .find(|l| l.starts_with("ACL SETUSER mqtt "))
+        .expect("the deployment guide documents the ACL");
     line.replace(">change-me", &format!(">{PASSWORD}")).split_whitespace().map(str::to_owned).collect()
 }
 
