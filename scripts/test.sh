@@ -62,15 +62,15 @@ fi
 echo "== cargo package --list"
 listed=$(cargo package --list --allow-dirty)
 allowed='^(Cargo\.toml|Cargo\.toml\.orig|Cargo\.lock|\.cargo_vcs_info\.json|README\.md|LICENSE|CHANGELOG\.md'
-allowed+='|src/.+\.rs|tests/.+'
-allowed+='|examples/(crash_recovery|redis_persist_pub|inflight_memory|hung_redis|restore_order|capture_fixtures)\.rs'
+allowed+='|src/.+\.rs|src/guide/[a-z_]+\.md|tests/.+'
+allowed+='|examples/(crash_recovery|redis_persist_pub|quick_start|wait_for_redis|inflight_memory|hung_redis|restore_order|capture_fixtures)\.rs'
 allowed+='|examples/support/mqtt_wire\.rs)$'
 unexpected=$(grep -Ev "$allowed" <<<"$listed" || true)
 if [ -n "$unexpected" ]; then
   printf 'not expected in the package (see include in Cargo.toml):\n%s\n' "$unexpected" >&2
   exit 1
 fi
-for needed in README.md LICENSE src/lib.rs tests/support/mod.rs tests/fixtures/records/manifest.tsv; do
+for needed in README.md LICENSE src/lib.rs src/guide/deployment.md tests/support/mod.rs tests/fixtures/records/manifest.tsv; do
   grep -qx "$needed" <<<"$listed" || { echo "missing from the package: $needed" >&2; exit 1; }
 done
 

@@ -94,6 +94,28 @@ pub use paho::restore::fuzz_at_open;
 pub use persistence::RedisPersistence;
 pub use stats::Stats;
 
+/// Guides: deploying on a device, what the store guarantees, how it works
+/// inside, migrating from 0.3 and 0.4, what to do about each error, and
+/// the command that inspects stores.
+///
+/// Each is a page of this documentation, shipped with the crate (the
+/// markdown files under `src/guide/`), so that its links work on docs.rs and
+/// crates.io alike; their Rust examples are compiled as doctests.
+pub mod guide {
+    #[doc = include_str!("guide/deployment.md")]
+    pub mod deployment {}
+    #[doc = include_str!("guide/guarantees.md")]
+    pub mod guarantees {}
+    #[doc = include_str!("guide/architecture.md")]
+    pub mod architecture {}
+    #[doc = include_str!("guide/migrating.md")]
+    pub mod migrating {}
+    #[doc = include_str!("guide/troubleshooting.md")]
+    pub mod troubleshooting {}
+    #[doc = include_str!("guide/inspecting.md")]
+    pub mod inspecting {}
+}
+
 /// The README's Rust examples, compiled as doctests so they stay true.
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]

@@ -1,4 +1,5 @@
-//! The crate works under exactly the least-privilege ACL the README documents,
+//! The crate works under exactly the least-privilege ACL the deployment guide
+//! (`src/guide/deployment.md`) documents,
 //! and that ACL really confines it.
 
 mod support;
@@ -9,27 +10,30 @@ use support::RedisServer;
 
 const PASSWORD: &str = "acl-test-pw";
 
-/// The `ACL SETUSER` line from README.md, with the test's password.
-fn readme_acl_line() -> Vec<String> {
-    let readme = include_str!("../README.md");
-    let line = readme.lines().find(|l| l.starts_with("ACL SETUSER mqtt ")).expect("README documents the ACL");
+/// The `ACL SETUSER` line from the deployment guide, with the test's password.
+fn guide_acl_line() -> Vec<String> {
+    let guide = include_str!("../src/guide/deployment.md");
+    let line = guide
+        .lines()
+        .find(|l| l.starts_with("ACL SETUSER mqtt "))
+        .expect("the deployment guide documents the ACL");
     line.replace(">change-me", &format!(">{PASSWORD}")).split_whitespace().map(str::to_owned).collect()
 }
 
-fn redis_with_readme_user() -> RedisServer {
+fn redis_with_guide_user() -> RedisServer {
     let redis = RedisServer::start();
     let mut admin = redis.connection();
-    let line = readme_acl_line();
+    let line = guide_acl_line();
     let (command, args) = line.split_first().expect("a command");
     let mut cmd = redis::cmd(command);
     for arg in args {
         cmd.arg(arg);
     }
-    let () = cmd.query(&mut admin).expect("the README's ACL line is valid");
+    let () = cmd.query(&mut admin).expect("the deployment guide's ACL line is valid");
     redis
 }
 
-fn store_as_readme_user(redis: &RedisServer, password: &str, prefix: &str) -> RedisPersistence {
+fn store_as_guide_user(redis: &RedisServer, password: &str, prefix: &str) -> RedisPersistence {
     RedisPersistence::builder()
         .url(format!("redis://mqtt:{password}@127.0.0.1:{}/0", redis.port()))
         .key_prefix(prefix)
@@ -43,7 +47,7 @@ fn store_as_readme_user(redis: &RedisServer, password: &str, prefix: &str) -> Re
 /// what Redis holds is checked too.
 #[test]
 fn every_operation_works_under_the_documented_acl() {
-    let redis = redis_with_readme_user();
+    let redis = redis_with_guide_user();
     let mut urls = vec![
         format!("redis://mqtt:{PASSWORD}@127.0.0.1:{}/0", redis.port()),
         format!("redis://mqtt:{PASSWORD}@127.0.0.1:{}/1", redis.port()),
@@ -86,7 +90,7 @@ fn every_operation_works_under_the_documented_acl() {
 #[test]
 fn the_lease_works_under_the_documented_acl() {
     support::init_logging();
-    let redis = redis_with_readme_user();
+    let redis = redis_with_guide_user();
     let mut urls = vec![format!("redis://mqtt:{PASSWORD}@127.0.0.1:{}/0", redis.port())];
     if cfg!(feature = "unix-socket") {
         urls.push(format!("{}?user=mqtt&pass={PASSWORD}", redis.unix_url()));
@@ -142,7 +146,7 @@ fn the_lease_works_under_the_documented_acl() {
 
 #[test]
 fn the_store_budget_works_under_the_documented_acl() {
-    let redis = redis_with_readme_user();
+    let redis = redis_with_guide_user();
     let mut store = RedisPersistence::builder()
         .url(format!("redis://mqtt:{PASSWORD}@127.0.0.1:{}/0", redis.port()))
         .key_prefix("mqtt:")
@@ -161,8 +165,8 @@ fn the_store_budget_works_under_the_documented_acl() {
 
 #[test]
 fn the_acl_confines_the_store_to_its_prefix() {
-    let redis = redis_with_readme_user();
-    let mut store = store_as_readme_user(&redis, PASSWORD, "other:");
+    let redis = redis_with_guide_user();
+    let mut store = store_as_guide_user(&redis, PASSWORD, "other:");
     // `open` reads the hash, so a hash outside ~mqtt:* is refused right there.
     assert!(store.open("dev", "broker:1883").is_err(), "a hash outside ~mqtt:* must be refused");
     assert!(store.put("s-1", vec![b"x"]).is_err(), "nothing can be written after a failed open");
@@ -170,7 +174,7 @@ fn the_acl_confines_the_store_to_its_prefix() {
 
 #[test]
 fn a_wrong_password_fails_open() {
-    let redis = redis_with_readme_user();
-    let mut store = store_as_readme_user(&redis, "wrong-password", "mqtt:");
+    let redis = redis_with_guide_user();
+    let mut store = store_as_guide_user(&redis, "wrong-password", "mqtt:");
     assert!(store.open("dev", "broker:1883").is_err());
 }
