@@ -93,7 +93,9 @@ const MAX_VALUE_BYTES: usize = 512 * 1024 * 1024;
 ///
 /// Each callback either succeeds or fails with
 /// [`paho_mqtt::Error::PersistenceError`] and leaves the store as it was; the
-/// reason is logged through the [`log`] crate (operation, key, error). A broken
+/// reason is logged through the [`log`] crate (operation, key, error) and kept
+/// for [`RedisPersistence::last_error`], so that an application whose
+/// `create_client()` failed with that bare error can ask its clone why. A broken
 /// connection is re-established once within the failing call, so the first
 /// call after a Redis restart succeeds. A call waits for Redis at most once:
 /// after a timeout (or a failed connect) it does nothing more that waits, so
@@ -171,7 +173,8 @@ const MAX_VALUE_BYTES: usize = 512 * 1024 * 1024;
 /// store, or when the last clone is dropped.
 ///
 /// Paho sees only [`paho_mqtt::Error::PersistenceError`] (so
-/// `AsyncClient::new` fails with it); `OpenElsewhere` itself is in the log.
+/// `AsyncClient::new` fails with it); `OpenElsewhere` itself is in the log and in
+/// [`last_error`](Self::last_error).
 /// Two stores built separately for one client id are refused like two
 /// processes (see "One owner per store"). Once Paho has closed the store
 /// (its client dropped), a clone may serve a new client;
@@ -247,6 +250,8 @@ struct Shared {
     next_handle: AtomicUsize,
     /// The value of this store's lease, the same at every `open`.
     owner: String,
+    /// The cause of the latest failed call (`last_error`), outside the lock.
+    last_error: Mutex<Option<Arc<Error>>>,
 }
 
 /// What changes while the store is in use; guarded by one lock.
@@ -304,6 +309,7 @@ impl RedisPersistence {
                 state,
                 next_handle,
                 owner: crate::lease::own_value(),
+                last_error: Mutex::new(None),
             }),
             handle: 0,
         }
@@ -342,6 +348,39 @@ impl RedisPersistence {
     /// [`stats`](Self::stats) (it is [`Stats::unwritten_records`]).
     pub fn unwritten(&self) -> usize {
         usize::try_from(self.shared.counters.unwritten_records()).unwrap_or(usize::MAX)
+    }
+
+    /// Why the latest failed call failed, or `None` if none has: what Paho
+    /// (and so `create_client()`) only sees as
+    /// [`paho_mqtt::Error::PersistenceError`]. Every clone sees it, so the
+    /// clone the application keeps tells why the one Paho was given failed.
+    ///
+    /// It is the latest failure of any callback (`open` included), kept until
+    /// the next one replaces it: a success does not clear it, so compare
+    /// [`Stats::errors`](crate::Stats::errors) to tell whether it is new. The same cause is logged
+    /// through the [`log`] crate when it happens.
+    ///
+    /// ```no_run
+    /// use paho_mqtt as mqtt;
+    /// use paho_mqtt_redis::RedisPersistence;
+    ///
+    /// let store = RedisPersistence::new();
+    /// let created = mqtt::CreateOptionsBuilder::new()
+    ///     .server_uri("tcp://127.0.0.1:1883")
+    ///     .client_id("gateway-17")
+    ///     .user_persistence(store.clone())
+    ///     .create_client();
+    /// if let Err(error) = created {
+    ///     // `error` is only PersistenceError; the store says why, such as
+    ///     // "cannot connect to Redis at 127.0.0.1:6379: …".
+    ///     match store.last_error() {
+    ///         Some(cause) => eprintln!("no MQTT client: {error}: {cause}"),
+    ///         None => eprintln!("no MQTT client: {error}"),
+    ///     }
+    /// }
+    /// ```
+    pub fn last_error(&self) -> Option<Arc<Error>> {
+        self.shared.last_error.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -555,21 +594,21 @@ const fn answer_for_paho_c(present: bool) -> bool {
     !present
 }
 
-/// Logs a failed callback and turns it into the only error Paho understands.
-fn report(counters: &Counters, operation: &str, key: Option<&str>, error: Error) -> paho_mqtt::Error {
-    counters.add_error();
+/// Logs a failed callback, keeps its cause for `last_error`, and turns it
+/// into the only error Paho understands.
+fn report(shared: &Shared, operation: &str, key: Option<&str>, error: Error) -> paho_mqtt::Error {
+    shared.counters.add_error();
     match key {
         Some(key) => log::warn!("redis persistence: {operation} of key {key:?} failed: {error}"),
         None => log::warn!("redis persistence: {operation} failed: {error}"),
     }
-    error.into()
+    *shared.last_error.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(error));
+    paho_mqtt::Error::PersistenceError
 }
 
 impl ClientPersistence for RedisPersistence {
     fn open(&mut self, client_id: &str, server_uri: &str) -> paho_mqtt::Result<()> {
-        let hash = self
-            .try_open(client_id, server_uri)
-            .map_err(|e| report(&self.shared.counters, "open", None, e))?;
+        let hash = self.try_open(client_id, server_uri).map_err(|e| report(&self.shared, "open", None, e))?;
         log::debug!("redis persistence: opened `{hash}` on {}", self.shared.config.address());
         Ok(())
     }
@@ -581,27 +620,27 @@ impl ClientPersistence for RedisPersistence {
 
     fn put(&mut self, key: &str, buffers: Vec<&[u8]>) -> paho_mqtt::Result<()> {
         self.shared.counters.record(Operation::Put);
-        self.try_put(key, &buffers).map_err(|e| report(&self.shared.counters, "put", Some(key), e))
+        self.try_put(key, &buffers).map_err(|e| report(&self.shared, "put", Some(key), e))
     }
 
     fn get(&mut self, key: &str) -> paho_mqtt::Result<Vec<u8>> {
         self.shared.counters.record(Operation::Get);
-        self.try_get(key).map_err(|e| report(&self.shared.counters, "get", Some(key), e))
+        self.try_get(key).map_err(|e| report(&self.shared, "get", Some(key), e))
     }
 
     fn remove(&mut self, key: &str) -> paho_mqtt::Result<()> {
         self.shared.counters.record(Operation::Remove);
-        self.try_remove(key).map_err(|e| report(&self.shared.counters, "remove", Some(key), e))
+        self.try_remove(key).map_err(|e| report(&self.shared, "remove", Some(key), e))
     }
 
     fn keys(&mut self) -> paho_mqtt::Result<Vec<String>> {
         self.shared.counters.record(Operation::Keys);
-        self.try_keys().map_err(|e| report(&self.shared.counters, "keys", None, e))
+        self.try_keys().map_err(|e| report(&self.shared, "keys", None, e))
     }
 
     fn clear(&mut self) -> paho_mqtt::Result<()> {
         self.shared.counters.record(Operation::Clear);
-        self.try_clear().map_err(|e| report(&self.shared.counters, "clear", None, e))
+        self.try_clear().map_err(|e| report(&self.shared, "clear", None, e))
     }
 
     /// Returns `true` when `key` is **absent**: see the type's documentation.
@@ -618,7 +657,7 @@ impl ClientPersistence for RedisPersistence {
                 answer_for_paho_c(present)
             }
             Err(e) => {
-                drop(report(&self.shared.counters, "contains_key", Some(key), e));
+                drop(report(&self.shared, "contains_key", Some(key), e));
                 answer_for_paho_c(false)
             }
         }
