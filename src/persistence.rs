@@ -4,6 +4,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use paho_mqtt::ClientPersistence;
 
@@ -19,6 +20,9 @@ use crate::{Error, Stats};
 /// (`proto-max-bulk-len`, 512 MiB by default). An MQTT packet is at most
 /// 256 MiB, so Paho never comes near it.
 const MAX_VALUE_BYTES: usize = 512 * 1024 * 1024;
+
+/// How often `open` tries Redis again while it waits for it (`wait_for_redis`).
+const WAIT_FOR_REDIS_STEP: Duration = Duration::from_millis(100);
 
 /// Keeps a Paho MQTT client's in-flight messages in one Redis hash.
 ///
@@ -443,12 +447,7 @@ impl RedisPersistence {
         self.shared.counters.set_unwritten_records(0);
         self.shared.counters.set_lease_lost(false);
         // Taken before the hash is read: from here on no other process writes it.
-        let taken = Lease::acquire(&self.shared.config, &hash, &self.shared.owner, &self.shared.counters)
-            .inspect_err(|error| {
-                if error.is_timeout() {
-                    self.shared.counters.add_timeout();
-                }
-            })?;
+        let taken = self.acquire_lease(&hash)?;
         runner.transport.set_gate(Some(taken.gate()));
         let mut opened = Core::new(hash.clone(), self.settings());
         if let Err(error) = drive::open(&mut opened, &mut runner) {
@@ -462,6 +461,58 @@ impl RedisPersistence {
         *opened_by = self.handle;
         self.set_hash_name(Some(hash.clone()));
         Ok(hash)
+    }
+
+    /// Takes the lease of `hash`: the first command of `open`, so the one
+    /// that finds Redis not up yet, tried again until it answers or
+    /// `wait_for_redis` passes (see [`Builder::wait_for_redis`]).
+    fn acquire_lease(&self, hash: &str) -> Result<Lease, Error> {
+        let config = &self.shared.config;
+        let began = Instant::now();
+        let mut attempts = 0u32;
+        loop {
+            let result = Lease::acquire(config, hash, &self.shared.owner, &self.shared.counters);
+            let error = match result {
+                Ok(lease) => {
+                    if attempts > 0 {
+                        log::info!(
+                            "redis persistence: Redis at {} answered after {:?} ({attempts} failed attempts)",
+                            config.address(),
+                            began.elapsed()
+                        );
+                    }
+                    return Ok(lease);
+                }
+                Err(error) => error,
+            };
+            if error.is_timeout() {
+                self.shared.counters.add_timeout();
+            }
+            let left = config.wait_for_redis().saturating_sub(began.elapsed());
+            if !error.is_not_up_yet() {
+                return Err(error);
+            }
+            if left.is_zero() {
+                if attempts > 0 {
+                    log::info!(
+                        "redis persistence: Redis at {} did not answer within wait_for_redis ({:?}, {} attempts)",
+                        config.address(),
+                        config.wait_for_redis(),
+                        attempts.saturating_add(1)
+                    );
+                }
+                return Err(error);
+            }
+            if attempts == 0 {
+                log::info!(
+                    "redis persistence: Redis at {} is not up yet ({error}); waiting up to {:?}",
+                    config.address(),
+                    config.wait_for_redis()
+                );
+            }
+            attempts = attempts.saturating_add(1);
+            std::thread::sleep(left.min(WAIT_FOR_REDIS_STEP));
+        }
     }
 
     fn try_put(&self, key: &str, buffers: &[&[u8]]) -> Result<(), Error> {
