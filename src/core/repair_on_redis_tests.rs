@@ -31,7 +31,9 @@ fn start() -> Server {
     let port =
         std::net::TcpListener::bind("127.0.0.1:0").expect("a port").local_addr().expect("an address").port();
     let socket = dir.path().join("redis.sock");
-    let child = Command::new("redis-server")
+    // `$PMR_REDIS_SERVER` (such as Valkey's valkey-server), as in tests/support.
+    let binary = std::env::var_os("PMR_REDIS_SERVER").filter(|path| !path.is_empty());
+    let child = Command::new(binary.unwrap_or_else(|| "redis-server".into()))
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
         .arg("--unixsocket")
         .arg(&socket)
