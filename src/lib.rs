@@ -81,7 +81,6 @@ mod persistence;
 mod stats;
 mod transport;
 
-pub use crate::core::BUDGET_COUNTER_FIELD;
 pub use config::{
     Builder, Config, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IO_TIMEOUT, DEFAULT_LEASE, DEFAULT_PORT, MIN_LEASE,
 };

@@ -243,7 +243,10 @@ fn the_budget_counter_is_not_a_record() {
     assert_eq!(stores.len(), 1, "{listed}");
     assert_eq!(stores[0]["records"], 1, "{listed}");
     let shown = stdout(&cli(&["show", "budgeted", "--url", &redis.url()]));
-    assert!(shown.contains("s-1") && !shown.contains(paho_mqtt_redis::BUDGET_COUNTER_FIELD), "{shown}");
+    assert!(
+        shown.contains("s-1") && !shown.contains(paho_mqtt_redis::admin::BUDGET_COUNTER_FIELD),
+        "{shown}"
+    );
     let purged =
         stdout(&cli(&["purge", "budgeted", "--server", "broker:1883", "--yes", "--url", &redis.url()]));
     assert_eq!(purged.trim(), "deleted store budgeted:broker:1883 (1 record(s))");

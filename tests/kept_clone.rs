@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use paho_mqtt as mqtt;
 use paho_mqtt::ClientPersistence;
-use paho_mqtt_redis::{RedisPersistence, BUDGET_COUNTER_FIELD};
+use paho_mqtt_redis::admin::BUDGET_COUNTER_FIELD;
+use paho_mqtt_redis::RedisPersistence;
 use redis::Commands;
 use support::mqtt::{assert_delivered, client, connect, persistent_session, store_hash, Subscriber};
 use support::{unique_id, wait_until, Mosquitto, RedisServer};

@@ -200,7 +200,7 @@ fn run_case(redis: &Mutex<RedisServer>, budget: Option<u64>, steps: &[Step]) -> 
         .collect();
     if budget.is_some() {
         // The budget's byte count is the sum of the values, absent once empty.
-        let counted = raw.remove(paho_mqtt_redis::BUDGET_COUNTER_FIELD);
+        let counted = raw.remove(paho_mqtt_redis::admin::BUDGET_COUNTER_FIELD);
         let sum: usize = raw.values().map(Vec::len).sum();
         let expected_count = (!raw.is_empty()).then(|| sum.to_string().into_bytes());
         prop_assert_eq!(counted, expected_count, "the budget's byte count");
