@@ -8,7 +8,7 @@ use std::time::Duration;
 /// [`ClientPersistence`] callbacks every variant becomes
 /// [`paho_mqtt::Error::PersistenceError`] after being logged. The variants are
 /// for the Rust-facing API ([`RedisPersistence::with_url`],
-/// [`Builder::build`], [`RedisPersistence::contains`]) and for the log.
+/// [`Builder::build`], [`admin`](crate::admin)) and for the log.
 ///
 /// No variant ever carries a password.
 ///
@@ -20,7 +20,6 @@ use std::time::Duration;
 ///
 /// [`RedisPersistence`]: crate::RedisPersistence
 /// [`RedisPersistence::with_url`]: crate::RedisPersistence::with_url
-/// [`RedisPersistence::contains`]: crate::RedisPersistence::contains
 /// [`Builder::build`]: crate::Builder::build
 /// [`ClientPersistence`]: paho_mqtt::ClientPersistence
 #[derive(Debug, thiserror::Error)]
@@ -77,18 +76,6 @@ pub enum Error {
     /// An operation was attempted before `open` (or after `close`).
     #[error("the store is not open (Paho calls `open` before any other operation)")]
     NotOpen,
-
-    /// A Paho call came through a clone other than the one that opened the
-    /// store: a second Paho client given a clone of a store in use, or the
-    /// application calling Paho's callbacks on the clone it kept.
-    #[error(
-        "the store `{hash}` is open through another clone of this RedisPersistence: \
-         each Paho client needs its own store"
-    )]
-    OpenElsewhere {
-        /// The Redis hash of the open store.
-        hash: String,
-    },
 
     /// Another process (or another `RedisPersistence` of this process) has
     /// the store open: its lease (`{hash}:owner`) names it, and it is alive,

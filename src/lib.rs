@@ -39,7 +39,9 @@
 //! `ClientPersistence` impl adapts the two to Paho; every rule taken from
 //! Paho C lives in one module, with the Paho C function it comes from.
 //!
-//! Also here: [`RedisPersistence::stats`], the store's counters; [`admin`],
+//! Also here: [`Monitor`], the read-only handle the application keeps on
+//! the store Paho owns ([`RedisPersistence::monitor`]), with the store's
+//! counters ([`Stats`]); [`admin`],
 //! which finds, reads and purges the stores on a Redis; and with feature
 //! `decode` the `decode` module, which turns the records Paho stores
 //! into readable messages (the `paho-mqtt-redis` command of feature `cli`
@@ -48,6 +50,7 @@
 //! Note that [`RedisPersistence`]'s `contains_key` deliberately answers
 //! inverted, to undo an inversion in paho-mqtt 0.14: see
 //! [its documentation](RedisPersistence#contains_key-answers-inverted-on-purpose).
+//! The plain answer is [`Monitor::contains`].
 
 #![forbid(unsafe_code)]
 // docs.rs builds with `--cfg docsrs` on nightly (see Cargo.toml), where each
@@ -90,7 +93,7 @@ pub use paho::Version as MqttVersion;
 #[cfg(feature = "decode")]
 #[doc(hidden)]
 pub use paho::restore::fuzz_at_open;
-pub use persistence::RedisPersistence;
+pub use persistence::{Monitor, RedisPersistence};
 pub use stats::Stats;
 
 /// The README's Rust examples, compiled as doctests so they stay true.

@@ -8,7 +8,7 @@
 //! running. On targets without 64-bit atomics each counter is a `u64` behind
 //! its own `Mutex` instead (never held across anything but one addition).
 
-/// A snapshot of a store's counters, taken by `RedisPersistence::stats()`.
+/// A snapshot of a store's counters, taken by `Monitor::stats()` (or `RedisPersistence::stats()`).
 ///
 /// Every field but [`unwritten_records`](Self::unwritten_records) (a gauge)
 /// counts from the creation of the store and only grows (it wraps at
@@ -34,7 +34,7 @@ pub struct Stats {
     /// `clear` calls: Paho emptying the store (a clean session).
     pub clears: u64,
     /// `contains_key` calls by Paho (the application's
-    /// `RedisPersistence::contains` calls are not counted).
+    /// `Monitor::contains` calls are not counted).
     pub contains_key_calls: u64,
     /// Requests sent to Redis and answered (a pipeline counts once), retries included.
     pub round_trips: u64,
@@ -91,9 +91,10 @@ impl Stats {
     /// ```
     /// # fn work() {}
     /// # let store = paho_mqtt_redis::RedisPersistence::new();
-    /// let before = store.stats();
+    /// # let monitor = store.monitor();
+    /// let before = monitor.stats();
     /// work();
-    /// let interval = store.stats().since(&before);
+    /// let interval = monitor.stats().since(&before);
     /// println!("{} round trips, {} unwritten now", interval.round_trips, interval.unwritten_records);
     /// ```
     #[must_use]

@@ -148,7 +148,7 @@ fn run_case(redis: &Mutex<RedisServer>, budget: Option<u64>, steps: &[Step]) -> 
             }
             Step::Contains(key) => {
                 let present = !model.contains_key(key); // the model answers inverted, like the store
-                prop_assert_eq!(store.contains(key).ok(), Some(present), "{}", at);
+                prop_assert_eq!(store.monitor().contains(key), Some(present), "{}", at);
             }
             // Without Redis there is no connection to kill, and a reopen would
             // fail to read the hash (and drop what waits in memory).
