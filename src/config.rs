@@ -437,7 +437,9 @@ impl Builder {
 /// redis-rs rejects zero socket timeouts, and a zero timeout could never succeed anyway.
 fn positive(option: &'static str, value: Option<Duration>) -> Result<Option<Duration>, Error> {
     match value {
-        Some(value) if value.is_zero() => Err(Error::InvalidTimeout { option, value }),
+        Some(value) if value.is_zero() => {
+            Err(Error::InvalidOption { option, reason: "must be greater than zero".to_owned() })
+        }
         other => Ok(other),
     }
 }
