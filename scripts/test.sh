@@ -30,7 +30,7 @@ echo "== disk: $(disk_free) free (a clean clone's run built up to 1.8 GiB at onc
 
 # Every feature but `vendored-ssl`, which only builds OpenSSL from source;
 # `cli` adds the paho-mqtt-redis command and its tests (tests/cli.rs).
-features="unix-socket tls ssl cli"
+features="unix-socket tls ssl cli serde"
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -79,6 +79,8 @@ mod core;
 pub mod decode;
 mod error;
 mod lease;
+#[cfg(feature = "serde")]
+mod options;
 mod paho;
 mod persistence;
 mod stats;
@@ -88,6 +90,9 @@ pub use config::{
     Builder, Config, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IO_TIMEOUT, DEFAULT_LEASE, DEFAULT_PORT, MIN_LEASE,
 };
 pub use error::{Cause, Error};
+#[cfg(feature = "serde")]
+#[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
+pub use options::Options;
 pub use paho::Version as MqttVersion;
 // For the fuzz crate only (fuzz/fuzz_targets/restore_check.rs), which turns `decode` on.
 #[cfg(feature = "decode")]
