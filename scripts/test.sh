@@ -63,8 +63,9 @@ echo "== cargo package --list"
 listed=$(cargo package --list --allow-dirty)
 allowed='^(Cargo\.toml|Cargo\.toml\.orig|Cargo\.lock|\.cargo_vcs_info\.json|README\.md|LICENSE|CHANGELOG\.md'
 allowed+='|src/.+\.rs|tests/.+'
-allowed+='|examples/(crash_recovery|redis_persist_pub|inflight_memory|hung_redis|restore_order|capture_fixtures)\.rs'
-allowed+='|examples/support/mqtt_wire\.rs)$'
+allowed+='|examples/(crash_recovery|redis_persist_pub)\.rs'
+allowed+='|tools/(inflight_memory|hung_redis|restore_order|capture_fixtures)\.rs'
+allowed+='|tools/support/mqtt_wire\.rs)$'
 unexpected=$(grep -Ev "$allowed" <<<"$listed" || true)
 if [ -n "$unexpected" ]; then
   printf 'not expected in the package (see include in Cargo.toml):\n%s\n' "$unexpected" >&2
