@@ -6,7 +6,7 @@
 #
 #   scripts/bench-cpu.sh [REV]          (default REV: 048e046)
 #
-# Each run is one examples/publish_bench process publishing COUNT messages
+# Each run is one tools/publish_bench.rs process publishing COUNT messages
 # (default 10000) one at a time in sequential mode (each waits for its
 # PUBACK). The variants, VARIANTS (default `none paho-file redis-unix
 # rev:redis-unix redis-tcp`; `rev:` runs REV's binary, built from that

@@ -7,7 +7,7 @@
 # loss (needs root and losetup): a freshly made ext4 on a loop device stands
 #   in for the device's flash partition; the store lives there. For each mode
 #   (MODES, default: redis-ram redis-rdb redis-aof-everysec redis-aof-always
-#   paho-file), examples/durability_fill.rs publishes COUNT QoS 1 messages
+#   paho-file), tools/durability_fill.rs publishes COUNT QoS 1 messages
 #   (default 200) at RATE msgs/s (default 20) with no broker to send them to,
 #   so every one stays in the store as a record, and then waits. Twice:
 #   - kill -9: once Redis holds the COUNT records, kill -9 redis-server (and

@@ -5,7 +5,7 @@
 #
 #   scripts/bench-instructions.sh [REV]
 #
-# Runs examples/publish_bench under callgrind, VARIANTS (default `none
+# Runs tools/publish_bench.rs under callgrind, VARIANTS (default `none
 # redis-unix`) in sequential mode, N messages (default 2000), for this tree
 # and, given REV, for that commit too, against one redis-server and mosquitto.
 # Prints each total and, per variant, the instructions per message above

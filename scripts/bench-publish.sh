@@ -5,7 +5,7 @@
 #
 # Starts its own redis-server (RAM only: --save '' --appendonly no; TCP port
 # and Unix socket) and mosquitto on free ports of 127.0.0.1 in a temp dir, and
-# runs examples/publish_bench.rs (release build) for each variant:
+# runs tools/publish_bench.rs (release build) for each variant:
 #   redis-tcp, redis-unix   this crate
 #   naive-tcp, naive-unix   the 0.3 algorithm, one Redis command per callback
 #   paho-file               Paho's file persistence (directory on disk)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates tests/fixtures/records: runs real Paho clients (MQTT 3.1.1 and 5)
 # with RedisPersistence on a throwaway redis-server, against a throwaway
-# mosquitto and a fake broker inside examples/capture_fixtures.rs, and dumps
+# mosquitto and a fake broker inside tools/capture_fixtures.rs, and dumps
 # every record they leave in Redis. Both servers run on free ports of
 # 127.0.0.1 in a temp dir and are removed on exit.
 set -euo pipefail

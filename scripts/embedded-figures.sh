@@ -2,7 +2,7 @@
 # The figures of the README's "Cross-compiling", per target: the stripped size
 # of the release `redis_persist_pub` example, and the resident memory of a
 # publisher holding COUNT (10000) QoS 1 messages in flight
-# (examples/inflight_memory.rs). x86_64 runs natively, for comparison; aarch64
+# (tools/inflight_memory.rs). x86_64 runs natively, for comparison; aarch64
 # and armv7 run under qemu-user, whose own memory is then part of the figures.
 #
 #   scripts/embedded-figures.sh                  # prints a Markdown table

@@ -59,7 +59,7 @@ make_work_dir() {
   trap 'stop_started_servers; rm -rf "$work"' EXIT
 }
 
-# Builds examples/publish_bench (release, feature unix-socket) of commit $1
+# Builds tools/publish_bench.rs (release, feature unix-socket) of commit $1
 # into target dir $2, from a worktree under $work removed once built.
 build_bench_at() {
   local tree="$work/tree-$1" status=0

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerates tests/fixtures/traces: runs real Paho clients (MQTT 3.1.1 and 5)
-# with the recording in-memory persistence of examples/record_traces.rs,
+# with the recording in-memory persistence of tools/record_traces.rs,
 # against a throwaway mosquitto on a free port of 127.0.0.1 and against fake
 # brokers inside the example, and writes one trace of persistence calls per
 # scenario. Arguments, if any, keep only the scenarios whose name contains one.

@@ -30,7 +30,7 @@ echo "== disk: $(disk_free) free (a clean clone's run built up to 1.8 GiB at onc
 
 # Every feature but `vendored-ssl`, which only builds OpenSSL from source;
 # `cli` adds the paho-mqtt-redis command and its tests (tests/cli.rs).
-features="unix-socket tls ssl cli"
+features="unix-socket tls ssl cli serde"
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -83,8 +83,9 @@ echo "== cargo package --list"
 listed=$(cargo package --list --allow-dirty)
 allowed='^(Cargo\.toml|Cargo\.toml\.orig|Cargo\.lock|\.cargo_vcs_info\.json|README\.md|LICENSE|CHANGELOG\.md'
 allowed+='|src/.+\.rs|src/guide/[a-z_]+\.md|tests/.+'
-allowed+='|examples/(crash_recovery|redis_persist_pub|quick_start|wait_for_redis|inflight_memory|hung_redis|restore_order|capture_fixtures)\.rs'
-allowed+='|examples/support/mqtt_wire\.rs)$'
+allowed+='|examples/(crash_recovery|redis_persist_pub|quick_start|wait_for_redis)\.rs'
+allowed+='|tools/(inflight_memory|hung_redis|restore_order|capture_fixtures)\.rs'
+allowed+='|tools/support/mqtt_wire\.rs)$'
 unexpected=$(grep -Ev "$allowed" <<<"$listed" || true)
 if [ -n "$unexpected" ]; then
   printf 'not expected in the package (see include in Cargo.toml):\n%s\n' "$unexpected" >&2

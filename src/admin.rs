@@ -34,7 +34,8 @@ use std::time::{Duration, SystemTime};
 use redis::{Connection, RedisError};
 
 use crate::config::{LEASE_SUFFIX, QUARANTINE_SUFFIX};
-use crate::core::{BUDGET_COUNTER_FIELD, QUARANTINE_REASON_SUFFIX};
+pub use crate::core::BUDGET_COUNTER_FIELD;
+use crate::core::QUARANTINE_REASON_SUFFIX;
 use crate::{paho, Config, Error};
 
 /// A connection for looking into the stores under one key prefix.

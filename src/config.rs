@@ -334,7 +334,8 @@ impl Builder {
     /// Enforced by Redis itself: with a limit, each write is a Lua script
     /// that checks the store's byte count and writes only if the result fits,
     /// so concurrent writers and crashes cannot overshoot it. The count lives
-    /// in the hash as the field `paho-mqtt-redis:bytes`, which Paho never sees.
+    /// in the hash as the field `paho-mqtt-redis:bytes`
+    /// ([`admin::BUDGET_COUNTER_FIELD`](crate::admin::BUDGET_COUNTER_FIELD)), which Paho never sees.
     ///
     /// Redis refuses a write beyond the limit. A record Paho writes (`c-`,
     /// `s-`, `sc-`, `r-`, `q-`) is then kept in memory
@@ -476,7 +477,9 @@ impl Builder {
 /// redis-rs rejects zero socket timeouts, and a zero timeout could never succeed anyway.
 fn positive(option: &'static str, value: Option<Duration>) -> Result<Option<Duration>, Error> {
     match value {
-        Some(value) if value.is_zero() => Err(Error::InvalidTimeout { option, value }),
+        Some(value) if value.is_zero() => {
+            Err(Error::InvalidOption { option, reason: "must be greater than zero".to_owned() })
+        }
         other => Ok(other),
     }
 }

@@ -1,14 +1,23 @@
 //! The crate's one error type.
 
-use std::time::Duration;
-
 /// Everything that can go wrong while configuring or using a [`RedisPersistence`].
 ///
 /// Paho only understands "success" or "persistence error", so inside the
 /// [`ClientPersistence`] callbacks every variant becomes
 /// [`paho_mqtt::Error::PersistenceError`] after being logged. The variants are
 /// for the Rust-facing API ([`RedisPersistence::with_url`],
-/// [`Builder::build`], [`RedisPersistence::contains`]) and for the log.
+/// [`Builder::build`], [`admin`](crate::admin)) and for the log.
+///
+/// Which calls return which variants: building a store
+/// ([`Builder::build`], [`Builder::into_config`]) returns the configuration
+/// errors, [`Error::InvalidUrl`], [`Error::FeatureDisabled`] and
+/// [`Error::InvalidOption`]; [`admin`](crate::admin) returns
+/// [`Error::Connect`], [`Error::Command`], [`Error::NotAHash`] and
+/// [`Error::PutBackRefused`]; the others come from Paho's calls on the store
+/// (`open`'s [`Error::InUse`], [`Error::Fenced`], [`Error::StoreFull`],
+/// [`Error::ValueTooLarge`], [`Error::KeyNotFound`], [`Error::NotOpen`],
+/// and the Redis failures), where Paho sees only `PersistenceError` and the
+/// variant goes to the log.
 ///
 /// No variant ever carries a password.
 ///
@@ -20,8 +29,8 @@ use std::time::Duration;
 ///
 /// [`RedisPersistence`]: crate::RedisPersistence
 /// [`RedisPersistence::with_url`]: crate::RedisPersistence::with_url
-/// [`RedisPersistence::contains`]: crate::RedisPersistence::contains
 /// [`Builder::build`]: crate::Builder::build
+/// [`Builder::into_config`]: crate::Builder::into_config
 /// [`ClientPersistence`]: paho_mqtt::ClientPersistence
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -45,19 +54,12 @@ pub enum Error {
         feature: &'static str,
     },
 
-    /// A timeout option is out of range.
-    #[error("invalid {option}: {value:?} (must be greater than zero)")]
-    InvalidTimeout {
-        /// The builder option, such as `io_timeout`.
-        option: &'static str,
-        /// The rejected value.
-        value: Duration,
-    },
-
-    /// A builder option is out of range.
+    /// A builder option is out of range: a zero timeout, a zero
+    /// `max_store_bytes`, a lease shorter than [`MIN_LEASE`](crate::MIN_LEASE),
+    /// an MQTT version Paho does not know.
     #[error("invalid {option}: {reason}")]
     InvalidOption {
-        /// The builder option, such as `max_store_bytes`.
+        /// The builder option, such as `io_timeout` or `max_store_bytes`.
         option: &'static str,
         /// Why it was rejected.
         reason: String,
@@ -77,18 +79,6 @@ pub enum Error {
     /// An operation was attempted before `open` (or after `close`).
     #[error("the store is not open (Paho calls `open` before any other operation)")]
     NotOpen,
-
-    /// A Paho call came through a clone other than the one that opened the
-    /// store: a second Paho client given a clone of a store in use, or the
-    /// application calling Paho's callbacks on the clone it kept.
-    #[error(
-        "the store `{hash}` is open through another clone of this RedisPersistence: \
-         each Paho client needs its own store"
-    )]
-    OpenElsewhere {
-        /// The Redis hash of the open store.
-        hash: String,
-    },
 
     /// Another process (or another `RedisPersistence` of this process) has
     /// the store open: its lease (`{hash}:owner`) names it, and it is alive,

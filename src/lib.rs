@@ -39,7 +39,9 @@
 //! `ClientPersistence` impl adapts the two to Paho; every rule taken from
 //! Paho C lives in one module, with the Paho C function it comes from.
 //!
-//! Also here: [`RedisPersistence::stats`], the store's counters; [`admin`],
+//! Also here: [`Monitor`], the read-only handle the application keeps on
+//! the store Paho owns ([`RedisPersistence::monitor`]), with the store's
+//! counters ([`Stats`]); [`admin`],
 //! which finds, reads and purges the stores on a Redis; and with feature
 //! `decode` the `decode` module, which turns the records Paho stores
 //! into readable messages (the `paho-mqtt-redis` command of feature `cli`
@@ -48,6 +50,7 @@
 //! Note that [`RedisPersistence`]'s `contains_key` deliberately answers
 //! inverted, to undo an inversion in paho-mqtt 0.14: see
 //! [its documentation](RedisPersistence#contains_key-answers-inverted-on-purpose).
+//! The plain answer is [`Monitor::contains`].
 
 #![forbid(unsafe_code)]
 // docs.rs builds with `--cfg docsrs` on nightly (see Cargo.toml), where each
@@ -76,22 +79,26 @@ mod core;
 pub mod decode;
 mod error;
 mod lease;
+#[cfg(feature = "serde")]
+mod options;
 mod paho;
 mod persistence;
 mod stats;
 mod transport;
 
-pub use crate::core::BUDGET_COUNTER_FIELD;
 pub use config::{
     Builder, Config, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IO_TIMEOUT, DEFAULT_LEASE, DEFAULT_PORT, MIN_LEASE,
 };
 pub use error::{Cause, Error};
+#[cfg(feature = "serde")]
+#[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
+pub use options::Options;
 pub use paho::Version as MqttVersion;
 // For the fuzz crate only (fuzz/fuzz_targets/restore_check.rs), which turns `decode` on.
 #[cfg(feature = "decode")]
 #[doc(hidden)]
 pub use paho::restore::fuzz_at_open;
-pub use persistence::RedisPersistence;
+pub use persistence::{Monitor, RedisPersistence};
 pub use stats::Stats;
 
 /// Guides: deploying on a device, what the store guarantees, how it works

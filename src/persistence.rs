@@ -2,7 +2,6 @@
 //! the store's core: it runs the core's plans on the transport, inverts
 //! `contains_key` for paho-mqtt 0.14, logs failures and counts calls.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -137,52 +136,51 @@ const WAIT_FOR_REDIS_STEP: Duration = Duration::from_millis(100);
 /// (a duplicate), and one whose PUBREL was not is never re-sent (a loss).
 /// This type's [`ClientPersistence::contains_key`] therefore returns `true`
 /// when the key is **absent**, so Paho C sees the truth. Rust code that wants
-/// the plain answer calls [`RedisPersistence::contains`]. The end-to-end test
+/// the plain answer asks a [`Monitor`]: [`Monitor::contains`] (a type without
+/// `contains_key`, so the two cannot be mixed up). The end-to-end test
 /// `tests/qos2_restart.rs` pins this, and fails once paho-mqtt fixes the
 /// conversion.
 ///
-/// # A handle the application keeps
+/// # A monitor the application keeps
 ///
-/// Paho takes the store by value, so keep a clone: `RedisPersistence` is a
-/// cheap handle (one `Arc`) on shared state, and every clone sees the store
-/// Paho drives: its [`stats`](Self::stats), [`hash_name`](Self::hash_name),
-/// [`unwritten`](Self::unwritten) records and [`contains`](Self::contains).
+/// Paho takes the store by value, and `RedisPersistence` is not `Clone`:
+/// each Paho client has its own store, and nothing else can make Paho's
+/// calls on it. Keep a [`Monitor`] ([`monitor`](Self::monitor)) instead: a
+/// read-only handle (`Clone`, `Send`, `Sync`) on the store Paho drives, with
+/// its [`stats`](Monitor::stats), [`hash_name`](Monitor::hash_name),
+/// [`unwritten`](Monitor::unwritten) records and
+/// [`contains`](Monitor::contains). It has no Paho callbacks, so it cannot
+/// write to, or close, the store.
 ///
 /// ```no_run
 /// use paho_mqtt as mqtt;
 /// use paho_mqtt_redis::RedisPersistence;
 ///
 /// let store = RedisPersistence::with_url("redis://127.0.0.1:6379/0")?;
+/// let monitor = store.monitor();
 /// let client = mqtt::CreateOptionsBuilder::new()
 ///     .server_uri("tcp://127.0.0.1:1883")
 ///     .client_id("gateway-17")
-///     .user_persistence(store.clone())
+///     .user_persistence(store)
 ///     .create_client()?;
-/// // Paho has opened the store through its clone.
-/// println!("store `{}`", store.hash_name().unwrap_or_default());
-/// if store.unwritten() > 0 {
-///     println!("{} messages are not crash-safe yet", store.unwritten());
+/// // Paho has opened the store.
+/// println!("store `{}`", monitor.hash_name().unwrap_or_default());
+/// if monitor.unwritten() > 0 {
+///     println!("{} messages are not crash-safe yet", monitor.unwritten());
 /// }
-/// println!("{} Redis round trips", store.stats().round_trips);
+/// println!("{} Redis round trips", monitor.stats().round_trips);
 /// # drop(client);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 ///
-/// A clone is the same store, not a second one. The store belongs to the
-/// clone that opened it, the one Paho was given: Paho's calls through any
-/// other clone fail with [`Error::OpenElsewhere`] (and `close` does nothing),
-/// so a second Paho client given a clone fails to be created instead of
-/// sharing the first one's session. Each Paho client needs its own
-/// `RedisPersistence`. The connection to Redis closes when Paho closes the
-/// store, or when the last clone is dropped.
-///
-/// Paho sees only [`paho_mqtt::Error::PersistenceError`] (so
-/// `AsyncClient::new` fails with it); `OpenElsewhere` itself is in the log and in
-/// [`last_error`](Self::last_error).
-/// Two stores built separately for one client id are refused like two
-/// processes (see "One owner per store"). Once Paho has closed the store
-/// (its client dropped), a clone may serve a new client;
-/// [`stats`](Self::stats) keeps counting across both.
+/// The connection to Redis closes, and the lease is released, when Paho
+/// closes the store; a store dropped while open (a client dropped halfway
+/// through its creation) is closed then. A monitor outlives both: it then
+/// answers `None` for the hash and keeps the last counters. Two stores
+/// built for one client id are refused like two processes (see "One owner
+/// per store"). Paho sees only [`paho_mqtt::Error::PersistenceError`] (so
+/// `AsyncClient::new` fails with it); the cause is in the log and in
+/// [`Monitor::last_error`].
 ///
 /// # One owner per store
 ///
@@ -215,34 +213,103 @@ const WAIT_FOR_REDIS_STEP: Duration = Duration::from_millis(100);
 #[derive(Debug)]
 pub struct RedisPersistence {
     shared: Arc<Shared>,
-    /// Which clone this is: the store belongs to the one that opened it.
-    handle: usize,
 }
-
-impl Clone for RedisPersistence {
-    fn clone(&self) -> Self {
-        let handle = self.shared.next_handle.fetch_add(1, Ordering::Relaxed);
-        Self { shared: Arc::clone(&self.shared), handle }
-    }
-}
-
-/// No clone has this handle: the store of a clone dropped while open.
-const NO_HANDLE: usize = usize::MAX;
 
 impl Drop for RedisPersistence {
-    /// A clone dropped with its store open (Paho always closes it first, but
-    /// a client may be dropped halfway through its creation) leaves the
-    /// store to no clone, so that another may open it again: that `open`
-    /// writes what the store still owes Redis first.
+    /// A store dropped while open (Paho always closes it first, but a client
+    /// may be dropped halfway through its creation) is closed: what it owes
+    /// Redis is written, its lease released. Monitors must not keep it open.
     fn drop(&mut self) {
-        let mut state = self.lock();
-        if state.core.is_some() && state.opened_by == self.handle {
-            state.opened_by = NO_HANDLE;
+        let open = self.lock().core.as_ref().map(|core| core.hash().to_owned());
+        if let Some(hash) = open {
+            log::warn!("redis persistence: `{hash}` dropped while open (Paho did not close it): closing it");
+            self.try_close();
         }
     }
 }
 
-/// The store behind every clone of a [`RedisPersistence`].
+/// A read-only view of a [`RedisPersistence`], for the application to keep
+/// while Paho owns the store: see
+/// [its documentation](RedisPersistence#a-monitor-the-application-keeps).
+///
+/// `Clone`, `Send` and `Sync`; it has no Paho callbacks, so nothing done
+/// through it changes the store. [`stats`](Self::stats),
+/// [`hash_name`](Self::hash_name) and [`unwritten`](Self::unwritten) never
+/// wait for a Redis call in progress.
+#[derive(Debug, Clone)]
+pub struct Monitor {
+    shared: Arc<Shared>,
+}
+
+impl Monitor {
+    /// The store's configuration.
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// The name of the Redis hash of the open store, or `None` before Paho
+    /// opens it and after it closes it. Never waits for a Redis call in progress.
+    pub fn hash_name(&self) -> Option<String> {
+        self.shared.hash_name()
+    }
+
+    /// Whether `key` is in the open store: the plain answer (Paho C's
+    /// `contains_key` is inverted, see [`RedisPersistence`]), or `None` when
+    /// no store is open. Answered from the store's index, without a round
+    /// trip, but it waits for a Paho call in progress (at most
+    /// `connect_timeout + io_timeout`).
+    pub fn contains(&self, key: &str) -> Option<bool> {
+        self.shared.contains(key)
+    }
+
+    /// The store's counters since it was created (see
+    /// [`RedisPersistence::stats`]). Lock-free.
+    pub fn stats(&self) -> Stats {
+        self.shared.counters.snapshot()
+    }
+
+    /// How many records Redis has not taken yet (see
+    /// [`RedisPersistence::unwritten`]). Lock-free.
+    pub fn unwritten(&self) -> usize {
+        self.shared.unwritten()
+    }
+
+    /// Why the latest failed call failed, or `None` if none has: what Paho
+    /// (and so `create_client()`) only sees as
+    /// [`paho_mqtt::Error::PersistenceError`]. The monitor the application keeps
+    /// tells why the store Paho was given failed.
+    ///
+    /// It is the latest failure of any callback (`open` included), kept until
+    /// the next one replaces it: a success does not clear it, so compare
+    /// [`Stats::errors`](crate::Stats::errors) to tell whether it is new. The same cause is logged
+    /// through the [`log`] crate when it happens.
+    ///
+    /// ```no_run
+    /// use paho_mqtt as mqtt;
+    /// use paho_mqtt_redis::RedisPersistence;
+    ///
+    /// let store = RedisPersistence::new();
+    /// let monitor = store.monitor();
+    /// let created = mqtt::CreateOptionsBuilder::new()
+    ///     .server_uri("tcp://127.0.0.1:1883")
+    ///     .client_id("gateway-17")
+    ///     .user_persistence(store)
+    ///     .create_client();
+    /// if let Err(error) = created {
+    ///     // `error` is only PersistenceError; the store says why, such as
+    ///     // "cannot connect to Redis at 127.0.0.1:6379: …".
+    ///     match monitor.last_error() {
+    ///         Some(cause) => eprintln!("no MQTT client: {error}: {cause}"),
+    ///         None => eprintln!("no MQTT client: {error}"),
+    ///     }
+    /// }
+    /// ```
+    pub fn last_error(&self) -> Option<Arc<Error>> {
+        self.shared.last_error.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
+/// The store behind a [`RedisPersistence`] and its monitors.
 #[derive(Debug)]
 struct Shared {
     config: Config,
@@ -251,7 +318,6 @@ struct Shared {
     /// The open store's hash, outside the lock for the same reason.
     hash: Mutex<Option<String>>,
     state: Mutex<State>,
-    next_handle: AtomicUsize,
     /// The value of this store's lease, the same at every `open`.
     owner: String,
     /// The cause of the latest failed call (`last_error`), outside the lock.
@@ -264,8 +330,6 @@ struct State {
     transport: Transport,
     /// `None` before `open` and after `close`.
     core: Option<Core>,
-    /// The clone that opened `core`.
-    opened_by: usize,
     /// The open store's lease: this process owns the hash.
     lease: Option<Lease>,
 }
@@ -303,20 +367,23 @@ impl RedisPersistence {
     pub fn from_config(config: Config) -> Self {
         let counters = Arc::new(Counters::new());
         let transport = Transport::new(&config, Arc::clone(&counters));
-        let state = Mutex::new(State { transport, core: None, opened_by: 0, lease: None });
-        let next_handle = AtomicUsize::new(1);
+        let state = Mutex::new(State { transport, core: None, lease: None });
         Self {
             shared: Arc::new(Shared {
                 config,
                 counters,
                 hash: Mutex::new(None),
                 state,
-                next_handle,
                 owner: crate::lease::own_value(),
                 last_error: Mutex::new(None),
             }),
-            handle: 0,
         }
+    }
+
+    /// A read-only handle on this store for the application, which keeps it
+    /// while Paho owns the store (see [`Monitor`]).
+    pub fn monitor(&self) -> Monitor {
+        Monitor { shared: Arc::clone(&self.shared) }
     }
 
     /// The configuration.
@@ -327,17 +394,7 @@ impl RedisPersistence {
     /// The name of the Redis hash of the open store, or `None` before `open`
     /// and after `close`. Never waits for a Redis call in progress.
     pub fn hash_name(&self) -> Option<String> {
-        self.shared.hash.lock().unwrap_or_else(PoisonError::into_inner).clone()
-    }
-
-    /// Whether `key` is in the store: the plain answer, for Rust callers.
-    /// Answered from the store's index, without a round trip, but it waits
-    /// for a Paho call in progress (at most `connect_timeout + io_timeout`).
-    ///
-    /// (The trait's [`ClientPersistence::contains_key`] answers inverted for
-    /// Paho C's sake; see the type's documentation.)
-    pub fn contains(&self, key: &str) -> Result<bool, Error> {
-        Ok(self.lock().core.as_ref().ok_or(Error::NotOpen)?.contains(key))
+        self.shared.hash_name()
     }
 
     /// The store's counters since it was created: calls by kind, Redis round
@@ -351,47 +408,12 @@ impl RedisPersistence {
     /// refused them): they are in memory only until it does. Lock-free, like
     /// [`stats`](Self::stats) (it is [`Stats::unwritten_records`]).
     pub fn unwritten(&self) -> usize {
-        usize::try_from(self.shared.counters.unwritten_records()).unwrap_or(usize::MAX)
+        self.shared.unwritten()
     }
 
-    /// Why the latest failed call failed, or `None` if none has: what Paho
-    /// (and so `create_client()`) only sees as
-    /// [`paho_mqtt::Error::PersistenceError`]. Every clone sees it, so the
-    /// clone the application keeps tells why the one Paho was given failed.
-    ///
-    /// It is the latest failure of any callback (`open` included), kept until
-    /// the next one replaces it: a success does not clear it, so compare
-    /// [`Stats::errors`](crate::Stats::errors) to tell whether it is new. The same cause is logged
-    /// through the [`log`] crate when it happens.
-    ///
-    /// ```no_run
-    /// use paho_mqtt as mqtt;
-    /// use paho_mqtt_redis::RedisPersistence;
-    ///
-    /// let store = RedisPersistence::new();
-    /// let created = mqtt::CreateOptionsBuilder::new()
-    ///     .server_uri("tcp://127.0.0.1:1883")
-    ///     .client_id("gateway-17")
-    ///     .user_persistence(store.clone())
-    ///     .create_client();
-    /// if let Err(error) = created {
-    ///     // `error` is only PersistenceError; the store says why, such as
-    ///     // "cannot connect to Redis at 127.0.0.1:6379: …".
-    ///     match store.last_error() {
-    ///         Some(cause) => eprintln!("no MQTT client: {error}: {cause}"),
-    ///         None => eprintln!("no MQTT client: {error}"),
-    ///     }
-    /// }
-    /// ```
-    pub fn last_error(&self) -> Option<Arc<Error>> {
-        self.shared.last_error.lock().unwrap_or_else(PoisonError::into_inner).clone()
-    }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock cannot leave `State` half-updated in a
-        // way that matters (the worst case is a stale connection), and a
-        // poisoned lock must not turn into a panic inside a Paho callback.
-        self.shared.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.shared.lock()
     }
 
     fn settings(&self) -> Settings {
@@ -409,11 +431,8 @@ impl RedisPersistence {
         call: impl FnOnce(&mut Core, &mut Connected<'_>) -> Result<T, Error>,
     ) -> Result<T, Error> {
         let mut state = self.lock();
-        let State { transport, core, opened_by, lease } = &mut *state;
+        let State { transport, core, lease } = &mut *state;
         let core = core.as_mut().ok_or(Error::NotOpen)?;
-        if *opened_by != self.handle {
-            return Err(Error::OpenElsewhere { hash: core.hash().to_owned() });
-        }
         if let Some(lease) = lease {
             // A clock read while the lease is valid.
             fence_unless_held(core, lease.standing(), &self.shared.counters);
@@ -428,10 +447,7 @@ impl RedisPersistence {
     fn try_open(&self, client_id: &str, server_uri: &str) -> Result<String, Error> {
         let hash = self.shared.config.hash_name(client_id, server_uri);
         let mut state = self.lock();
-        let State { transport, core, opened_by, lease } = &mut *state;
-        if let Some(open) = core.as_ref().filter(|_| *opened_by != self.handle && *opened_by != NO_HANDLE) {
-            return Err(Error::OpenElsewhere { hash: open.hash().to_owned() });
-        }
+        let State { transport, core, lease } = &mut *state;
         transport.begin_call();
         let mut runner = Connected { transport, config: &self.shared.config };
         if let Some(mut previous) = core.take() {
@@ -458,7 +474,6 @@ impl RedisPersistence {
         self.shared.counters.add_repaired(opened.take_repaired());
         self.shared.counters.set_unwritten_records(opened.unwritten());
         *core = Some(opened);
-        *opened_by = self.handle;
         self.set_hash_name(Some(hash.clone()));
         Ok(hash)
     }
@@ -560,10 +575,7 @@ impl RedisPersistence {
 
     fn try_close(&self) {
         let mut state = self.lock();
-        let State { transport, core, opened_by, lease } = &mut *state;
-        if core.is_some() && *opened_by != self.handle {
-            return; // another clone's store: not this one's to close
-        }
+        let State { transport, core, lease } = &mut *state;
         if let (Some(core), Some(lease)) = (core.as_mut(), lease.as_ref()) {
             fence_unless_held(core, lease.standing(), &self.shared.counters);
         }
@@ -583,6 +595,28 @@ impl RedisPersistence {
 
     fn set_hash_name(&self, hash: Option<String>) {
         *self.shared.hash.lock().unwrap_or_else(PoisonError::into_inner) = hash;
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave `State` half-updated in a
+        // way that matters (the worst case is a stale connection), and a
+        // poisoned lock must not turn into a panic inside a Paho callback.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn hash_name(&self) -> Option<String> {
+        self.hash.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// The plain answer, `None` when no store is open.
+    fn contains(&self, key: &str) -> Option<bool> {
+        self.lock().core.as_ref().map(|core| core.contains(key))
+    }
+
+    fn unwritten(&self) -> usize {
+        usize::try_from(self.counters.unwritten_records()).unwrap_or(usize::MAX)
     }
 }
 
@@ -702,13 +736,13 @@ impl ClientPersistence for RedisPersistence {
     /// loss.
     fn contains_key(&mut self, key: &str) -> bool {
         self.shared.counters.record(Operation::ContainsKey);
-        match self.contains(key) {
-            Ok(present) => {
+        match self.shared.contains(key) {
+            Some(present) => {
                 self.shared.counters.add_index_hit();
                 answer_for_paho_c(present)
             }
-            Err(e) => {
-                drop(report(&self.shared, "contains_key", Some(key), e));
+            None => {
+                drop(report(&self.shared, "contains_key", Some(key), Error::NotOpen));
                 answer_for_paho_c(false)
             }
         }

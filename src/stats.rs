@@ -8,12 +8,13 @@
 //! running. On targets without 64-bit atomics each counter is a `u64` behind
 //! its own `Mutex` instead (never held across anything but one addition).
 
-/// A snapshot of a store's counters, taken by `RedisPersistence::stats()`.
+/// A snapshot of a store's counters, taken by `Monitor::stats()` (or `RedisPersistence::stats()`).
 ///
 /// Every field but [`unwritten_records`](Self::unwritten_records) (a gauge)
 /// counts from the creation of the store and only grows (it wraps at
-/// `u64::MAX`, which no store reaches). Subtract two snapshots to get the
-/// activity of an interval. Every clone of a store shares its counters. The counters are read one by one while other
+/// `u64::MAX`, which no store reaches); [`lease_lost`](Self::lease_lost) is
+/// a gauge too. [`Stats::since`] gives the activity of an interval: the
+/// difference of two snapshots. The counters are read one by one while other
 /// threads may be updating them, so a snapshot taken during calls may be a few
 /// operations apart from one field to the next.
 ///
@@ -33,7 +34,7 @@ pub struct Stats {
     /// `clear` calls: Paho emptying the store (a clean session).
     pub clears: u64,
     /// `contains_key` calls by Paho (the application's
-    /// `RedisPersistence::contains` calls are not counted).
+    /// `Monitor::contains` calls are not counted).
     pub contains_key_calls: u64,
     /// Requests sent to Redis and answered (a pipeline counts once), retries included.
     pub round_trips: u64,
@@ -79,6 +80,69 @@ pub struct Stats {
     /// every record Paho stores from then on is in memory only. Restart the
     /// client. 0 otherwise.
     pub lease_lost: u64,
+}
+
+impl Stats {
+    /// The activity between `earlier` and this snapshot: each counter's
+    /// difference (wrapping, like the counters), and the gauges
+    /// ([`unwritten_records`](Self::unwritten_records),
+    /// [`lease_lost`](Self::lease_lost)) as they are in this snapshot.
+    ///
+    /// ```
+    /// # fn work() {}
+    /// # let store = paho_mqtt_redis::RedisPersistence::new();
+    /// # let monitor = store.monitor();
+    /// let before = monitor.stats();
+    /// work();
+    /// let interval = monitor.stats().since(&before);
+    /// println!("{} round trips, {} unwritten now", interval.round_trips, interval.unwritten_records);
+    /// ```
+    #[must_use]
+    pub fn since(&self, earlier: &Stats) -> Stats {
+        let Stats {
+            puts,
+            gets,
+            removes,
+            keys,
+            clears,
+            contains_key_calls,
+            round_trips,
+            bytes_written,
+            bytes_read,
+            errors,
+            reconnects,
+            timeouts,
+            cache_hits,
+            index_hits,
+            snapshot_hits,
+            unwritten_records,
+            quarantined,
+            rewritten,
+            lease_lost,
+        } = *self;
+        Stats {
+            puts: puts.wrapping_sub(earlier.puts),
+            gets: gets.wrapping_sub(earlier.gets),
+            removes: removes.wrapping_sub(earlier.removes),
+            keys: keys.wrapping_sub(earlier.keys),
+            clears: clears.wrapping_sub(earlier.clears),
+            contains_key_calls: contains_key_calls.wrapping_sub(earlier.contains_key_calls),
+            round_trips: round_trips.wrapping_sub(earlier.round_trips),
+            bytes_written: bytes_written.wrapping_sub(earlier.bytes_written),
+            bytes_read: bytes_read.wrapping_sub(earlier.bytes_read),
+            errors: errors.wrapping_sub(earlier.errors),
+            reconnects: reconnects.wrapping_sub(earlier.reconnects),
+            timeouts: timeouts.wrapping_sub(earlier.timeouts),
+            cache_hits: cache_hits.wrapping_sub(earlier.cache_hits),
+            index_hits: index_hits.wrapping_sub(earlier.index_hits),
+            snapshot_hits: snapshot_hits.wrapping_sub(earlier.snapshot_hits),
+            quarantined: quarantined.wrapping_sub(earlier.quarantined),
+            rewritten: rewritten.wrapping_sub(earlier.rewritten),
+            // Gauges: the later value.
+            unwritten_records,
+            lease_lost,
+        }
+    }
 }
 
 /// One of the store operations that Paho (or a Rust caller) invokes; each has its own counter.
@@ -419,6 +483,34 @@ mod tests {
         assert!(counter.0.is_poisoned());
         counter.add(3);
         assert_eq!(counter.get(), 5);
+    }
+
+    #[test]
+    fn since_subtracts_counters_and_keeps_the_later_gauges() {
+        let earlier =
+            Stats { puts: 5, round_trips: u64::MAX, unwritten_records: 9, lease_lost: 0, ..Stats::default() };
+        let later = Stats {
+            puts: 8,
+            round_trips: 1,
+            unwritten_records: 2,
+            lease_lost: 1,
+            quarantined: 3,
+            ..Stats::default()
+        };
+        let interval = later.since(&earlier);
+        assert_eq!(
+            interval,
+            Stats {
+                puts: 3,
+                round_trips: 2,
+                unwritten_records: 2,
+                lease_lost: 1,
+                quarantined: 3,
+                ..Stats::default()
+            },
+            "round_trips wrapped like the counter"
+        );
+        assert_eq!(later.since(&later), Stats { unwritten_records: 2, lease_lost: 1, ..Stats::default() });
     }
 
     #[test]

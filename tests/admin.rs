@@ -227,7 +227,7 @@ fn a_quarantine_is_listed_read_put_back_and_purged() {
     );
     let count: String = redis::cmd("HGET")
         .arg(hash)
-        .arg(paho_mqtt_redis::BUDGET_COUNTER_FIELD)
+        .arg(paho_mqtt_redis::admin::BUDGET_COUNTER_FIELD)
         .query(&mut conn)
         .expect("HGET");
     assert_eq!(count, "12", "the budget's byte count follows");

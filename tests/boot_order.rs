@@ -45,12 +45,10 @@ fn created_before_redis_is_up_restores_the_previous_run(url_of: fn(&RedisServer)
     let () = redis::cmd("SAVE").query(&mut redis.connection()).expect("SAVE");
     redis.kill();
 
-    let kept = store(&url, Duration::from_secs(120));
+    let store = store(&url, Duration::from_secs(120));
+    let kept = store.monitor();
     let address = kept.config().address();
-    let creating = thread::spawn({
-        let store = kept.clone();
-        move || mqtt::AsyncClient::new(create_options(&server_uri, &client_id, store))
-    });
+    let creating = thread::spawn(move || mqtt::AsyncClient::new(create_options(&server_uri, &client_id, store)));
     // `open` found no Redis, said so, and waits.
     let waiting =
         wait_until(Duration::from_secs(60), || log_capture::logged("INFO", &["not up yet", &address]));
@@ -61,7 +59,7 @@ fn created_before_redis_is_up_restores_the_previous_run(url_of: fn(&RedisServer)
     let restored = creating.join().expect("no panic").expect("created once Redis answers");
     assert_eq!(kept.hash_name(), Some(hash), "{:?}", kept.last_error());
     for field in &fields {
-        assert!(kept.contains(field).expect("open"), "{field} restored from Redis");
+        assert_eq!(kept.contains(field), Some(true), "{field} restored from Redis");
     }
     assert!(log_capture::logged("INFO", &["answered after", &address]), "{:#?}", log_capture::lines());
     assert!(kept.last_error().is_none(), "{:?}", kept.last_error());
@@ -83,10 +81,10 @@ fn over_the_unix_socket_a_client_created_before_redis_starts_restores_the_previo
 fn past_the_bound_creation_fails_with_the_cause() {
     log_capture::install();
     // Nothing listens on this port.
-    let kept = store(&format!("redis://127.0.0.1:{}/0", free_port()), Duration::from_millis(300));
+    let store = store(&format!("redis://127.0.0.1:{}/0", free_port()), Duration::from_millis(300));
+    let kept = store.monitor();
     let address = kept.config().address();
-    let created =
-        mqtt::AsyncClient::new(create_options("tcp://127.0.0.1:1883", &unique_id("never"), kept.clone()));
+    let created = mqtt::AsyncClient::new(create_options("tcp://127.0.0.1:1883", &unique_id("never"), store));
     assert!(matches!(created, Err(mqtt::Error::PersistenceError)), "no client without its store");
     let cause = kept.last_error().expect("the cause");
     assert!(matches!(*cause, Error::Connect { .. }), "{cause:?}");
@@ -100,9 +98,9 @@ fn a_failure_waiting_cannot_cure_fails_at_once() {
     let redis = RedisServer::start();
     redis.require_password("right-pw");
     let url = format!("redis://:wrong-pw@127.0.0.1:{}/0", redis.port());
-    let kept = store(&url, Duration::from_secs(120));
-    let created =
-        mqtt::AsyncClient::new(create_options("tcp://127.0.0.1:1883", &unique_id("auth"), kept.clone()));
+    let store = store(&url, Duration::from_secs(120));
+    let kept = store.monitor();
+    let created = mqtt::AsyncClient::new(create_options("tcp://127.0.0.1:1883", &unique_id("auth"), store));
     assert!(matches!(created, Err(mqtt::Error::PersistenceError)));
     let cause = kept.last_error().expect("the cause");
     assert!(matches!(*cause, Error::Connect { .. }), "{cause:?}");

@@ -243,7 +243,10 @@ fn the_budget_counter_is_not_a_record() {
     assert_eq!(stores.len(), 1, "{listed}");
     assert_eq!(stores[0]["records"], 1, "{listed}");
     let shown = stdout(&cli(&["show", "budgeted", "--url", &redis.url()]));
-    assert!(shown.contains("s-1") && !shown.contains(paho_mqtt_redis::BUDGET_COUNTER_FIELD), "{shown}");
+    assert!(
+        shown.contains("s-1") && !shown.contains(paho_mqtt_redis::admin::BUDGET_COUNTER_FIELD),
+        "{shown}"
+    );
     let purged =
         stdout(&cli(&["purge", "budgeted", "--server", "broker:1883", "--yes", "--url", &redis.url()]));
     assert_eq!(purged.trim(), "deleted store budgeted:broker:1883 (1 record(s))");
@@ -369,4 +372,39 @@ fn quarantine_lists_shows_exports_restores_and_purges() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--yes"));
     assert_eq!(stdout(&at(&["purge", "gw", "--yes"])), format!("deleted 1 record(s) from {quarantine}\n"));
     assert_eq!(json(&at(&["list", "gw", "--json"])), Value::Array(Vec::new()));
+}
+
+/// `--url`, `--prefix` and `--timeout` are accepted before the subcommand
+/// (and before a nested one) as well as after it, with the same meaning.
+#[test]
+fn options_are_accepted_before_the_subcommand() {
+    let redis = RedisServer::start();
+    let mut conn = fill(&redis);
+    hset(&mut conn, "mqtt:gw:10.0.0.1:1883", "s-3", &fixture("v311-inflight", "s-3"));
+    let url = redis.url();
+    let before = json(&cli(&["--url", &url, "--prefix", "mqtt:", "--timeout", "2", "list", "--json"]));
+    let after = json(&cli(&["list", "--url", &url, "--prefix", "mqtt:", "--timeout", "2", "--json"]));
+    let mixed = json(&cli(&["--prefix", "mqtt:", "list", "--json", "--url", &url]));
+    assert_eq!(before, after);
+    assert_eq!(before, mixed);
+    assert_eq!(before.as_array().map(Vec::len), Some(1), "only the prefixed store: {before}");
+
+    let shown = json(&cli(&["--url", &url, "--prefix", "mqtt:", "show", "gw", "--json"]));
+    assert_eq!(shown[0]["records"][0]["key"], "s-3");
+    let quarantined = stdout(&cli(&[
+        "--url",
+        &url,
+        "--prefix",
+        "mqtt:",
+        "quarantine",
+        "list",
+        "gw",
+        "--server",
+        "10.0.0.1:1883",
+    ]));
+    assert!(quarantined.contains("0 record(s)"), "{quarantined}");
+
+    // An option before the command is checked as one after it.
+    let bad = cli(&["--timeout", "0", "list", "--url", &url]);
+    assert_ne!(bad.status.code(), Some(0), "--timeout 0 before the command is checked too");
 }

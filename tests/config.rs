@@ -210,15 +210,17 @@ fn without_a_prefix_the_hash_is_named_as_in_0_3() {
 
 #[test]
 fn zero_timeouts_are_rejected() {
-    for builder in [
-        RedisPersistence::builder().io_timeout(Duration::ZERO),
-        RedisPersistence::builder().connect_timeout(Duration::ZERO),
+    for (builder, name) in [
+        (RedisPersistence::builder().io_timeout(Duration::ZERO), "io_timeout"),
+        (RedisPersistence::builder().connect_timeout(Duration::ZERO), "connect_timeout"),
+        (RedisPersistence::builder().lease(Duration::ZERO), "lease"),
     ] {
         match builder.build() {
-            Err(e @ Error::InvalidTimeout { .. }) => {
-                assert!(e.to_string().contains("greater than zero"), "{e}")
+            Err(e @ Error::InvalidOption { option, .. }) => {
+                assert_eq!(option, name);
+                assert_eq!(e.to_string(), format!("invalid {name}: must be greater than zero"));
             }
-            other => panic!("expected InvalidTimeout, got {other:?}"),
+            other => panic!("expected InvalidOption, got {other:?}"),
         }
     }
 }

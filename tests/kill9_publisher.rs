@@ -118,7 +118,7 @@ impl mqtt::ClientPersistence for AbortAfterCommandRemoval {
     }
     fn remove(&mut self, key: &str) -> mqtt::Result<()> {
         // Paho also removes `c-` keys of commands it never stored (its CONNECT): skip those.
-        let queued_publish = key.starts_with("c-") && self.0.contains(key).unwrap_or(false);
+        let queued_publish = key.starts_with("c-") && self.0.monitor().contains(key).unwrap_or(false);
         let result = self.0.remove(key);
         if queued_publish {
             println!("\nremoved {key}");

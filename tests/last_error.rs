@@ -1,6 +1,6 @@
 //! Paho turns every failure of the store into a bare `PersistenceError`, so
 //! `create_client()` says nothing of why. The clone the application keeps
-//! does: `RedisPersistence::last_error`. Real Paho C and redis-server.
+//! does: `Monitor::last_error`. Real Paho C and redis-server.
 
 mod support;
 
@@ -22,19 +22,19 @@ fn store(url: &str) -> RedisPersistence {
 }
 
 #[test]
-fn a_client_whose_redis_is_not_running_fails_and_the_kept_clone_says_why() {
+fn a_client_whose_redis_is_not_running_fails_and_its_monitor_says_why() {
     support::init_logging();
     // Nothing listens on this port.
     let address = format!("127.0.0.1:{}", free_port());
-    let kept = store(&format!("redis://{address}/0"));
+    let store = store(&format!("redis://{address}/0"));
+    let kept = store.monitor();
     assert!(kept.last_error().is_none(), "no call has failed yet");
 
-    let created =
-        mqtt::AsyncClient::new(create_options("tcp://127.0.0.1:1883", &unique_id("down"), kept.clone()));
+    let created = mqtt::AsyncClient::new(create_options("tcp://127.0.0.1:1883", &unique_id("down"), store));
     let error = created.err().expect("no client without its store");
     assert!(matches!(error, mqtt::Error::PersistenceError), "Paho says only {error:?}");
 
-    let cause = kept.last_error().expect("the kept clone has the cause");
+    let cause = kept.last_error().expect("the monitor has the cause");
     assert!(matches!(*cause, Error::Connect { .. }), "{cause:?}");
     let shown = cause.to_string();
     assert!(shown.contains(&address), "the cause names where Redis was looked for: {shown}");
@@ -42,20 +42,22 @@ fn a_client_whose_redis_is_not_running_fails_and_the_kept_clone_says_why() {
 }
 
 #[test]
-fn a_second_client_on_a_store_in_use_fails_and_its_kept_clone_says_in_use() {
+fn a_second_client_on_a_store_in_use_fails_and_its_monitor_says_in_use() {
     support::init_logging();
     let redis = RedisServer::start();
     let client_id = unique_id("in-use");
     let server_uri = "tcp://127.0.0.1:1883";
-    let first = store(&redis.url());
-    let _owner = mqtt::AsyncClient::new(create_options(server_uri, &client_id, first.clone()))
+    let first_store = store(&redis.url());
+    let first = first_store.monitor();
+    let _owner = mqtt::AsyncClient::new(create_options(server_uri, &client_id, first_store))
         .expect("the first client opens the store");
     assert!(first.last_error().is_none(), "a successful open leaves no error: {:?}", first.last_error());
 
-    let second = store(&redis.url());
-    let created = mqtt::AsyncClient::new(create_options(server_uri, &client_id, second.clone()));
+    let second_store = store(&redis.url());
+    let second = second_store.monitor();
+    let created = mqtt::AsyncClient::new(create_options(server_uri, &client_id, second_store));
     assert!(matches!(created, Err(mqtt::Error::PersistenceError)), "the second client is refused");
-    let cause = second.last_error().expect("the kept clone has the cause");
+    let cause = second.last_error().expect("the monitor has the cause");
     assert!(matches!(*cause, Error::InUse { .. }), "{cause:?}");
     assert!(first.last_error().is_none(), "the first store did not fail: {:?}", first.last_error());
 }
@@ -65,7 +67,7 @@ fn a_later_failure_replaces_the_cause_and_a_success_keeps_it() {
     support::init_logging();
     let redis = RedisServer::start();
     let mut store = store(&redis.url());
-    let kept = store.clone();
+    let kept = store.monitor();
 
     // Before `open`, Paho's calls fail with NotOpen.
     assert!(store.keys().is_err());

@@ -64,7 +64,7 @@ fn every_operation_works_under_the_documented_acl() {
         assert_eq!(store.get("s-1").expect("get"), b"ab");
         store.remove("s-1").expect("remove");
         assert_eq!(store.keys().expect("keys"), ["c-2"]);
-        assert!(store.contains("c-2").expect("contains"));
+        assert!(store.monitor().contains("c-2").expect("contains"));
         assert_eq!(store.unwritten(), 0, "{url}: Redis took every write");
         let mut admin = redis.connection();
         let db = if url.ends_with("/0") { 0 } else { 1 };

@@ -148,7 +148,7 @@ fn run_case(redis: &Mutex<RedisServer>, budget: Option<u64>, steps: &[Step]) -> 
             }
             Step::Contains(key) => {
                 let present = !model.contains_key(key); // the model answers inverted, like the store
-                prop_assert_eq!(store.contains(key).ok(), Some(present), "{}", at);
+                prop_assert_eq!(store.monitor().contains(key), Some(present), "{}", at);
             }
             // Without Redis there is no connection to kill, and a reopen would
             // fail to read the hash (and drop what waits in memory).
@@ -200,7 +200,7 @@ fn run_case(redis: &Mutex<RedisServer>, budget: Option<u64>, steps: &[Step]) -> 
         .collect();
     if budget.is_some() {
         // The budget's byte count is the sum of the values, absent once empty.
-        let counted = raw.remove(paho_mqtt_redis::BUDGET_COUNTER_FIELD);
+        let counted = raw.remove(paho_mqtt_redis::admin::BUDGET_COUNTER_FIELD);
         let sum: usize = raw.values().map(Vec::len).sum();
         let expected_count = (!raw.is_empty()).then(|| sum.to_string().into_bytes());
         prop_assert_eq!(counted, expected_count, "the budget's byte count");

@@ -37,7 +37,7 @@ fn run_owner(fields: &[String]) -> ! {
     log_capture::install();
     let lease = Duration::from_millis(lease_ms.parse().expect("lease ms"));
     let store = RedisPersistence::builder().url(redis_url).lease(lease).build().expect("valid");
-    let kept = store.clone();
+    let kept = store.monitor();
     let publisher = client(broker, client_id, store);
     let mut out = std::io::stdout().lock();
     let publish = |out: &mut std::io::StdoutLock<'_>, from: usize| {

@@ -70,7 +70,7 @@ impl ClientPersistence for TestStore {
     }
     fn contains_key(&mut self, key: &str) -> bool {
         if self.naive_contains_key {
-            self.inner.contains(key).unwrap_or(false)
+            self.inner.monitor().contains(key).unwrap_or(false)
         } else {
             self.inner.contains_key(key)
         }

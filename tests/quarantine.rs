@@ -90,7 +90,7 @@ fn bad_records_are_quarantined_and_good_ones_delivered_once() {
 
     let restart = || {
         let store = RedisPersistence::with_url(&redis.url()).expect("valid");
-        let handle = store.clone();
+        let handle = store.monitor();
         let restored = client(&broker.uri(), &client_id, store);
         connect(&restored, persistent_session());
         let settled = support::wait_until(DELIVERY_TIMEOUT, || redis.fields(&hash).is_empty());

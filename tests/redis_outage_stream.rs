@@ -30,7 +30,7 @@ fn one_round(outage_at: usize, outage_len: usize) {
         .io_timeout(Duration::from_millis(300))
         .build()
         .expect("valid");
-    let kept = persistence.clone();
+    let kept = persistence.monitor();
     let publisher = client(&broker.uri(), &client_id, persistence);
     connect(&publisher, persistent_session());
 

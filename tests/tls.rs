@@ -107,7 +107,7 @@ fn child_main(url: &str) -> ! {
     }
     assert_eq!(store.get("s-1").expect("get"), b"over tls");
     assert_eq!(store.keys().expect("keys"), ["s-1"]);
-    assert!(store.contains("s-1").expect("contains"));
+    assert!(store.monitor().contains("s-1").expect("contains"));
     store.remove("s-1").expect("remove");
     store.put("c-1", vec![b"x"]).expect("put");
     store.clear().expect("clear");

@@ -154,7 +154,7 @@ fn publish_around_a_stopped_redis(unix: bool) -> u64 {
     let subscriber = Subscriber::start(&broker.uri(), &topic);
     let store =
         RedisPersistence::builder().url(url).io_timeout(Duration::from_millis(500)).build().expect("valid");
-    let kept = store.clone();
+    let kept = store.monitor();
     let publisher = client(&broker.uri(), &support::unique_id("write-behind"), store);
     connect(&publisher, persistent_session());
     let publish = |n: usize| {

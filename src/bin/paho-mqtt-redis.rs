@@ -1,6 +1,7 @@
 //! `paho-mqtt-redis`: look into the stores that `RedisPersistence` keeps in Redis.
 //!
 //! ```text
+//! paho-mqtt-redis [--url URL] [--prefix P] [--timeout S] COMMAND …
 //! paho-mqtt-redis list  [--url URL] [--prefix P] [--json]
 //! paho-mqtt-redis show  CLIENT_ID [--server HOST:PORT] [--url URL] [--prefix P] [--json]
 //! paho-mqtt-redis purge CLIENT_ID --server HOST:PORT --yes [--url URL] [--prefix P]
@@ -10,6 +11,9 @@
 //! paho-mqtt-redis quarantine restore CLIENT_ID ENTRY --server HOST:PORT
 //! paho-mqtt-redis quarantine purge   CLIENT_ID [ENTRY] --server HOST:PORT --yes
 //! ```
+//!
+//! `--url`, `--prefix` and `--timeout` (and `PAHO_MQTT_REDIS_URL`) are
+//! accepted before the command or anywhere after it, for every command.
 //!
 //! The quarantine of a store holds the records its `open` found that no
 //! restore could take, each under an entry `{key}@{ms}` with why.
@@ -34,26 +38,32 @@ use std::time::Duration;
 #[derive(Parser, Debug)]
 #[command(version, about = "Inspect the MQTT stores that paho-mqtt-redis keeps in Redis")]
 struct Cli {
+    /// Where the stores are: accepted before the subcommand or after it.
+    #[command(flatten)]
+    common: Common,
     #[command(subcommand)]
     command: Command,
 }
 
+/// Where the stores are, and how long to wait for Redis: options of every
+/// command, given before or after the subcommand (`global`).
 #[derive(Args, Debug)]
 struct Common {
     /// The Redis server: redis://[user:password@]host[:port][/db], redis+unix:///path[?db=N]
     /// (feature unix-socket) or rediss://… (feature tls).
     #[arg(
         long,
+        global = true,
         default_value = "redis://127.0.0.1:6379/0",
         env = "PAHO_MQTT_REDIS_URL",
         hide_env_values = true
     )]
     url: String,
     /// The key prefix the stores were created with (`key_prefix` of the builder).
-    #[arg(long, default_value = "")]
+    #[arg(long, global = true, default_value = "")]
     prefix: String,
     /// How long to wait for Redis to accept the connection, and for each answer, in seconds.
-    #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
+    #[arg(long, global = true, default_value_t = 5.0, value_name = "SECONDS")]
     timeout: f64,
 }
 
@@ -61,8 +71,6 @@ struct Common {
 enum Command {
     /// Every store: client id, server URI, record count and bytes.
     List {
-        #[command(flatten)]
-        common: Common,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -74,8 +82,6 @@ enum Command {
         /// Only the store for this server (host:port, as Paho names it; a scheme such as tcp:// is ignored).
         #[arg(long)]
         server: Option<String>,
-        #[command(flatten)]
-        common: Common,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -90,8 +96,6 @@ enum Command {
         /// Confirm the deletion.
         #[arg(long)]
         yes: bool,
-        #[command(flatten)]
-        common: Common,
     },
     /// A store's quarantine: the records its open found that no restore could take.
     Quarantine {
@@ -153,8 +157,6 @@ struct StoreArgs {
     /// The server (host:port, as Paho names it; a scheme such as tcp:// is ignored).
     #[arg(long)]
     server: String,
-    #[command(flatten)]
-    common: Common,
 }
 
 type Result<T> = std::result::Result<T, String>;
@@ -174,12 +176,12 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli, out: &mut impl Write) -> Result<()> {
     let written = match cli.command {
-        Command::List { common, json } => list(&common, json, out),
-        Command::Show { client_id, server, common, json } => {
-            show(&common, &client_id, server.as_deref(), json, out)
+        Command::List { json } => list(&cli.common, json, out),
+        Command::Show { client_id, server, json } => {
+            show(&cli.common, &client_id, server.as_deref(), json, out)
         }
-        Command::Purge { client_id, server, yes, common } => purge(&common, &client_id, &server, yes, out),
-        Command::Quarantine { command } => quarantine(command, out),
+        Command::Purge { client_id, server, yes } => purge(&cli.common, &client_id, &server, yes, out),
+        Command::Quarantine { command } => quarantine(command, &cli.common, out),
     };
     written?.map_err(|e| format!("cannot write the output: {e}"))
 }
@@ -410,10 +412,10 @@ fn purge(common: &Common, client_id: &str, server: &str, yes: bool, out: &mut im
     }
 }
 
-fn quarantine(command: QuarantineCommand, out: &mut impl Write) -> Outcome {
+fn quarantine(command: QuarantineCommand, common: &Common, out: &mut impl Write) -> Outcome {
     match command {
         QuarantineCommand::List { store, json } => {
-            let (hash, entries) = quarantined(&store)?;
+            let (hash, entries) = quarantined(&store, common)?;
             if json {
                 let entries: Vec<Value> = entries.iter().map(|entry| entry_json(entry, false)).collect();
                 return Ok(writeln!(out, "{}", Value::Array(entries)));
@@ -421,7 +423,7 @@ fn quarantine(command: QuarantineCommand, out: &mut impl Write) -> Outcome {
             Ok(print_quarantine(&hash, &entries, out))
         }
         QuarantineCommand::Show { store, entry, json } => {
-            let (hash, entries) = quarantined(&store)?;
+            let (hash, entries) = quarantined(&store, common)?;
             let Some(found) = entries.into_iter().find(|found| found.entry == entry) else {
                 return Err(format!("no entry {entry:?} in the quarantine of `{hash}`"));
             };
@@ -436,18 +438,18 @@ fn quarantine(command: QuarantineCommand, out: &mut impl Write) -> Outcome {
             Ok(print_entry(&found, &record, out))
         }
         QuarantineCommand::Export { store } => {
-            let (_, entries) = quarantined(&store)?;
+            let (_, entries) = quarantined(&store, common)?;
             let entries: Vec<Value> = entries.iter().map(|entry| entry_json(entry, true)).collect();
             Ok(writeln!(out, "{}", Value::Array(entries)))
         }
         QuarantineCommand::Restore { store, entry } => {
-            let mut stores = connect(&store.common)?;
+            let mut stores = connect(common)?;
             let named = stores.named(&store.client_id, &store.server);
             stores.put_back(&named, &entry).map_err(failed)?;
             Ok(writeln!(out, "put {entry} back into store {}", named.hash))
         }
         QuarantineCommand::Purge { store, entry, yes } => {
-            let mut stores = connect(&store.common)?;
+            let mut stores = connect(common)?;
             let named = stores.named(&store.client_id, &store.server);
             let quarantine = Config::quarantine_name(&named.hash);
             if !yes {
@@ -466,8 +468,8 @@ fn quarantine(command: QuarantineCommand, out: &mut impl Write) -> Outcome {
 }
 
 /// The store's hash and the records of its quarantine.
-fn quarantined(store: &StoreArgs) -> Result<(String, Vec<Quarantined>)> {
-    let mut stores = connect(&store.common)?;
+fn quarantined(store: &StoreArgs, common: &Common) -> Result<(String, Vec<Quarantined>)> {
+    let mut stores = connect(common)?;
     let named = stores.named(&store.client_id, &store.server);
     let entries = stores.quarantine(&named).map_err(failed)?;
     Ok((named.hash, entries))

@@ -4,7 +4,7 @@
 //! leave, and checked against what Paho needs.
 //!
 //! The traces (`tests/fixtures/traces`, recorded by
-//! `examples/record_traces.rs` with real Paho against mosquitto and fake
+//! `tools/record_traces.rs` with real Paho against mosquitto and fake
 //! brokers) give, call by call, what Paho's own store holds: a map in memory.
 //! A restarted client may safely restore exactly that map, with one change:
 //! between `MQTTAsync_processCommand`'s removal of a QoS ≥ 1 message's

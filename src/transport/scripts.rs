@@ -16,7 +16,7 @@
 //!
 //! With `max_store_bytes`, writes and removals keep the store's byte count
 //! (the sum of its values) in one field of the hash
-//! ([`crate::BUDGET_COUNTER_FIELD`]) and a write that would exceed the budget
+//! ([`crate::admin::BUDGET_COUNTER_FIELD`]) and a write that would exceed the budget
 //! is refused.
 
 /// `KEYS[1]` the hash; `ARGV` = number of pairs, the field/value pairs, then

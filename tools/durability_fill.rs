@@ -56,7 +56,7 @@ fn main() -> Result<(), BoxError> {
         "redis-unix" | "redis-tcp" => {
             let url = required_env(if variant == "redis-unix" { "REDIS_UNIX_URL" } else { "REDIS_URL" })?;
             let redis = RedisPersistence::with_url(&url)?;
-            store = Some(redis.clone());
+            store = Some(redis.monitor());
             let boxed: Box<dyn mqtt::ClientPersistence + Send> = Box::new(redis);
             mqtt::PersistenceType::User(Box::new(boxed))
         }

@@ -35,7 +35,7 @@ fn run(transport: &str) {
     let topic = support::unique_id("hung/stream");
     let subscriber = support::mqtt::Subscriber::start(&broker.uri(), &topic);
     let store = RedisPersistence::with_url(&url).expect("a valid URL");
-    let kept = store.clone();
+    let kept = store.monitor();
     let client = support::mqtt::client(&broker.uri(), &support::unique_id("hung"), store);
     let lost = Arc::new(AtomicUsize::new(0));
     let counted = Arc::clone(&lost);

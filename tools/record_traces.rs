@@ -176,7 +176,7 @@ impl Scenario {
         let trace = Trace::default();
         trace.comment(&format!("scenario: {name}"));
         trace.comment(&format!("mqtt: {label}"));
-        trace.comment("client: paho-mqtt 0.14.0 (Paho C 1.3.16), recorded by examples/record_traces.rs");
+        trace.comment("client: paho-mqtt 0.14.0 (Paho C 1.3.16), recorded by tools/record_traces.rs");
         trace.comment(&format!("about: {about}"));
         trace.comment(&format!("options: {options}"));
         trace.comment("store: one in-memory map shared by every client of the scenario");
