@@ -411,7 +411,6 @@ impl RedisPersistence {
         self.shared.unwritten()
     }
 
-
     fn lock(&self) -> MutexGuard<'_, State> {
         self.shared.lock()
     }

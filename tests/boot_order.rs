@@ -48,7 +48,8 @@ fn created_before_redis_is_up_restores_the_previous_run(url_of: fn(&RedisServer)
     let store = store(&url, Duration::from_secs(120));
     let kept = store.monitor();
     let address = kept.config().address();
-    let creating = thread::spawn(move || mqtt::AsyncClient::new(create_options(&server_uri, &client_id, store)));
+    let creating =
+        thread::spawn(move || mqtt::AsyncClient::new(create_options(&server_uri, &client_id, store)));
     // `open` found no Redis, said so, and waits.
     let waiting =
         wait_until(Duration::from_secs(60), || log_capture::logged("INFO", &["not up yet", &address]));
