@@ -127,6 +127,21 @@ fn start_time(pid: u32) -> Option<u64> {
     fields.nth(18)?.parse().ok()
 }
 
+/// Whether a process whose start time is `ticks` (field 22 of
+/// `/proc/<pid>/stat`, clock ticks since boot) started later than a second
+/// after unix time `since`: the boot time (`btime` of `/proc/stat`) plus
+/// `ticks` at `USER_HZ`, which is 100 on every architecture this crate
+/// targets. Unreadable: `false` (the owner may be alive; its lease is waited out).
+fn started_after(ticks: u64, since: u64) -> bool {
+    const USER_HZ: u64 = 100;
+    let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|stat| {
+        stat.lines()
+            .find_map(|line| line.strip_prefix("btime "))
+            .and_then(|secs| secs.trim().parse::<u64>().ok())
+    });
+    boot.is_some_and(|boot| boot.saturating_add(ticks / USER_HZ) > since.saturating_add(1))
+}
+
 /// A lease's value: who owns the store.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Owner {
@@ -196,9 +211,13 @@ impl Owner {
         }
         Some(match (start_time(self.who.pid), self.who.start) {
             (None, _) => false,
-            (Some(now), Some(then)) => now == then,
-            // A lease without a start time: a live pid may be the owner.
-            (Some(_), None) => true,
+            (Some(now), Some(then)) if now == then => true,
+            // Another start time than the owner wrote: the pid is a newer
+            // process if it started after the lease was written. A start time
+            // a process reads of itself may be another's view of it (under
+            // qemu-user, `/proc/self/stat` is emulated), so a mismatch alone
+            // proves nothing: an older process may be the owner.
+            (Some(now), _) => !started_after(now, self.since),
         })
     }
 }
@@ -691,7 +710,17 @@ mod tests {
         let init = start_time(1);
         let reused =
             Owner { who: Identity { pid: 1, start: init.map(|t| t + 1), ..me.clone() }, ..Owner::default() };
-        assert_eq!(reused.alive(&me), Some(false));
+        assert_eq!(reused.alive(&me), Some(false), "pid 1 started after a lease of 1970");
+        // Another start time, but the process is older than the lease: the
+        // owner as another view of /proc saw itself (qemu-user emulates
+        // /proc/self/stat), so it may be alive.
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs());
+        let older = Owner {
+            who: Identity { pid: 1, start: init.map(|t| t + 1), ..me.clone() },
+            since: now,
+            ..Owner::default()
+        };
+        assert_eq!(older.alive(&me), Some(true));
         let init_itself = Owner { who: Identity { pid: 1, start: init, ..me.clone() }, ..Owner::default() };
         assert_eq!(init_itself.alive(&me), Some(true));
         let elsewhere =
